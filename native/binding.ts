@@ -1,0 +1,120 @@
+// The raw face of the C helper (native/src/*.c, built by node-gyp into
+// build/Release/iommufd_native.node). This file is the contract between C and TS.
+//
+// Invariants:
+// - The helper holds no policy: each function is one syscall (or a tiny fixed
+//   sequence of them) and returns either its result or a negative errno number.
+//   Nothing here throws for a failed syscall; `sys.ts` turns -errno into SysError.
+// - Every fd the helper creates is O_CLOEXEC (accept4 SOCK_CLOEXEC, recvmsg
+//   MSG_CMSG_CLOEXEC, F_DUPFD_CLOEXEC, MFD_CLOEXEC, pidfd_open is CLOEXEC by nature).
+// - close() is never retried (Linux frees the fd even on EINTR).
+// - Sockets that can carry fds are only ever read/written here, never by libuv's
+//   net.Socket (which silently drops ancillary data).
+import { createRequire } from 'node:module';
+
+/** A negative errno value, e.g. -13 for EACCES. */
+export type NegErrno = number;
+
+export interface PeerCred { pid: number; uid: number; gid: number }
+
+export interface RecvResult {
+  /** Bytes read; length 0 means EOF (we never send empty messages). */
+  data: Buffer;
+  /** Fds that arrived with these bytes, already O_CLOEXEC; the caller owns them. */
+  fds: number[];
+  /** MSG_CTRUNC: some fds were dropped by the kernel; the ones in `fds` must still be closed. */
+  ctrunc: boolean;
+}
+
+export interface StatResult { mode: number; rdev: number; dev: number; ino: number }
+
+export interface Rlimit {
+  /** soft limit; -1 means RLIM_INFINITY */
+  soft: number;
+  /** hard limit; -1 means RLIM_INFINITY */
+  hard: number;
+}
+
+/** Readiness bits passed to and from poll watchers (same values as uv_poll_event). */
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+export const POLL_DISCONNECT = 4;
+
+/** An opaque uv_poll_t owned by the helper. Stop it before closing its fd. */
+export interface PollHandle { readonly __brand: 'PollHandle' }
+
+export interface NativeBinding {
+  // --- Unix stream sockets (SOCK_STREAM, all CLOEXEC + NONBLOCK) ---
+  /** socket+bind+listen; the socket file is created with `mode` (umask set around bind, no chmod window). */
+  listenUnix(path: string, backlog: number, mode: number): number | NegErrno;
+  /** Non-blocking connect; returns the fd (connect on AF_UNIX completes or fails at once; EAGAIN = backlog full). */
+  connectUnix(path: string): number | NegErrno;
+  /** accept4(SOCK_CLOEXEC|SOCK_NONBLOCK); -EAGAIN when nothing is pending. */
+  accept(listenFd: number): number | NegErrno;
+  /** recvmsg(MSG_CMSG_CLOEXEC|MSG_DONTWAIT) of at most maxBytes, with room for maxFds fds. */
+  recvmsg(fd: number, maxBytes: number, maxFds: number): RecvResult | NegErrno;
+  /** sendmsg(MSG_DONTWAIT|MSG_NOSIGNAL) with fds as SCM_RIGHTS; returns bytes sent. data must be non-empty. */
+  sendmsg(fd: number, data: Buffer, fds: number[]): number | NegErrno;
+  /** shutdown(fd, SHUT_WR). */
+  shutdownWrite(fd: number): 0 | NegErrno;
+  /** getsockopt SO_TYPE == SOCK_STREAM && AF_UNIX? 1 yes, 0 no, or -errno (e.g. -ENOTSOCK). */
+  isUnixStreamSocket(fd: number): number | NegErrno;
+
+  // --- credentials and processes ---
+  /** SO_PEERCRED (as of connect()). */
+  peerCred(fd: number): PeerCred | NegErrno;
+  /** SO_PEERPIDFD (77); CLOEXEC pidfd of the peer. -ENOPROTOOPT on kernels < 6.5. */
+  peerPidfd(fd: number): number | NegErrno;
+  /** pidfd_open(pid, 0). */
+  pidfdOpen(pid: number): number | NegErrno;
+  /** pidfd_send_signal(pidfd, sig, NULL, 0); sig 0 probes liveness (-ESRCH once exited). */
+  pidfdSendSignal(pidfd: number, sig: number): 0 | NegErrno;
+  /** prlimit(pid, resource, new?, old): sets soft/hard when `set` is given; returns the old values. */
+  prlimit(pid: number, resource: number, set: Rlimit | null): Rlimit | NegErrno;
+  /** kcmp(pid1, pid2, type, idx1, idx2): 0 equal, 1/2 ordering, 3 not equal, or -errno. */
+  kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number | NegErrno;
+
+  // --- files ---
+  /** open(path, flags|O_CLOEXEC). */
+  open(path: string, flags: number): number | NegErrno;
+  /** memfd_create(name, MFD_CLOEXEC). */
+  memfdCreate(name: string): number | NegErrno;
+  fstat(fd: number): StatResult | NegErrno;
+  /** fcntl(F_DUPFD_CLOEXEC, minFd). */
+  dupCloexec(fd: number, minFd: number): number | NegErrno;
+  /** fcntl F_SETFD: on=true sets FD_CLOEXEC, false clears it (for the fd an exec'd QEMU inherits). */
+  setCloexec(fd: number, on: boolean): 0 | NegErrno;
+  /** close(fd), once; the fd is gone afterwards whatever the result. */
+  close(fd: number): 0 | NegErrno;
+  /** fsync(fd). */
+  fsync(fd: number): 0 | NegErrno;
+  /** ioctl(fd, request, buf): buf is read and written in place (struct in, struct out). */
+  ioctl(fd: number, request: number, buf: Buffer): number | NegErrno;
+  /** execve(path, argv, envp): returns only on failure. */
+  execve(path: string, argv: string[], envp: string[]): NegErrno;
+
+  // --- readiness on Node's loop (uv_poll) ---
+  /**
+   * Starts watching fd for `events` (POLL_* bits). `callback(status, events)` runs on the JS
+   * thread through napi_make_callback; status < 0 is a -errno from libuv. The handle keeps a
+   * strong reference to the callback until stopPoll. Never poll an fd that libuv also watches.
+   */
+  startPoll(fd: number, events: number, callback: (status: number, events: number) => void): PollHandle | NegErrno;
+  /** Changes the watched events of a running handle. */
+  updatePoll(handle: PollHandle, events: number): 0 | NegErrno;
+  /** Stops and frees the handle (uv_close); safe to call once; the fd is not closed. */
+  stopPoll(handle: PollHandle): void;
+}
+
+const require = createRequire(import.meta.url);
+
+/** Loaded once. A missing build says exactly which command builds it. */
+function load(): NativeBinding {
+  try {
+    return require('../build/Release/iommufd_native.node') as NativeBinding;
+  } catch (cause) {
+    throw new Error('the native helper is not built (build/Release/iommufd_native.node): run `npm ci` or `npm run build:native`', { cause });
+  }
+}
+
+export const native: NativeBinding = load();
