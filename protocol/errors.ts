@@ -26,6 +26,8 @@ export const brokerErrorParameters = {
   DeviceUnavailable: z.object({ device: z.string(), reason: z.string(), errno: z.string().optional() }),
   KernelRefused: z.object({ operation: z.string(), errno: z.string(), reason: z.string() }),
   ShuttingDown: z.object({ reason: z.string() }),
+  /** A bug or an unexpected OS failure; the broker log has the details. */
+  InternalError: z.object({ reason: z.string() }),
 } as const;
 
 export type BrokerErrorName = keyof typeof brokerErrorParameters;
