@@ -1,0 +1,254 @@
+// The broker's methods, once: the Varlink layer and the admin API both call this.
+//
+// Invariants:
+// - Decisions come from the pure core; this file only gathers facts (peer, target, device)
+//   and applies side effects in an order that keeps the journal conservative: a lease or a
+//   raise is journaled (fsync) before the kernel limit is raised or the reply is sent; a
+//   lowering is applied before it is journaled. After a crash at any point the journal
+//   therefore never claims less than the kernel enforces, and the budget stays exact or errs
+//   on the safe side.
+// - Every method runs synchronously from decision to ledger update, so two calls can never
+//   both pass a budget check for the same bytes.
+// - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
+//   TargetWatch. The device fd returned by open() belongs to the caller (the server sends and
+//   closes it).
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { BrokerError } from '../../protocol/errors.ts';
+import type { BrokerParameters, Lease, Status } from '../../protocol/methods.ts';
+import { closeFd, dupCloexec, pidfdOpen } from '../../native/sys.ts';
+import { Ledger, decideOpen, decideRelease, decideResize, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
+import type { Policy } from '../core/policy.ts';
+import type { Device } from './device.ts';
+import type { LeaseJournal } from './journal.ts';
+import type { Peer } from './peer.ts';
+import { readProcStatus } from './procfs.ts';
+import { applyLimit, describeTarget, reacquireTarget, readLimit, restoreLimit } from './target.ts';
+import { TargetWatch } from './target-watch.ts';
+
+export interface ServiceDeps {
+  policy: Readonly<Policy>;
+  device: Device;
+  journal: LeaseJournal;
+  log: Logger;
+  haveSysResource: boolean;
+  version: string;
+  now?: () => Date;
+}
+
+export class BrokerService {
+  readonly #ledger = new Ledger();
+  readonly #targets = new TargetWatch((id) => this.#endLease(id, 'target exited'));
+  #policy: Readonly<Policy>;
+  readonly #now: () => Date;
+
+  constructor(private readonly deps: ServiceDeps) {
+    this.#policy = deps.policy;
+    this.#now = deps.now ?? (() => new Date());
+  }
+
+  get policy(): Readonly<Policy> {
+    return this.#policy;
+  }
+
+  /** SIGHUP: a new, already validated policy. Existing leases keep their limits. */
+  replacePolicy(policy: Readonly<Policy>): void {
+    this.#policy = policy;
+  }
+
+  /** Re-adopts journaled leases whose targets still live; drops (and journals) the rest. */
+  restore(journaled: readonly LeaseRecord[]): { adopted: number; dropped: number } {
+    let adopted = 0;
+    let dropped = 0;
+    for (const record of journaled) {
+      const target = reacquireTarget(record.targetPid, record.targetStartTime);
+      if (target === undefined) {
+        this.deps.journal.recordRelease(record.id);
+        this.#audit('release', undefined, record, { reason: 'target exited while the broker was down' });
+        dropped++;
+        continue;
+      }
+      // Make the kernel agree with the journal (a crash may have come between a journaled raise and prlimit).
+      try {
+        applyLimit(target, record.limitBytes, this.deps.haveSysResource);
+      } catch (err) {
+        this.deps.log.warn({ err, lease: record.id }, 'could not re-apply the journaled limit; keeping the lease');
+      }
+      this.#ledger.grant(record);
+      this.#targets.watch(record.id, target);
+      adopted++;
+    }
+    return { adopted, dropped };
+  }
+
+  open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): { lease: Lease; fd: number } {
+    const target = describeTarget(targetPidFd ?? this.#selfPidfd(peer));
+    // owner of target.pidfd: this call, until #targets.watch takes it
+    let deviceFd: number | undefined;
+    let applied = false;
+    let watched = false;
+    try {
+      const decision = decideOpen(this.#policy, this.#ledger, {
+        peer: { pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups },
+        targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.hasIpcLock,
+        name: p.name, memoryBytes: p.memoryBytes, ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
+      });
+      if (!decision.ok) throw decision.error;
+      deviceFd = this.deps.device.openForLease();
+      const record: LeaseRecord = {
+        id: `l-${randomBytes(8).toString('hex')}`, name: p.name, targetPid: target.pid, targetUid: target.uid,
+        targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
+        limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target),
+        ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
+      };
+      // Journal first: a crash from here on leaves a lease that restore() re-applies or drops.
+      this.deps.journal.recordGrant(record);
+      try {
+        applyLimit(target, decision.limitBytes, this.deps.haveSysResource);
+        applied = true;
+        this.#targets.watch(record.id, target);
+      } catch (err) {
+        if (applied) restoreLimit(target, record.previousLimit);
+        this.deps.journal.recordRelease(record.id);
+        throw err;
+      }
+      watched = true;
+      this.#ledger.grant(record);
+      this.#audit('grant', peer, record);
+      return { lease: this.#toWire(record), fd: deviceFd };
+    } catch (err) {
+      if (deviceFd !== undefined) closeFd(deviceFd);
+      if (!watched) closeFd(target.pidfd);
+      this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid });
+      throw err;
+    }
+  }
+
+  resize(peer: Peer, p: BrokerParameters<'Resize'>): { lease: Lease; previousLimitBytes: number } {
+    try {
+      const decision = decideResize(this.#policy, this.#ledger, this.#peerFacts(peer), p.lease, p.memoryBytes);
+      if (!decision.ok) throw decision.error;
+      const record = this.#ledger.get(p.lease);
+      const target = this.#targets.get(p.lease);
+      if (record === undefined || target === undefined) throw new BrokerError('NoSuchLease', { lease: p.lease });
+      const { limitBytes } = decision;
+      const before = record.limitBytes;
+      if (limitBytes > before) {
+        // Raise: journal first, so a crash leaves the journal claiming the larger (safe) value.
+        this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
+        try {
+          applyLimit(target, limitBytes, this.deps.haveSysResource);
+        } catch (err) {
+          this.deps.journal.recordResize(record.id, record.memoryBytes, before);
+          throw err;
+        }
+      } else {
+        applyLimit(target, limitBytes, this.deps.haveSysResource);
+        this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
+      }
+      this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
+      const updated = this.#ledger.get(record.id) ?? record;
+      this.#audit('resize', peer, updated, { previousLimitBytes: before });
+      return { lease: this.#toWire(updated), previousLimitBytes: before };
+    } catch (err) {
+      this.#deny('resize', peer, err, { lease: p.lease, memoryBytes: p.memoryBytes });
+      throw err;
+    }
+  }
+
+  release(peer: Peer, p: BrokerParameters<'Release'>): { limitRestored: boolean } {
+    const decision = decideRelease(this.#policy, this.#ledger, this.#peerFacts(peer), p.lease);
+    if (!decision.ok) {
+      this.#deny('release', peer, decision.error, { lease: p.lease });
+      throw decision.error;
+    }
+    return { limitRestored: this.#endLease(p.lease, 'released', peer) };
+  }
+
+  list(peer: Peer): { leases: Lease[] } {
+    return { leases: visibleLeases(this.#policy, this.#ledger, this.#peerFacts(peer)).map((r) => this.#toWire(r)) };
+  }
+
+  status(): Status {
+    const used = this.#ledger.usedBytes();
+    const total = this.#policy.budgetBytes;
+    return {
+      version: this.deps.version,
+      device: this.deps.device.info,
+      capabilities: {
+        sysResource: this.deps.haveSysResource,
+        note: this.deps.haveSysResource
+          ? 'CAP_SYS_RESOURCE held: limits can be set on any target and raised'
+          : 'no CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids',
+      },
+      budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used) },
+      leases: this.#ledger.all().length,
+      overheadBytes: this.#policy.overheadBytes,
+    };
+  }
+
+  /** Stops watching targets (leases stay journaled for the next start). */
+  close(): void {
+    this.#targets.forgetAll();
+  }
+
+  /** Ends a lease: restore the target's old limits if it lives, journal, return the budget. */
+  #endLease(id: string, why: string, peer?: Peer): boolean {
+    const record = this.#ledger.get(id);
+    if (record === undefined) return false;
+    const target = this.#targets.get(id);
+    const limitRestored = why === 'released' && target !== undefined && restoreLimit(target, record.previousLimit);
+    this.deps.journal.recordRelease(id);
+    this.#ledger.release(id);
+    this.#targets.forget(id);
+    this.#audit('release', peer, record, { reason: why, limitRestored });
+    return limitRestored;
+  }
+
+  #selfPidfd(peer: Peer): number {
+    // The connection owns peer.pidfd; the lease needs its own copy.
+    return peer.pidfd !== undefined ? dupCloexec(peer.pidfd) : pidfdOpen(peer.pid);
+  }
+
+  #peerFacts(peer: Peer): { pid: number; uid: number; gid: number; groups: number[] } {
+    return { pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups };
+  }
+
+  #toWire(r: LeaseRecord): Lease {
+    const usage = readUsage(r.targetPid);
+    return {
+      id: r.id, name: r.name, pid: r.targetPid, uid: r.targetUid, ownerUid: r.ownerUid,
+      memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
+      accountingMode: this.deps.device.info.kind === 'simulated' ? 'none' : 'process',
+      deviceKind: this.deps.device.info.kind, createdAt: r.createdAt,
+      ...(r.requestId === undefined ? {} : { requestId: r.requestId }),
+      ...usage,
+    };
+  }
+
+  #audit(action: string, peer: Peer | undefined, r: LeaseRecord, extra: Record<string, unknown> = {}): void {
+    this.deps.log.info({
+      audit: action, peer: peer === undefined ? undefined : { uid: peer.uid, pid: peer.pid },
+      lease: r.id, name: r.name, targetPid: r.targetPid, memoryBytes: r.memoryBytes, limitBytes: r.limitBytes, ...extra,
+    }, `${action} ${r.id}`);
+  }
+
+  #deny(action: string, peer: Peer, err: unknown, request: Record<string, unknown>): void {
+    if (!(err instanceof BrokerError)) return;
+    this.deps.log.warn({
+      audit: 'deny', action, peer: { uid: peer.uid, pid: peer.pid }, request, error: err.errorName, ...err.parameters,
+    }, `deny ${action}: ${err.message}`);
+  }
+}
+
+function readUsage(pid: number): { pinnedBytes?: number; lockedBytes?: number } {
+  try {
+    const s = readProcStatus(pid);
+    return {
+      ...(s.vmPinBytes === undefined ? {} : { pinnedBytes: s.vmPinBytes }),
+      ...(s.vmLckBytes === undefined ? {} : { lockedBytes: s.vmLckBytes }),
+    };
+  } catch {
+    return {};
+  }
+}

@@ -1,0 +1,48 @@
+// Live targets of granted leases, and the pidfd watch that ends a lease when its target exits.
+//
+// Invariants:
+// - One entry per live lease; it owns the target's pidfd and its poll handle. `forget` stops
+//   the poll before closing the pidfd (never close an fd libuv still polls).
+// - The exit callback runs at most once per entry.
+import { native, POLL_READABLE, type PollHandle } from '../../native/binding.ts';
+import { closeFd } from '../../native/sys.ts';
+import type { Target } from './target.ts';
+
+interface Watched {
+  target: Target;
+  poll: PollHandle;
+}
+
+export class TargetWatch {
+  readonly #byLease = new Map<string, Watched>();
+
+  constructor(private readonly onExit: (leaseId: string) => void) {}
+
+  /** Takes ownership of target.pidfd on success; on failure the caller still owns it. */
+  watch(leaseId: string, target: Target): void {
+    const poll = native.startPoll(target.pidfd, POLL_READABLE, () => {
+      if (this.#byLease.get(leaseId)?.poll === poll) this.onExit(leaseId);
+    });
+    if (typeof poll === 'number') {
+      throw new Error(`cannot watch pid ${target.pid} for exit: uv_poll_start failed (${poll})`);
+    }
+    this.#byLease.set(leaseId, { target, poll });
+  }
+
+  get(leaseId: string): Target | undefined {
+    return this.#byLease.get(leaseId)?.target;
+  }
+
+  /** Stops watching and closes the pidfd. Safe for unknown ids. */
+  forget(leaseId: string): void {
+    const w = this.#byLease.get(leaseId);
+    if (w === undefined) return;
+    this.#byLease.delete(leaseId);
+    native.stopPoll(w.poll);
+    closeFd(w.target.pidfd);
+  }
+
+  forgetAll(): void {
+    for (const id of [...this.#byLease.keys()]) this.forget(id);
+  }
+}

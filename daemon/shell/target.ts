@@ -1,0 +1,116 @@
+// Target processes: who they are, and their RLIMIT_MEMLOCK.
+//
+// Invariants:
+// - A target is always held by a pidfd; a pid alone is never trusted. prlimit(2) takes only a
+//   pid, so every limit change is followed by a liveness check of the pidfd: if the process
+//   the pidfd names is still alive, its pid cannot have been recycled in between, so the limit
+//   landed on the right process (PID-reuse window closed).
+// - soft == hard == limit: the target cannot raise its own limit afterwards ("no way out").
+// - Kernel refusals become KernelRefused / TargetGone naming the cause and what to do.
+import { BrokerError } from '../../protocol/errors.ts';
+import { closeFd, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError } from '../../native/sys.ts';
+import type { Rlimit } from '../../native/binding.ts';
+import { CAP_IPC_LOCK, hasCapability, readProcStatus, readStartTime } from './procfs.ts';
+
+export interface Target {
+  pid: number;
+  /** owner: whoever holds the Target; a granted lease takes it over, else close it. */
+  pidfd: number;
+  uid: number;
+  startTime: string;
+  hasIpcLock: boolean;
+}
+
+/** Learns who the pidfd names. Takes ownership of pidfd: closed here on failure. */
+export function describeTarget(pidfd: number): Target {
+  try {
+    const pid = pidOfPidfd(pidfd);
+    if (pid <= 0) throw gone(pid, 'the process named by the pidfd has exited');
+    const status = readProcStatus(pid);
+    const startTime = readStartTime(pid);
+    // The /proc reads above are for the pid; only a still-live pidfd proves they were about it.
+    if (!pidfdIsAlive(pidfd)) throw gone(pid, 'the process exited while the broker looked at it');
+    return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK) };
+  } catch (e) {
+    closeFd(pidfd);
+    throw toTargetError(e);
+  }
+}
+
+/** Re-finds a journaled target after a restart: same pid *and* same start time, or nothing. */
+export function reacquireTarget(pid: number, startTime: string): Target | undefined {
+  let pidfd: number;
+  try {
+    pidfd = pidfdOpen(pid);
+  } catch {
+    return undefined;
+  }
+  try {
+    const target = describeTarget(pidfd);
+    if (target.startTime === startTime) return target;
+    closeFd(target.pidfd);
+    return undefined;
+  } catch {
+    return undefined; // describeTarget closed the pidfd
+  }
+}
+
+/** The target's RLIMIT_MEMLOCK now (to restore when its lease ends). */
+export function readLimit(target: Target): Rlimit {
+  try {
+    return prlimitMemlock(target.pid, null);
+  } catch (e) {
+    throw toTargetError(e);
+  }
+}
+
+/** Sets soft = hard = limitBytes on the target; returns the limits it had before. */
+export function applyLimit(target: Target, limitBytes: number, haveSysResource: boolean): Rlimit {
+  let previous: Rlimit;
+  try {
+    previous = prlimitMemlock(target.pid, { soft: limitBytes, hard: limitBytes });
+  } catch (e) {
+    throw prlimitRefused(e, target, limitBytes, haveSysResource);
+  }
+  if (!pidfdIsAlive(target.pidfd)) throw gone(target.pid, 'the target exited while its limit was being set');
+  return previous;
+}
+
+/** Puts back the limits a released target had before its lease; false if the kernel refused. */
+export function restoreLimit(target: Target, previous: Rlimit): boolean {
+  try {
+    prlimitMemlock(target.pid, previous);
+    return pidfdIsAlive(target.pidfd);
+  } catch (e) {
+    if (e instanceof SysError) return false;
+    throw e;
+  }
+}
+
+function gone(pid: number, reason: string): BrokerError<'TargetGone'> {
+  return new BrokerError('TargetGone', { pid, reason });
+}
+
+function toTargetError(e: unknown): unknown {
+  if (e instanceof BrokerError) return e;
+  if (e instanceof SysError && (e.code === 'ESRCH' || e.code === 'ENOENT')) {
+    return gone(-1, `the target process is gone (${e.syscall}: ${e.code})`);
+  }
+  if (e instanceof Error && e.name === 'ProcessGone') return gone(-1, e.message);
+  return e;
+}
+
+function prlimitRefused(e: unknown, target: Target, limitBytes: number, haveSysResource: boolean): unknown {
+  if (!(e instanceof SysError)) return e;
+  const operation = `prlimit(${target.pid}, RLIMIT_MEMLOCK, ${limitBytes})`;
+  if (e.code === 'ESRCH') return gone(target.pid, 'the target exited before its limit could be set');
+  if (e.code === 'EPERM') {
+    const reason = haveSysResource
+      ? 'the kernel refused although the broker holds CAP_SYS_RESOURCE (a security module?)'
+      : 'the broker lacks CAP_SYS_RESOURCE: without it, it can only lower limits of processes whose '
+        + 'uids and gids all equal its own, and never raise a hard limit. Run it with '
+        + 'AmbientCapabilities=CAP_SYS_RESOURCE (see systemd/iommufd-broker.service)';
+    return new BrokerError('KernelRefused', { operation, errno: e.code, reason });
+  }
+  return new BrokerError('KernelRefused', { operation, errno: e.code, reason: e.message });
+}

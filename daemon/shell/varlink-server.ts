@@ -1,0 +1,200 @@
+// Varlink over a Unix stream socket: connections, framing, one call at a time per connection.
+//
+// Invariants:
+// - Every frame passes protocol/decode.ts `decodeCall` before any handler sees it; a fatal
+//   rejection (bad UTF-8/JSON/envelope, oversized frame, too many fds) closes that connection
+//   only, after closing every fd it carried.
+// - Calls on one connection are answered in order (Varlink pipelining); the next call is
+//   decoded only after the previous reply was queued.
+// - fd ownership: fds that arrive belong to the connection's decoder until decodeCall hands
+//   them to a call; the call's handler owns what it uses; `unusedFds`/`fdsToClose` are closed
+//   here. Reply fds are handed to UnixConnection.send, which closes them once sent.
+// - Peer identity is read once per connection (SO_PEERCRED + SO_PEERPIDFD); the pidfd is owned
+//   by the connection and closed with it.
+import type { Logger } from 'pino';
+import { FrameDecoder, encodeFrame, type Frame } from '../../protocol/framing.ts';
+import { decodeCall, type DecodedCall } from '../../protocol/decode.ts';
+import { BrokerError, qualifiedBrokerError } from '../../protocol/errors.ts';
+import { closeFd, SysError } from '../../native/sys.ts';
+import { UnixConnection, UnixServer } from '../../native/socket.ts';
+import { readPeer, type Peer } from './peer.ts';
+
+/** What a handler answers: reply parameters, and fds to attach (ownership passes to the server). */
+export interface HandlerReply {
+  parameters: Record<string, unknown>;
+  fds?: number[];
+}
+export type CallHandler = (call: DecodedCall, peer: Peer) => Promise<HandlerReply>;
+
+export interface ServerLimits {
+  maxConnections: number;
+  maxConnectionsPerUid: number;
+}
+
+export class VarlinkServer {
+  readonly #listeners: UnixServer[] = [];
+  readonly #connections = new Set<Connection>();
+  #closing = false;
+
+  constructor(private readonly handle: CallHandler, private readonly log: Logger,
+    private readonly limits: ServerLimits) {}
+
+  /** Starts serving on a listening socket; the server takes ownership of it. */
+  serve(listener: UnixServer): void {
+    this.#listeners.push(listener);
+    listener.on('connection', (conn: UnixConnection) => this.#accept(conn));
+    listener.on('error', (err: Error) => this.log.error({ err }, 'listening socket failed'));
+  }
+
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  /** Stops accepting, lets in-flight calls finish, then closes every connection. */
+  async close(): Promise<void> {
+    this.#closing = true;
+    for (const l of this.#listeners) l.close();
+    await Promise.all([...this.#connections].map((c) => c.drainAndClose()));
+  }
+
+  #accept(socket: UnixConnection): void {
+    if (this.#closing) { socket.close(); return; }
+    let peer: Peer;
+    try {
+      peer = readPeer(socket);
+    } catch (err) {
+      this.log.warn({ err }, 'dropping a connection whose peer could not be identified');
+      socket.close();
+      return;
+    }
+    const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
+    if (this.#connections.size >= this.limits.maxConnections || sameUid >= this.limits.maxConnectionsPerUid) {
+      this.log.warn({ peer: { uid: peer.uid, pid: peer.pid }, total: this.#connections.size, sameUid },
+        'connection refused: too many connections');
+      if (peer.pidfd !== undefined) closeFd(peer.pidfd);
+      socket.close();
+      return;
+    }
+    const conn = new Connection(socket, peer, this.handle, this.log, () => this.#connections.delete(conn));
+    this.#connections.add(conn);
+  }
+}
+
+class Connection {
+  readonly #decoder = new FrameDecoder();
+  readonly #queue: Frame[] = [];
+  #busy = false;
+  #closed = false;
+  #idle: (() => void) | undefined;
+
+  constructor(private readonly socket: UnixConnection, readonly peer: Peer,
+    private readonly handle: CallHandler, private readonly log: Logger, private readonly onClose: () => void) {
+    socket.on('data', (chunk: Buffer, fds: number[]) => this.#onData(chunk, fds));
+    socket.on('end', () => this.#finish());
+    socket.on('error', (err: Error) => {
+      this.log.debug({ err, peer: this.#who() }, 'connection error');
+      this.close();
+    });
+  }
+
+  #who(): { pid: number; uid: number } {
+    return { pid: this.peer.pid, uid: this.peer.uid };
+  }
+
+  #onData(chunk: Buffer, fds: number[]): void {
+    if (this.#closed) { fds.forEach(closeFd); return; }
+    let frames: Frame[];
+    try {
+      frames = this.#decoder.push(chunk, fds);
+    } catch (err) {
+      this.log.warn({ err: errMessage(err), peer: this.#who() }, 'malformed stream: closing the connection');
+      this.close();
+      return;
+    }
+    this.#queue.push(...frames);
+    void this.#pump();
+  }
+
+  async #pump(): Promise<void> {
+    if (this.#busy) return;
+    this.#busy = true;
+    try {
+      for (let frame = this.#queue.shift(); frame !== undefined && !this.#closed; frame = this.#queue.shift()) {
+        await this.#run(frame);
+      }
+    } finally {
+      this.#busy = false;
+      this.#idle?.();
+    }
+  }
+
+  async #run(frame: Frame): Promise<void> {
+    const decoded = decodeCall(frame);
+    if ('fatal' in decoded) {
+      decoded.fdsToClose.forEach(closeFd);
+      if (decoded.fatal) {
+        this.log.warn({ peer: this.#who(), error: decoded.error.name }, 'malformed message: closing the connection');
+        this.close();
+      } else {
+        this.#send({ error: decoded.error.name, parameters: decoded.error.parameters }, []);
+      }
+      return;
+    }
+    let reply: HandlerReply;
+    try {
+      reply = await this.handle(decoded, this.peer);
+    } catch (err) {
+      decoded.unusedFds.forEach(closeFd);
+      if (!decoded.oneway) this.#send(errorReply(err, this.log), []);
+      return;
+    }
+    decoded.unusedFds.forEach(closeFd);
+    if (decoded.oneway || this.#closed) {
+      (reply.fds ?? []).forEach(closeFd);
+      return;
+    }
+    this.#send({ parameters: reply.parameters }, reply.fds ?? []);
+  }
+
+  #send(message: Record<string, unknown>, fds: number[]): void {
+    if (this.#closed) { fds.forEach(closeFd); return; }
+    this.socket.send(encodeFrame(message), fds);
+  }
+
+  /** Peer closed its side: answer what is queued, then close. */
+  #finish(): void {
+    void this.drainAndClose();
+  }
+
+  async drainAndClose(): Promise<void> {
+    if (this.#busy) await new Promise<void>((resolve) => { this.#idle = resolve; });
+    this.#shut(() => this.socket.end());
+  }
+
+  close(): void {
+    this.#shut(() => this.socket.close());
+  }
+
+  /** Closes every fd this connection still owns, once, then the socket the given way. */
+  #shut(closeSocket: () => void): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#decoder.takeHeldFds().forEach(closeFd);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
+    if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
+    closeSocket();
+    this.onClose();
+  }
+}
+
+/** Turns what a handler threw into a Varlink error reply; unexpected errors are logged in full. */
+function errorReply(err: unknown, log: Logger): Record<string, unknown> {
+  if (err instanceof BrokerError) return { error: err.qualifiedName, parameters: err.parameters };
+  log.error({ err }, 'internal error while handling a call');
+  const reason = err instanceof SysError ? `${err.syscall} failed: ${err.code}` : 'unexpected failure; the broker log has the details';
+  return { error: qualifiedBrokerError('InternalError'), parameters: { reason } };
+}
+
+function errMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

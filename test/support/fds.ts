@@ -1,0 +1,21 @@
+// Test support: the fds a process holds, to prove nothing leaks.
+import { readdirSync, readlinkSync } from 'node:fs';
+
+/** fd number -> what it points at, for the given pid (default: this process). */
+export function openFds(pid: number | 'self' = 'self'): Map<number, string> {
+  const dir = `/proc/${pid}/fd`;
+  const out = new Map<number, string>();
+  for (const name of readdirSync(dir)) {
+    try {
+      out.set(Number(name), readlinkSync(`${dir}/${name}`));
+    } catch {
+      // the fd readdir itself used, closed by now
+    }
+  }
+  return out;
+}
+
+/** Fds present now that were not in `before`, described for an assertion message. */
+export function leakedSince(before: Map<number, string>, pid: number | 'self' = 'self'): string[] {
+  return [...openFds(pid)].filter(([fd, target]) => before.get(fd) !== target).map(([fd, t]) => `${fd} -> ${t}`);
+}
