@@ -75,8 +75,8 @@ export interface NativeBinding {
   kcmp(pid1: number, pid2: number, type: number, idx1: number, idx2: number): number | NegErrno;
 
   // --- files ---
-  /** open(path, flags|O_CLOEXEC). */
-  open(path: string, flags: number): number | NegErrno;
+  /** open(path, flags|O_CLOEXEC, mode); mode (default 0o600) matters only with O_CREAT/O_TMPFILE. */
+  open(path: string, flags: number, mode?: number): number | NegErrno;
   /** memfd_create(name, MFD_CLOEXEC). */
   memfdCreate(name: string): number | NegErrno;
   fstat(fd: number): StatResult | NegErrno;
@@ -93,6 +93,12 @@ export interface NativeBinding {
   /** execve(path, argv, envp): returns only on failure. */
   execve(path: string, argv: string[], envp: string[]): NegErrno;
 
+  // --- anonymous memory (the kernel lab's IOAS_MAP needs a user virtual address) ---
+  /** mmap(NULL, length, RW, PRIVATE|ANONYMOUS); the helper records the region. */
+  mmapAnon(length: number): { address: bigint } | NegErrno;
+  /** munmap of a region mmapAnon returned, exact address and length; anything else -> -EINVAL. */
+  munmap(address: bigint, length: number): 0 | NegErrno;
+
   // --- readiness on Node's loop (uv_poll) ---
   /**
    * Starts watching fd for `events` (POLL_* bits). `callback(status, events)` runs on the JS
@@ -100,7 +106,7 @@ export interface NativeBinding {
    * strong reference to the callback until stopPoll. Never poll an fd that libuv also watches.
    */
   startPoll(fd: number, events: number, callback: (status: number, events: number) => void): PollHandle | NegErrno;
-  /** Changes the watched events of a running handle. */
+  /** Changes the watched events of a running handle (0 pauses it); -EBADF after stopPoll. */
   updatePoll(handle: PollHandle, events: number): 0 | NegErrno;
   /** Stops and frees the handle (uv_close); safe to call once; the fd is not closed. */
   stopPoll(handle: PollHandle): void;

@@ -1,0 +1,227 @@
+/*
+ * AF_UNIX stream sockets: listen, connect, accept, recvmsg/sendmsg with SCM_RIGHTS.
+ *
+ * Invariants:
+ * - Every socket this file creates is SOCK_CLOEXEC|SOCK_NONBLOCK; received fds are
+ *   MSG_CMSG_CLOEXEC. On failure a function closes whatever it created and returns -errno.
+ * - recvmsg hands every fd that arrived to the caller (even with MSG_CTRUNC), or closes them
+ *   itself if it cannot build the JS result: an fd is never left without an owner.
+ * - sendmsg never blocks and never raises SIGPIPE (MSG_DONTWAIT|MSG_NOSIGNAL); it sends
+ *   nothing for empty data (a stream would deliver no fds and look like EOF).
+ */
+#include "exports.h"
+#include "values.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* The kernel's SCM_MAX_FD: most fds one message can carry. */
+#define MAX_FDS_PER_MESSAGE 253
+#define MAX_RECV_BYTES (16 * 1024 * 1024)
+
+static int fill_address(const char *path, struct sockaddr_un *addr, socklen_t *len) {
+  size_t n = strlen(path);
+  if (n == 0) return -EINVAL; /* an empty path would autobind an abstract address */
+  if (n >= sizeof addr->sun_path) return -ENAMETOOLONG;
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  memcpy(addr->sun_path, path, n + 1);
+  *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+  return 0;
+}
+
+static long listen_unix(const char *path, int backlog, mode_t mode) {
+  struct sockaddr_un addr;
+  socklen_t len;
+  int r = fill_address(path, &addr, &len);
+  if (r < 0) return r;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -errno;
+  /* The socket file gets exactly `mode`: the umask is narrowed around bind() instead of a
+   * chmod afterwards, so the path is never reachable with looser permissions. */
+  mode_t old = umask(~mode & 0777);
+  r = bind(fd, (struct sockaddr *)&addr, len);
+  int bind_errno = errno;
+  umask(old);
+  if (r < 0) {
+    close(fd);
+    return -bind_errno;
+  }
+  if (listen(fd, backlog) < 0) {
+    int e = errno;
+    unlink(path); /* we just created it */
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+napi_value js_listen_unix(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  char *path = NULL;
+  int32_t backlog;
+  double mode;
+  if (!get_args(env, info, 3, argv) || !arg_int32(env, argv[1], "backlog", &backlog) ||
+      !arg_integer(env, argv[2], "mode", 0, 0777, &mode) || !arg_string(env, argv[0], "path", &path))
+    return NULL;
+  long r = listen_unix(path, backlog, (mode_t)mode);
+  free(path);
+  return make_number(env, (double)r);
+}
+
+napi_value js_connect_unix(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  char *path = NULL;
+  if (!get_args(env, info, 1, argv) || !arg_string(env, argv[0], "path", &path)) return NULL;
+  struct sockaddr_un addr;
+  socklen_t len;
+  long r = fill_address(path, &addr, &len);
+  free(path);
+  if (r < 0) return make_number(env, (double)r);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return make_number(env, (double)-errno);
+  if (connect(fd, (struct sockaddr *)&addr, len) < 0) {
+    int e = errno;
+    close(fd);
+    return make_number(env, (double)-e);
+  }
+  return make_number(env, fd);
+}
+
+napi_value js_accept(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "listenFd", &fd)) return NULL;
+  int r = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+  return make_number(env, (double)SYS_RESULT(r));
+}
+
+static void close_all(const int *fds, size_t n) {
+  for (size_t i = 0; i < n; i++) close(fds[i]);
+}
+
+/* Builds {data, fds, ctrunc}; returns NULL (fds NOT closed) on N-API failure. */
+static napi_value recv_result(napi_env env, const char *bytes, size_t n, const int *fds, size_t nfds, bool ctrunc) {
+  napi_value result, data, array, flag;
+  if (napi_create_object(env, &result) != napi_ok ||
+      napi_create_buffer_copy(env, n, bytes, NULL, &data) != napi_ok ||
+      napi_create_array_with_length(env, nfds, &array) != napi_ok ||
+      napi_get_boolean(env, ctrunc, &flag) != napi_ok)
+    return NULL;
+  for (size_t i = 0; i < nfds; i++) {
+    napi_value v;
+    if (napi_create_int32(env, fds[i], &v) != napi_ok || napi_set_element(env, array, (uint32_t)i, v) != napi_ok)
+      return NULL;
+  }
+  if (napi_set_named_property(env, result, "data", data) != napi_ok ||
+      napi_set_named_property(env, result, "fds", array) != napi_ok ||
+      napi_set_named_property(env, result, "ctrunc", flag) != napi_ok)
+    return NULL;
+  return result;
+}
+
+napi_value js_recvmsg(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  double max_bytes, max_fds;
+  if (!get_args(env, info, 3, argv) || !arg_fd(env, argv[0], "fd", &fd) ||
+      !arg_integer(env, argv[1], "maxBytes", 1, MAX_RECV_BYTES, &max_bytes) ||
+      !arg_integer(env, argv[2], "maxFds", 0, MAX_FDS_PER_MESSAGE, &max_fds))
+    return NULL;
+  char *bytes = malloc((size_t)max_bytes);
+  if (bytes == NULL) return make_number(env, -ENOMEM);
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
+  } control;
+  struct iovec iov = {.iov_base = bytes, .iov_len = (size_t)max_bytes};
+  struct msghdr msg = {
+      .msg_iov = &iov,
+      .msg_iovlen = 1,
+      .msg_control = max_fds > 0 ? control.buf : NULL,
+      .msg_controllen = max_fds > 0 ? CMSG_SPACE(sizeof(int) * (size_t)max_fds) : 0,
+  };
+  ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+  if (n < 0) {
+    int e = errno;
+    free(bytes);
+    return make_number(env, -e);
+  }
+  int fds[MAX_FDS_PER_MESSAGE];
+  size_t nfds = 0;
+  for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; i++) {
+      int received;
+      memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
+      if (nfds < MAX_FDS_PER_MESSAGE) fds[nfds++] = received;
+      else close(received); /* cannot happen: the buffer holds at most MAX_FDS_PER_MESSAGE */
+    }
+  }
+  napi_value result = recv_result(env, bytes, (size_t)n, fds, nfds, (msg.msg_flags & MSG_CTRUNC) != 0);
+  free(bytes);
+  if (result == NULL) {
+    close_all(fds, nfds);
+    return napi_failure(env, "recvmsg result");
+  }
+  return result;
+}
+
+napi_value js_sendmsg(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int fd;
+  void *data;
+  size_t len, nfds = 0;
+  int fds[MAX_FDS_PER_MESSAGE];
+  if (!get_args(env, info, 3, argv) || !arg_fd(env, argv[0], "fd", &fd) ||
+      !arg_buffer(env, argv[1], "data", &data, &len) ||
+      !arg_fd_array(env, argv[2], "fds", fds, MAX_FDS_PER_MESSAGE, &nfds))
+    return NULL;
+  if (len == 0) {
+    type_error(env, "data", "must not be empty (an empty stream message carries no fds)");
+    return NULL;
+  }
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_MESSAGE)];
+  } control;
+  struct iovec iov = {.iov_base = data, .iov_len = len};
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  if (nfds > 0) {
+    memset(&control, 0, sizeof control);
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+    memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+  }
+  ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return make_number(env, (double)SYS_RESULT(n));
+}
+
+napi_value js_shutdown_write(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
+  int r = shutdown(fd, SHUT_WR);
+  return make_number(env, (double)SYS_RESULT(r));
+}
+
+napi_value js_is_unix_stream_socket(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
+  int domain = 0, type = 0;
+  socklen_t len = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return make_number(env, -errno);
+  len = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return make_number(env, -errno);
+  return make_number(env, domain == AF_UNIX && type == SOCK_STREAM ? 1 : 0);
+}

@@ -1,0 +1,203 @@
+// The typed, throwing face of the native helper: every failed syscall becomes a SysError.
+//
+// Invariants:
+// - A SysError carries the errno's stable symbolic name (`code`, e.g. 'EPERM'), the positive
+//   number, the syscall, and a message saying what failed and what the error means. Callers
+//   branch on `code`, never on numbers.
+// - `sys()` treats only negative numbers as failures: fds, counts and 0 pass through.
+// - Every function that returns an fd hands its ownership to the caller; each fd is
+//   close-on-exec unless setCloexec(fd, false) was called on it deliberately.
+// - closeFd never retries: Linux releases the fd even when close() reports an error.
+import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import { getSystemErrorMap } from 'node:util';
+import { native, type NegErrno, type PeerCred, type Rlimit, type StatResult } from './binding.ts';
+
+export type { PeerCred, Rlimit, StatResult } from './binding.ts';
+
+export const RLIMIT_MEMLOCK = 8;
+export const KCMP_FILE = 0;
+
+/** Aliases share a number on Linux; these are the names the kernel sources use. */
+const PREFERRED_NAMES = new Set(['EAGAIN', 'EOPNOTSUPP', 'EDEADLK']);
+const NAMES = new Map<number, string>();
+for (const [name, value] of Object.entries(constants.errno)) {
+  if (!NAMES.has(value) || PREFERRED_NAMES.has(name)) NAMES.set(value, name);
+}
+
+/** Meanings libuv lacks or words misleadingly for our syscalls. */
+const TEXT_OVERRIDES: Readonly<Record<string, string>> = {
+  EOPNOTSUPP: 'operation not supported',
+  ENOTTY: 'inappropriate ioctl for device',
+  ENOPROTOOPT: 'protocol option not available (kernel too old?)',
+  EXFULL: 'exchange full (more fds than the receiver accepts)',
+  ETOOMANYREFS: 'too many references (fds in flight)',
+  ESRCH: 'no such process',
+};
+
+const LIBUV_MESSAGES = getSystemErrorMap();
+
+/** The symbolic name of an errno number (sign ignored), e.g. errnoName(1) === 'EPERM'. */
+export function errnoName(errno: number): string {
+  return NAMES.get(Math.abs(errno)) ?? `ERRNO_${Math.abs(errno)}`;
+}
+
+/** A short strerror-like meaning of an errno number (sign ignored). */
+export function errnoText(errno: number): string {
+  const name = errnoName(errno);
+  return TEXT_OVERRIDES[name] ?? LIBUV_MESSAGES.get(-Math.abs(errno))?.[1] ?? 'unknown error';
+}
+
+export class SysError extends Error {
+  override readonly name = 'SysError';
+  /** Symbolic errno name, e.g. 'EPERM'. The stable contract. */
+  readonly code: string;
+  /** Positive errno number (for logs only). */
+  readonly errno: number;
+  /** The syscall (or helper operation) that failed. */
+  readonly syscall: string;
+
+  constructor(syscall: string, errno: number, detail?: string) {
+    const positive = Math.abs(errno);
+    const code = errnoName(positive);
+    super(`${syscall} failed: ${code} (${errnoText(positive)})${detail === undefined ? '' : `: ${detail}`}`);
+    this.code = code;
+    this.errno = positive;
+    this.syscall = syscall;
+  }
+}
+
+/** Returns `result` unless it is a negative number, which it throws as a SysError. */
+export function sys<T>(syscall: string, result: T | NegErrno, detail?: string): T {
+  if (typeof result === 'number' && result < 0) throw new SysError(syscall, result, detail);
+  return result as T;
+}
+
+/** Turns an fs error (which has `errno` < 0 and `code`) into a SysError; rethrows anything else. */
+function fromNodeError(syscall: string, error: unknown, detail: string): SysError {
+  if (error instanceof Error && 'errno' in error && typeof error.errno === 'number') {
+    return new SysError(syscall, error.errno, detail);
+  }
+  throw error;
+}
+
+// --- fds ---
+
+/** close(fd) once. The fd is released even if this throws; never call it twice. */
+export function closeFd(fd: number): void {
+  sys('close', native.close(fd), `fd ${fd}`);
+}
+
+/** A new close-on-exec fd (>= minFd) for the same open file; the caller owns it. */
+export function dupCloexec(fd: number, minFd = 3): number {
+  return sys('fcntl(F_DUPFD_CLOEXEC)', native.dupCloexec(fd, minFd), `fd ${fd}`);
+}
+
+/** Sets (true) or clears (false, for an fd an exec'd child must inherit) FD_CLOEXEC. */
+export function setCloexec(fd: number, on: boolean): void {
+  sys('fcntl(F_SETFD)', native.setCloexec(fd, on), `fd ${fd}`);
+}
+
+/** open(path, flags | O_CLOEXEC, mode); the caller owns the fd. */
+export function openFile(path: string, flags: number, mode = 0o600): number {
+  return sys('open', native.open(path, flags, mode), path);
+}
+
+/** memfd_create(name, MFD_CLOEXEC); the caller owns the fd. */
+export function memfd(name: string): number {
+  return sys('memfd_create', native.memfdCreate(name), name);
+}
+
+export function fstatFd(fd: number): StatResult {
+  return sys('fstat', native.fstat(fd), `fd ${fd}`);
+}
+
+export function fsyncFd(fd: number): void {
+  sys('fsync', native.fsync(fd), `fd ${fd}`);
+}
+
+/** ioctl(fd, request, buf) with buf read and written in place; returns the ioctl's result. */
+export function ioctl(fd: number, request: number, buf: Buffer, name?: string): number {
+  const what = name ?? `ioctl 0x${request.toString(16)}`;
+  return sys('ioctl', native.ioctl(fd, request, buf), `${what} on fd ${fd}`);
+}
+
+// --- processes ---
+
+/** pidfd_open(pid); the caller owns the (close-on-exec) pidfd. ESRCH if pid does not exist. */
+export function pidfdOpen(pid: number): number {
+  return sys('pidfd_open', native.pidfdOpen(pid), `pid ${pid}`);
+}
+
+export function pidfdSendSignal(pidfd: number, signal: number): void {
+  sys('pidfd_send_signal', native.pidfdSendSignal(pidfd, signal), `pidfd ${pidfd}`);
+}
+
+/**
+ * Whether the process behind pidfd still runs (signal 0). ESRCH -> false. EPERM means the
+ * process exists but we may not signal it: true.
+ */
+export function pidfdIsAlive(pidfd: number): boolean {
+  const r = native.pidfdSendSignal(pidfd, 0);
+  if (r === 0) return true;
+  const name = errnoName(r);
+  if (name === 'ESRCH') return false;
+  if (name === 'EPERM') return true;
+  throw new SysError('pidfd_send_signal', r, `probing pidfd ${pidfd}`);
+}
+
+/**
+ * The pid a pidfd refers to, from /proc/self/fdinfo ("Pid:"): -1 once the process exited,
+ * 0 if it lives in a pid namespace we cannot see. EBADF if fd is not open, EINVAL if it is
+ * not a pidfd.
+ */
+export function pidOfPidfd(pidfd: number): number {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8');
+  } catch (error) {
+    const sysError = fromNodeError('pidOfPidfd', error, `reading /proc/self/fdinfo/${pidfd}`);
+    throw sysError.code === 'ENOENT' ? new SysError('pidOfPidfd', constants.errno.EBADF, `fd ${pidfd} is not open`) : sysError;
+  }
+  const match = /^Pid:\s*(-?\d+)\s*$/m.exec(text);
+  if (match?.[1] === undefined) throw new SysError('pidOfPidfd', constants.errno.EINVAL, `fd ${pidfd} is not a pidfd`);
+  return Number(match[1]);
+}
+
+/** RLIMIT_MEMLOCK of pid (0 = ourselves): sets it when `set` is given; returns the previous values. */
+export function prlimitMemlock(pid: number, set: Rlimit | null): Rlimit {
+  return sys('prlimit', native.prlimit(pid, RLIMIT_MEMLOCK, set), `RLIMIT_MEMLOCK of pid ${pid}`);
+}
+
+/** kcmp(KCMP_FILE): do fd1 in pid1 and fd2 in pid2 refer to the same open file description? */
+export function kcmpFiles(pid1: number, fd1: number, pid2: number, fd2: number): boolean {
+  return sys('kcmp', native.kcmp(pid1, pid2, KCMP_FILE, fd1, fd2), `fd ${fd1} of pid ${pid1} vs fd ${fd2} of pid ${pid2}`) === 0;
+}
+
+/** Replaces this process image; returns only by throwing. */
+export function execve(path: string, argv: string[], envp: string[]): never {
+  throw new SysError('execve', native.execve(path, argv, envp), path);
+}
+
+// --- sockets (credentials) ---
+
+/** SO_PEERCRED: the peer's pid/uid/gid as of connect(). */
+export function peerCred(fd: number): PeerCred {
+  return sys('getsockopt(SO_PEERCRED)', native.peerCred(fd), `fd ${fd}`);
+}
+
+/** SO_PEERPIDFD: a close-on-exec pidfd for the peer, owned by the caller. ENOPROTOOPT before Linux 6.5. */
+export function peerPidfd(fd: number): number {
+  return sys('getsockopt(SO_PEERPIDFD)', native.peerPidfd(fd), `fd ${fd}`);
+}
+
+// --- memory (kernel lab) ---
+
+/** Anonymous RW private mapping; returns its address. Release with unmapAnon(address, length). */
+export function mmapAnon(length: number): bigint {
+  return sys('mmap', native.mmapAnon(length), `${length} bytes`).address;
+}
+
+export function unmapAnon(address: bigint, length: number): void {
+  sys('munmap', native.munmap(address, length), `0x${address.toString(16)} + ${length}`);
+}
