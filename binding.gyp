@@ -13,7 +13,8 @@
         "native/src/process.c",
         "native/src/files.c",
         "native/src/memory.c",
-        "native/src/poll.c"
+        "native/src/poll.c",
+        "native/src/notify.c"
       ],
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],
       "cflags!": ["-Wno-unused-parameter"],

@@ -110,6 +110,13 @@ export interface NativeBinding {
   updatePoll(handle: PollHandle, events: number): 0 | NegErrno;
   /** Stops and frees the handle (uv_close); safe to call once; the fd is not closed. */
   stopPoll(handle: PollHandle): void;
+
+  // --- datagrams (sd_notify to an abstract NOTIFY_SOCKET; unix-dgram handles only paths) ---
+  /**
+   * One sendto(MSG_NOSIGNAL|MSG_DONTWAIT) on a fresh CLOEXEC AF_UNIX SOCK_DGRAM socket, closed
+   * before returning. `abstract` addresses "\0name" instead of the path `name`. Returns bytes sent.
+   */
+  sendDatagram(name: string, abstract: boolean, data: Buffer): number | NegErrno;
 }
 
 const require = createRequire(import.meta.url);

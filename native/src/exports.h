@@ -45,5 +45,7 @@ DECLARE_EXPORT(js_munmap);
 DECLARE_EXPORT(js_start_poll);
 DECLARE_EXPORT(js_update_poll);
 DECLARE_EXPORT(js_stop_poll);
+/* notify.c */
+DECLARE_EXPORT(js_send_datagram);
 
 #endif

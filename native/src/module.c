@@ -40,6 +40,7 @@ static const export_t exports_table[] = {
     {"startPoll", js_start_poll},
     {"updatePoll", js_update_poll},
     {"stopPoll", js_stop_poll},
+    {"sendDatagram", js_send_datagram},
 };
 
 static napi_value init(napi_env env, napi_value exports) {
