@@ -1,0 +1,38 @@
+// A child process for journal.test.ts: opens the journal in argv[2] and journals operations
+// until it is killed or a write fails, acknowledging each on stdout only after its record*()
+// call returned (as the daemon replies only after it). Not a test file itself.
+//
+// Operations, numbered from 0: op 2i grants lease i, op 2i+1 resizes lease i to twice its size.
+// stdout lines: "ready", then "ack N" per finished op, then (on a write failure) one JSON line
+// {"failedAt": N, "name": ..., "again": name of the error a following grant threw}.
+// With argv[3] == "wait", it reads one line from stdin ("go") before journaling.
+import { readSync, writeSync } from 'node:fs';
+import { LeaseJournal } from '../../../daemon/shell/journal.ts';
+import { journalOp, leaseFor } from './journal-ops.ts';
+
+const stateDir = process.argv[2];
+if (stateDir === undefined) throw new Error('usage: journal-writer STATE_DIR [wait]');
+// With RLIMIT_FSIZE lowered, a write past it would kill us with SIGXFSZ; handled, it is EFBIG.
+process.on('SIGXFSZ', () => {});
+
+const { journal } = LeaseJournal.open(stateDir);
+writeSync(1, 'ready\n');
+if (process.argv[3] === 'wait') readSync(0, Buffer.alloc(16));
+
+const MAX_OPS = 20_000;
+for (let op = 0; op < MAX_OPS; op += 1) {
+  try {
+    journalOp(journal, op);
+  } catch (e) {
+    let again = 'none';
+    try {
+      journal.recordGrant(leaseFor(MAX_OPS)); // a lease no op touches
+    } catch (e2) {
+      again = e2 instanceof Error ? e2.name : String(e2);
+    }
+    writeSync(1, `${JSON.stringify({ failedAt: op, name: e instanceof Error ? e.name : String(e), again })}\n`);
+    process.exit(0);
+  }
+  writeSync(1, `ack ${op}\n`);
+}
+journal.close();
