@@ -77,7 +77,7 @@ static void on_poll(uv_poll_t *handle, int status, int events) {
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value callback, recv, argv[2];
   if (napi_get_reference_value(env, w->callback, &callback) == napi_ok && callback != NULL &&
-      napi_get_undefined(env, &recv) == napi_ok && napi_create_int32(env, status, &argv[0]) == napi_ok &&
+      napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, status, &argv[0]) == napi_ok &&
       napi_create_int32(env, events, &argv[1]) == napi_ok) {
     w->in_callback = true;
     napi_status s = napi_make_callback(env, w->context, recv, callback, 2, argv, NULL);
