@@ -137,10 +137,9 @@ export function fsyncFd(fd: number): void {
   sys('fsync', native.fsync(fd), `fd ${fd}`);
 }
 
-/** ioctl(fd, request, buf) with buf read and written in place; returns the ioctl's result. */
+/** ioctl(fd, request, buf) with buf read and written in place; `name` names the command in errors. */
 export function ioctl(fd: number, request: number, buf: Buffer, name?: string): number {
-  const what = name ?? `ioctl 0x${request.toString(16)}`;
-  return sys('ioctl', native.ioctl(fd, request, buf), `${what} on fd ${fd}`);
+  return sys(`ioctl(${name ?? `0x${request.toString(16)}`})`, native.ioctl(fd, request, buf), `fd ${fd}`);
 }
 
 // --- processes ---
