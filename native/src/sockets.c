@@ -143,7 +143,9 @@ napi_value js_recvmsg(napi_env env, napi_callback_info info) {
       .msg_iov = &iov,
       .msg_iovlen = 1,
       .msg_control = max_fds > 0 ? control.buf : NULL,
-      .msg_controllen = max_fds > 0 ? CMSG_SPACE(sizeof(int) * (size_t)max_fds) : 0,
+      /* CMSG_LEN, not CMSG_SPACE: the kernel fits (controllen - header) / sizeof(int) fds, and
+       * the alignment padding of CMSG_SPACE would let one more than maxFds through. */
+      .msg_controllen = max_fds > 0 ? CMSG_LEN(sizeof(int) * (size_t)max_fds) : 0,
   };
   ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
   if (n < 0) {

@@ -1,0 +1,189 @@
+// The raw helper: results or -errno, TypeErrors only for wrong argument types, CLOEXEC on
+// every fd it creates, MSG_CTRUNC handling, and the mmapAnon/munmap registry.
+import assert from 'node:assert/strict';
+import { constants, lstatSync, readFileSync } from 'node:fs';
+import { constants as os } from 'node:os';
+import { test } from 'node:test';
+import { native, type RecvResult } from '../../native/binding.ts';
+import { fstatFd, kcmpFiles, memfd } from '../../native/sys.ts';
+import { isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
+import { makeTempDir } from './socket-fixtures.ts';
+
+const { EBADF, ENOENT, EINVAL, ENAMETOOLONG, ENOTSOCK, ENOTTY, EAGAIN } = os.errno;
+
+function fd(result: number | object): number {
+  assert.equal(typeof result, 'number');
+  assert.ok((result as number) >= 0, `expected an fd, got ${String(result)}`);
+  return result as number;
+}
+
+/** listen + connect + accept on a temp path: [listener, client, server]. */
+function rawPair(): [number, number, number] {
+  const temp = makeTempDir();
+  try {
+    const listener = fd(native.listenUnix(`${temp.dir}/raw.sock`, 4, 0o600));
+    const client = fd(native.connectUnix(`${temp.dir}/raw.sock`));
+    const server = fd(native.accept(listener));
+    return [listener, client, server];
+  } finally {
+    temp.remove();
+  }
+}
+
+function recv(fdNumber: number, maxBytes: number, maxFds: number): RecvResult {
+  const r = native.recvmsg(fdNumber, maxBytes, maxFds);
+  assert.notEqual(typeof r, 'number', `recvmsg failed: ${String(r)}`);
+  return r as RecvResult;
+}
+
+test('failed syscalls return -errno instead of throwing', () => {
+  assert.equal(native.close(987654), -EBADF);
+  assert.equal(native.open('/nonexistent/really', constants.O_RDONLY), -ENOENT);
+  assert.equal(native.connectUnix('/nonexistent/sock'), -ENOENT);
+  assert.equal(native.connectUnix(''), -EINVAL);
+  assert.equal(native.listenUnix(`/tmp/${'x'.repeat(120)}`, 1, 0o600), -ENAMETOOLONG);
+  assert.equal(native.fstat(987654), -EBADF);
+  assert.equal(native.isUnixStreamSocket(987654), -EBADF);
+});
+
+test('wrong argument types throw TypeError', () => {
+  const bad: Array<() => unknown> = [
+    () => (native.close as (x: unknown) => number)('3'),
+    () => native.close(-1),
+    () => native.close(1.5),
+    () => (native.open as (p: unknown, f: number) => number)(42, 0),
+    () => native.open('/tmp/a\0b', 0),
+    () => (native.sendmsg as (f: number, d: unknown, x: number[]) => number)(0, 'text', []),
+    () => native.sendmsg(0, Buffer.alloc(0), []),
+    () => native.sendmsg(0, Buffer.from('x'), new Array<number>(254).fill(0)),
+    () => native.recvmsg(0, 0, 0),
+    () => native.recvmsg(0, 16, 254),
+    () => native.prlimit(0, 8, { soft: 1.5, hard: 2 }),
+    () => native.prlimit(0, 8, { soft: -2, hard: 2 }),
+    () => (native.startPoll as (f: number, e: number, c: unknown) => unknown)(0, 1, 'not a function'),
+    () => native.startPoll(0, 8, () => undefined),
+    () => (native.stopPoll as (h: unknown) => void)({}),
+    () => (native.munmap as (a: unknown, l: number) => number)(1, 4096),
+  ];
+  for (const call of bad) assert.throws(call, TypeError);
+});
+
+test('sockets, accepted sockets and received fds are close-on-exec', async () => {
+  await withNoFdLeak(() => {
+    const [listener, client, server] = rawPair();
+    for (const f of [listener, client, server]) assert.ok(isCloexec(f), `fd ${f} lacks O_CLOEXEC`);
+    const sent = memfd('cloexec-probe');
+    native.setCloexec(sent, false);
+    assert.equal(isCloexec(sent), false);
+    assert.equal(native.sendmsg(client, Buffer.from('x'), [sent]), 1);
+    const got = recv(server, 16, 4);
+    assert.equal(got.fds.length, 1);
+    const received = got.fds[0] ?? -1;
+    assert.ok(isCloexec(received), 'a received fd must be O_CLOEXEC even if the sender cleared it');
+    assert.ok(kcmpFiles(process.pid, sent, process.pid, received));
+    for (const f of [listener, client, server, sent, received]) assert.equal(native.close(f), 0);
+  });
+});
+
+test('MSG_CTRUNC: the fds that fit arrive, flagged ctrunc; the data is intact', async () => {
+  await withNoFdLeak(() => {
+    const [listener, client, server] = rawPair();
+    const files = [memfd('a'), memfd('b'), memfd('c')];
+    assert.equal(native.sendmsg(client, Buffer.from('three'), files), 5);
+    const got = recv(server, 64, 1);
+    assert.equal(got.ctrunc, true);
+    assert.equal(got.data.toString(), 'three');
+    assert.equal(got.fds.length, 1);
+    assert.ok(kcmpFiles(process.pid, files[0] ?? -1, process.pid, got.fds[0] ?? -1));
+    for (const f of [listener, client, server, ...files, ...got.fds]) assert.equal(native.close(f), 0);
+  });
+});
+
+test('recvmsg does not merge data across messages carrying fds; EAGAIN when empty, 0 bytes at EOF', async () => {
+  await withNoFdLeak(() => {
+    const [listener, client, server] = rawPair();
+    assert.equal(native.recvmsg(server, 64, 4), -EAGAIN);
+    const file = memfd('m');
+    assert.equal(native.sendmsg(client, Buffer.from('first'), [file]), 5);
+    assert.equal(native.sendmsg(client, Buffer.from('second'), []), 6);
+    const first = recv(server, 64, 4);
+    assert.equal(first.data.toString(), 'first');
+    assert.equal(first.fds.length, 1);
+    assert.equal(recv(server, 64, 4).data.toString(), 'second');
+    assert.equal(native.shutdownWrite(client), 0);
+    const eof = recv(server, 64, 4);
+    assert.equal(eof.data.length, 0);
+    for (const f of [listener, client, server, file, ...first.fds]) assert.equal(native.close(f), 0);
+  });
+});
+
+test('isUnixStreamSocket tells sockets from other fds', async () => {
+  await withNoFdLeak(() => {
+    const [listener, client, server] = rawPair();
+    const file = memfd('not-a-socket');
+    assert.equal(native.isUnixStreamSocket(client), 1);
+    assert.equal(native.isUnixStreamSocket(listener), 1);
+    assert.equal(native.isUnixStreamSocket(file), -ENOTSOCK);
+    for (const f of [listener, client, server, file]) assert.equal(native.close(f), 0);
+  });
+});
+
+test('listenUnix creates the socket file with exactly the requested mode', async () => {
+  const temp = makeTempDir();
+  try {
+    await withNoFdLeak(() => {
+      for (const mode of [0o600, 0o660, 0o666]) {
+        const path = `${temp.dir}/mode-${mode.toString(8)}.sock`;
+        const listener = fd(native.listenUnix(path, 1, mode));
+        assert.equal(lstatSync(path).mode & 0o777, mode);
+        assert.equal(native.close(listener), 0);
+      }
+    });
+  } finally {
+    temp.remove();
+  }
+});
+
+test('dupCloexec, setCloexec, open, fstat, fsync, ioctl on plain files', async () => {
+  const temp = makeTempDir();
+  try {
+    await withNoFdLeak(() => {
+      const path = `${temp.dir}/file`;
+      const file = fd(native.open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o640));
+      assert.ok(isCloexec(file));
+      const stat = fstatFd(file);
+      assert.equal(stat.mode & 0o777, 0o640);
+      assert.equal(stat.mode & constants.S_IFMT, constants.S_IFREG);
+      const copy = fd(native.dupCloexec(file, 100));
+      assert.ok(copy >= 100);
+      assert.ok(isCloexec(copy));
+      assert.equal(fstatFd(copy).ino, stat.ino);
+      assert.equal(native.setCloexec(copy, false), 0);
+      assert.equal(isCloexec(copy), false);
+      assert.equal(native.fsync(file), 0);
+      assert.equal(native.ioctl(file, 0x3b87, Buffer.alloc(24)), -ENOTTY);
+      assert.equal(native.close(copy), 0);
+      assert.equal(native.close(file), 0);
+      assert.equal(isOpen(file), false);
+    });
+  } finally {
+    temp.remove();
+  }
+});
+
+test('mmapAnon maps writable memory; munmap accepts only regions it handed out', () => {
+  const length = 2 * 4096;
+  const mapped = native.mmapAnon(length);
+  assert.notEqual(typeof mapped, 'number');
+  const { address } = mapped as { address: bigint };
+  assert.ok(address > 0n && address % 4096n === 0n);
+  const containing = readFileSync('/proc/self/maps', 'utf8').split('\n').find((line) => {
+    const match = /^([0-9a-f]+)-([0-9a-f]+) (\S+)/.exec(line);
+    return match !== null && BigInt(`0x${match[1] ?? ''}`) <= address && address + BigInt(length) <= BigInt(`0x${match[2] ?? ''}`);
+  });
+  assert.match(containing ?? '', / rw-p /, 'the region is mapped read-write, private');
+  assert.equal(native.munmap(address + 4096n, 4096), -EINVAL, 'part of a region is not a region');
+  assert.equal(native.munmap(address, 4096), -EINVAL, 'the length must match');
+  assert.equal(native.munmap(address, length), 0);
+  assert.equal(native.munmap(address, length), -EINVAL, 'a region is unmapped once');
+});

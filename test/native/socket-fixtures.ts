@@ -1,0 +1,62 @@
+// Test support: real connected UnixConnection pairs over a temporary listening socket, and
+// helpers to collect what arrives.
+//
+// Invariants: every fixture cleans up what it created (listener closed, temp dir removed);
+// the connections it returns belong to the test, which closes them.
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { UnixConnection, UnixServer, type ConnectionOptions } from '../../native/socket.ts';
+
+export function makeTempDir(): { dir: string; remove: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'native-test-'));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+export interface Pair { client: UnixConnection; server: UnixConnection }
+
+/** A connected pair: `client` from connect(), `server` from the listener's accept. */
+export async function connectedPair(clientOptions: ConnectionOptions = {}, serverOptions: ConnectionOptions = {}): Promise<Pair> {
+  const temp = makeTempDir();
+  const listener = UnixServer.listen(join(temp.dir, 'pair.sock'), { mode: 0o600, backlog: 4, ...serverOptions });
+  try {
+    const accepted = once(listener, 'connection') as Promise<[UnixConnection]>;
+    const client = UnixConnection.connect(join(temp.dir, 'pair.sock'), clientOptions);
+    const [server] = await accepted;
+    return { client, server };
+  } finally {
+    listener.close();
+    temp.remove();
+  }
+}
+
+export async function closePair(pair: Pair): Promise<void> {
+  const closed = [pair.client, pair.server].filter((c) => !c.closed).map((c) => once(c, 'close'));
+  pair.client.close();
+  pair.server.close();
+  await Promise.all(closed);
+}
+
+export interface Received { data: Buffer; fdsByChunk: number[][] }
+
+/** Collects 'data' until `bytes` bytes arrived; resolves with the data and the fds per chunk. */
+export function receive(conn: UnixConnection, bytes: number): Promise<Received> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const fdsByChunk: number[][] = [];
+    let length = 0;
+    const onData = (chunk: Buffer, fds: number[]): void => {
+      chunks.push(chunk);
+      fdsByChunk.push(fds);
+      length += chunk.length;
+      if (length >= bytes) {
+        conn.off('data', onData);
+        conn.off('error', reject);
+        resolve({ data: Buffer.concat(chunks), fdsByChunk });
+      }
+    };
+    conn.on('data', onData);
+    conn.once('error', reject);
+  });
+}
