@@ -132,6 +132,36 @@ test('VmLck of a child that mlock()s two pages is 8192 bytes; VmPin stays 0', as
   }
 });
 
+test('a zombie has no VmLck/VmPin lines: undefined, not 0', async () => {
+  // The python parent forks a child that exits at once and is never waited for.
+  const program = [
+    'import os, sys, time',
+    'pid = os.fork()',
+    'if pid == 0: os._exit(0)',
+    'while open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] != "Z": time.sleep(0.01)',
+    "print(pid, flush=True); print('ready', flush=True)",
+    'sys.stdin.read()',
+  ].join('\n');
+  const child = spawn(PYTHON, ['-c', program], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  for await (const chunk of child.stdout) {
+    out += String(chunk);
+    if (out.includes('ready\n')) break;
+  }
+  try {
+    const zombie = Number(out.split('\n')[0]);
+    assert.ok(Number.isSafeInteger(zombie) && zombie > 0, `no zombie pid in ${out}`);
+    const s = readProcStatus(zombie);
+    assert.equal(s.vmLckBytes, undefined);
+    assert.equal(s.vmPinBytes, undefined);
+    assert.equal(s.realUid, process.getuid!());
+  } finally {
+    const exited = once(child, 'exit');
+    child.stdin.end();
+    await exited;
+  }
+});
+
 test('readStartTime is stable for one process and later for a process started after us', async () => {
   const ours = readStartTime(process.pid);
   assert.match(ours, /^\d+$/);
