@@ -1,0 +1,102 @@
+// Who may see, resize and release an existing lease, and whether a new size fits.
+//
+// Invariants:
+// - Pure: values in, a decision out. Nothing here changes the ledger; the shell applies the
+//   decided limit with prlimit, journals it, then commits with ledger.resize / ledger.release.
+// - Visibility: a manager sees every lease; anyone else sees the leases they own and those
+//   whose target runs as their uid (a QEMU can look at its own lease).
+// - No existence oracle: an id that is unknown, or that names a lease the peer may not see,
+//   gets the same NoSuchLease. Only a peer that can see the lease learns why it is refused.
+// - No way out: only managers may Resize. A VM's own uid can never raise its limit, not even
+//   for a lease it opened itself (it may Release that lease, which restores its own earlier
+//   limit and gains it nothing).
+// - Release: the lease's owner uid or a manager. A target that is not the owner may not
+//   release a lease a manager opened for it, since release restores the target's previous,
+//   possibly higher, limit.
+// - Resize checks caps on the delta: lowering (or keeping) the size is always allowed, even if
+//   the lease is above a cap the operator tightened later; raising checks the per-VM max on the
+//   new limit, and per-uid bytes (charged to the lease's owner, not to the manager resizing
+//   it) and the budget on the increase.
+import { BrokerError } from '../../protocol/errors.ts';
+import type { Ledger, LeaseRecord } from './ledger.ts';
+import { describePeer, isManager, type Peer, type Policy } from './policy.ts';
+import { checkBudget, checkOwnerBytes, checkPerVmMax, limitFor } from './quota.ts';
+
+export type ResizeDecision =
+  | {
+    readonly ok: true;
+    /** The lease as it is now (before the resize is committed). */
+    readonly lease: LeaseRecord;
+    readonly memoryBytes: number;
+    readonly limitBytes: number;
+    readonly previousLimitBytes: number;
+  }
+  | { readonly ok: false; readonly error: BrokerError };
+
+export type ReleaseDecision =
+  | { readonly ok: true; readonly lease: LeaseRecord }
+  | { readonly ok: false; readonly error: BrokerError };
+
+/** May this peer see this lease (List, and learning why a Resize/Release is refused)? */
+export function mayView(policy: Policy, peer: Peer, lease: LeaseRecord): boolean {
+  return isManager(policy, peer) || lease.ownerUid === peer.uid || lease.targetUid === peer.uid;
+}
+
+/** The leases List shows this peer, oldest first. */
+export function visibleLeases(policy: Policy, ledger: Ledger, peer: Peer): LeaseRecord[] {
+  return ledger.all().filter((lease) => mayView(policy, peer, lease));
+}
+
+/** The lease if this peer may see it; otherwise the NoSuchLease it gets for a missing one. */
+function findVisible(policy: Policy, ledger: Ledger, peer: Peer, leaseId: string): LeaseRecord | BrokerError {
+  const lease = ledger.get(leaseId);
+  if (lease === undefined || !mayView(policy, peer, lease)) {
+    return new BrokerError('NoSuchLease', { lease: leaseId });
+  }
+  return lease;
+}
+
+export function decideResize(
+  policy: Policy, ledger: Ledger, peer: Peer, leaseId: string, memoryBytes: number, pageSize: number,
+): ResizeDecision {
+  const lease = findVisible(policy, ledger, peer, leaseId);
+  if (lease instanceof BrokerError) return { ok: false, error: lease };
+  if (!isManager(policy, peer)) {
+    return {
+      ok: false,
+      error: new BrokerError('PermissionDenied', {
+        rule: 'resize-managers-only',
+        reason: `${describePeer(peer)} is not a manager; only managers may resize lease ${leaseId} ` +
+          '(a VM\'s own uid can never change its limit)',
+      }),
+    };
+  }
+
+  const sized = limitFor(policy, memoryBytes, pageSize);
+  if ('error' in sized) return { ok: false, error: sized.error };
+  const { limitBytes } = sized;
+  const delta = limitBytes - lease.limitBytes;
+
+  const denial =
+    checkPerVmMax(policy, limitBytes, delta, memoryBytes) ??
+    checkOwnerBytes(policy, ledger, lease.ownerUid, delta) ??
+    checkBudget(policy, ledger, delta);
+  if (denial !== undefined) return { ok: false, error: denial };
+  return { ok: true, lease, memoryBytes, limitBytes, previousLimitBytes: lease.limitBytes };
+}
+
+export function decideRelease(policy: Policy, ledger: Ledger, peer: Peer, leaseId: string): ReleaseDecision {
+  const lease = findVisible(policy, ledger, peer, leaseId);
+  if (lease instanceof BrokerError) return { ok: false, error: lease };
+  if (lease.ownerUid !== peer.uid && !isManager(policy, peer)) {
+    return {
+      ok: false,
+      error: new BrokerError('PermissionDenied', {
+        rule: 'release-owner-or-manager',
+        reason: `${describePeer(peer)} is neither the owner (uid ${lease.ownerUid}) of lease ${leaseId} nor a ` +
+          'manager; releasing would restore the target\'s earlier limit',
+      }),
+    };
+  }
+  return { ok: true, lease };
+}

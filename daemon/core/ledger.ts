@@ -1,0 +1,218 @@
+// The lease ledger: the daemon's one record of live leases, and the totals every decision reads.
+//
+// Invariants:
+// - Pure state: no I/O, no clock, no randomness. Ids, times and the target's previous limit
+//   come from the shell inside the LeaseRecord it commits.
+// - The ledger only records; it never decides. The shell asks a decide* function, applies the
+//   side effects (prlimit, journal), then commits here with grant/resize/release. Committing
+//   something no decision could have allowed (a duplicate id, a second lease on one target
+//   pid, a duplicate requestId for one owner, an unknown id) is a programming error and throws
+//   LedgerError; the ledger is unchanged when anything throws.
+// - Budget and quotas are NOT enforced here: a restarted daemon must be able to replay every
+//   journaled lease even if the operator has since lowered a cap. Decisions enforce them.
+// - usedBytes() is maintained incrementally and always equals the sum of limitBytes over live
+//   leases; ownerUsage(uid) likewise per owner uid. Both stay <= Number.MAX_SAFE_INTEGER, so
+//   they are exact (a commit that would overflow throws).
+// - Stored records are frozen copies: a caller mutating its object cannot change the ledger.
+// - At most one live lease per target pid, and per (ownerUid, requestId).
+// - limitBytes >= memoryBytes for every lease (a lease never limits below the VM's RAM).
+// - This module is also the core's entry point for the shell: it re-exports the decisions
+//   (open-decision.ts, lease-decisions.ts), which import only types from here (no cycle at run
+//   time).
+
+export { decideOpen, type OpenDecision, type OpenRequest } from './open-decision.ts';
+export {
+  decideRelease, decideResize, mayView, visibleLeases, type ReleaseDecision, type ResizeDecision,
+} from './lease-decisions.ts';
+
+/** An rlimit pair as prlimit returned it; -1 means RLIM_INFINITY. */
+export interface PreviousLimit {
+  readonly soft: number;
+  readonly hard: number;
+}
+
+/** One live lease, exactly as the journal stores it. */
+export interface LeaseRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly targetPid: number;
+  /** The target's real uid (from /proc/PID/status) when the lease was granted. */
+  readonly targetUid: number;
+  /** Field 22 of /proc/PID/stat: tells a reused pid from the original target. */
+  readonly targetStartTime: string;
+  /** The uid of the peer that opened the lease: quotas are charged to it. */
+  readonly ownerUid: number;
+  readonly memoryBytes: number;
+  readonly limitBytes: number;
+  readonly requestId?: string | undefined;
+  readonly createdAt: string;
+  /** The target's RLIMIT_MEMLOCK before the broker set it, restored on Release. */
+  readonly previousLimit: PreviousLimit;
+}
+
+/** What one owner uid holds right now. */
+export interface OwnerUsage {
+  readonly leases: number;
+  readonly bytes: number;
+}
+
+/** A commit that no decision could have allowed: a bug in the caller, never a user error. */
+export class LedgerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'LedgerError';
+  }
+}
+
+function checkInteger(what: string, value: number, min: number): void {
+  if (!Number.isSafeInteger(value) || value < min) {
+    throw new LedgerError(`${what} must be a safe integer >= ${min}, got ${String(value)}`);
+  }
+}
+
+function checkSizes(id: string, memoryBytes: number, limitBytes: number): void {
+  checkInteger(`lease ${id}: memoryBytes`, memoryBytes, 0);
+  checkInteger(`lease ${id}: limitBytes`, limitBytes, 0);
+  if (limitBytes < memoryBytes) {
+    throw new LedgerError(`lease ${id}: limitBytes ${limitBytes} is below memoryBytes ${memoryBytes}`);
+  }
+}
+
+function requestKey(ownerUid: number, requestId: string): string {
+  return `${ownerUid}:${requestId}`;
+}
+
+const NO_USAGE: OwnerUsage = Object.freeze({ leases: 0, bytes: 0 });
+
+export class Ledger {
+  readonly #leases = new Map<string, LeaseRecord>();
+  readonly #byPid = new Map<number, string>();
+  readonly #byRequest = new Map<string, string>();
+  readonly #byOwner = new Map<number, OwnerUsage>();
+  #used = 0;
+
+  /** A ledger holding exactly these leases (a restarted daemon's journal); throws LedgerError on conflicts. */
+  static replay(leases: Iterable<LeaseRecord>): Ledger {
+    const ledger = new Ledger();
+    for (const lease of leases) ledger.grant(lease);
+    return ledger;
+  }
+
+  /** Records a new lease. */
+  grant(lease: LeaseRecord): void {
+    const { id } = lease;
+    if (typeof id !== 'string' || id === '') throw new LedgerError('a lease id must be a non-empty string');
+    if (this.#leases.has(id)) throw new LedgerError(`lease ${id} already exists`);
+    checkInteger(`lease ${id}: targetPid`, lease.targetPid, 1);
+    checkInteger(`lease ${id}: targetUid`, lease.targetUid, 0);
+    checkInteger(`lease ${id}: ownerUid`, lease.ownerUid, 0);
+    checkInteger(`lease ${id}: previousLimit.soft`, lease.previousLimit.soft, -1);
+    checkInteger(`lease ${id}: previousLimit.hard`, lease.previousLimit.hard, -1);
+    checkSizes(id, lease.memoryBytes, lease.limitBytes);
+    const holder = this.#byPid.get(lease.targetPid);
+    if (holder !== undefined) throw new LedgerError(`lease ${id}: pid ${lease.targetPid} already has lease ${holder}`);
+    const { requestId } = lease;
+    if (requestId !== undefined) {
+      if (requestId === '') throw new LedgerError(`lease ${id}: requestId must not be empty`);
+      const other = this.#byRequest.get(requestKey(lease.ownerUid, requestId));
+      if (other !== undefined) {
+        throw new LedgerError(`lease ${id}: uid ${lease.ownerUid} already used requestId ${requestId} for lease ${other}`);
+      }
+    }
+    this.#checkTotal(id, lease.limitBytes);
+
+    const record: LeaseRecord = Object.freeze({
+      id,
+      name: lease.name,
+      targetPid: lease.targetPid,
+      targetUid: lease.targetUid,
+      targetStartTime: lease.targetStartTime,
+      ownerUid: lease.ownerUid,
+      memoryBytes: lease.memoryBytes,
+      limitBytes: lease.limitBytes,
+      ...(requestId === undefined ? {} : { requestId }),
+      createdAt: lease.createdAt,
+      previousLimit: Object.freeze({ soft: lease.previousLimit.soft, hard: lease.previousLimit.hard }),
+    });
+    this.#leases.set(id, record);
+    this.#byPid.set(record.targetPid, id);
+    if (requestId !== undefined) this.#byRequest.set(requestKey(record.ownerUid, requestId), id);
+    this.#charge(record.ownerUid, 1, record.limitBytes);
+  }
+
+  /** Records a new size for a live lease; returns the updated record. */
+  resize(id: string, memoryBytes: number, limitBytes: number): LeaseRecord {
+    const old = this.#mustGet(id);
+    checkSizes(id, memoryBytes, limitBytes);
+    this.#checkTotal(id, limitBytes - old.limitBytes);
+    const record: LeaseRecord = Object.freeze({ ...old, memoryBytes, limitBytes });
+    this.#leases.set(id, record);
+    this.#charge(old.ownerUid, 0, limitBytes - old.limitBytes);
+    return record;
+  }
+
+  /** Forgets a live lease (Release, or its target exited); returns the removed record. */
+  release(id: string): LeaseRecord {
+    const old = this.#mustGet(id);
+    this.#leases.delete(id);
+    this.#byPid.delete(old.targetPid);
+    if (old.requestId !== undefined) this.#byRequest.delete(requestKey(old.ownerUid, old.requestId));
+    this.#charge(old.ownerUid, -1, -old.limitBytes);
+    return old;
+  }
+
+  /** Sum of limitBytes over live leases. */
+  usedBytes(): number {
+    return this.#used;
+  }
+
+  /** Number of live leases. */
+  count(): number {
+    return this.#leases.size;
+  }
+
+  get(id: string): LeaseRecord | undefined {
+    return this.#leases.get(id);
+  }
+
+  byTargetPid(pid: number): LeaseRecord | undefined {
+    const id = this.#byPid.get(pid);
+    return id === undefined ? undefined : this.#leases.get(id);
+  }
+
+  /** The live lease this owner opened with this requestId, if any. */
+  byRequestId(ownerUid: number, requestId: string): LeaseRecord | undefined {
+    const id = this.#byRequest.get(requestKey(ownerUid, requestId));
+    return id === undefined ? undefined : this.#leases.get(id);
+  }
+
+  /** Live leases and their summed limitBytes charged to this owner uid. */
+  ownerUsage(uid: number): OwnerUsage {
+    return this.#byOwner.get(uid) ?? NO_USAGE;
+  }
+
+  /** Every live lease, oldest grant first. */
+  all(): LeaseRecord[] {
+    return [...this.#leases.values()];
+  }
+
+  #mustGet(id: string): LeaseRecord {
+    const lease = this.#leases.get(id);
+    if (lease === undefined) throw new LedgerError(`lease ${id} does not exist`);
+    return lease;
+  }
+
+  #checkTotal(id: string, deltaBytes: number): void {
+    if (this.#used + deltaBytes > Number.MAX_SAFE_INTEGER) {
+      throw new LedgerError(`lease ${id}: total limitBytes would exceed ${Number.MAX_SAFE_INTEGER}`);
+    }
+  }
+
+  #charge(uid: number, leases: number, bytes: number): void {
+    this.#used += bytes;
+    const before = this.ownerUsage(uid);
+    const after = { leases: before.leases + leases, bytes: before.bytes + bytes };
+    if (after.leases === 0) this.#byOwner.delete(uid);
+    else this.#byOwner.set(uid, Object.freeze(after));
+  }
+}

@@ -1,0 +1,96 @@
+// Whether an Open may be granted, and with which limit. The shell gathers the facts (peer
+// credentials, the target's pid, uid and capabilities, the page size), asks decideOpen, and
+// only on ok:true sets the target's RLIMIT_MEMLOCK, journals the lease and commits it with
+// ledger.grant (ownerUid = request.peer.uid, limitBytes = the decided limit).
+//
+// Invariants:
+// - Pure: values in, a decision out. Nothing here changes the ledger.
+// - Rules run in this fixed order and the first that fails is the answer, so a caller always
+//   learns the most fundamental reason first:
+//     1. open-users        PermissionDenied       the peer may not Open at all
+//     2. target-not-self   PermissionDenied       a non-manager names a process other than itself
+//     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
+//     4. one lease per pid TargetAlreadyLeased
+//     5. requestId         DuplicateRequest       same owner uid, same requestId, live lease
+//     6. representable     LimitExceeded 'limit-representable'
+//     7. per-VM max        LimitExceeded 'per-vm-max'
+//     8. per-uid leases    LimitExceeded 'per-uid-leases'   (charged to the owner = peer uid)
+//     9. per-uid bytes     LimitExceeded 'per-uid-bytes'
+//    10. budget            BudgetExceeded
+// - A granted Open always fits every cap and the budget at the moment of the decision, so as
+//   long as the shell commits decisions in order, usedBytes never exceeds budgetBytes through
+//   an Open.
+import { BrokerError } from '../../protocol/errors.ts';
+import type { Ledger } from './ledger.ts';
+import { describePeer, isManager, mayOpen, type Peer, type Policy } from './policy.ts';
+import { checkBudget, checkOwnerBytes, checkOwnerLeaseCount, checkPerVmMax, limitFor } from './quota.ts';
+
+export interface OpenRequest {
+  readonly peer: Peer;
+  /** The process whose RLIMIT_MEMLOCK will be set: the peer itself, or the pidfd's process. */
+  readonly targetPid: number;
+  /** The target's real uid. */
+  readonly targetUid: number;
+  /** CAP_IPC_LOCK in the target's effective set: iommufd never charges such a process. */
+  readonly targetHasIpcLock: boolean;
+  readonly name: string;
+  readonly memoryBytes: number;
+  readonly requestId?: string | undefined;
+  /** The machine's page size (a power of two); the limit is rounded up to it. */
+  readonly pageSize: number;
+}
+
+export type OpenDecision =
+  | { readonly ok: true; readonly limitBytes: number }
+  | { readonly ok: false; readonly error: BrokerError };
+
+function deny(error: BrokerError): OpenDecision {
+  return { ok: false, error };
+}
+
+export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest): OpenDecision {
+  const { peer, targetPid } = request;
+  const manager = isManager(policy, peer);
+
+  if (!mayOpen(policy, peer)) {
+    return deny(new BrokerError('PermissionDenied', {
+      rule: 'open-users',
+      reason: `${describePeer(peer)} is not among the policy's open users or open groups, and is not a manager`,
+    }));
+  }
+  if (targetPid !== peer.pid && !manager) {
+    return deny(new BrokerError('PermissionDenied', {
+      rule: 'target-not-self',
+      reason: `${describePeer(peer)} is not a manager, so it may Open only for itself, not for pid ${targetPid}`,
+    }));
+  }
+  if (request.targetHasIpcLock && !policy.allowTargetsWithIpcLock) {
+    return deny(new BrokerError('TargetBypassesAccounting', {
+      pid: targetPid,
+      capability: 'CAP_IPC_LOCK',
+      reason: `pid ${targetPid} holds CAP_IPC_LOCK, so iommufd never charges its pinned pages and a memlock ` +
+        'limit would not bind; the policy refuses such targets (allowTargetsWithIpcLock is false)',
+    }));
+  }
+  const existing = ledger.byTargetPid(targetPid);
+  if (existing !== undefined) {
+    return deny(new BrokerError('TargetAlreadyLeased', { pid: targetPid, lease: existing.id }));
+  }
+  if (request.requestId !== undefined) {
+    const same = ledger.byRequestId(peer.uid, request.requestId);
+    if (same !== undefined) {
+      return deny(new BrokerError('DuplicateRequest', { requestId: request.requestId, lease: same.id }));
+    }
+  }
+
+  const sized = limitFor(policy, request.memoryBytes, request.pageSize);
+  if ('error' in sized) return deny(sized.error);
+  const { limitBytes } = sized;
+
+  const denial =
+    checkPerVmMax(policy, limitBytes, limitBytes, request.memoryBytes) ??
+    checkOwnerLeaseCount(policy, ledger, peer.uid) ??
+    checkOwnerBytes(policy, ledger, peer.uid, limitBytes) ??
+    checkBudget(policy, ledger, limitBytes);
+  return denial === undefined ? { ok: true, limitBytes } : deny(denial);
+}
