@@ -84,7 +84,10 @@ export interface NativeBinding {
   dupCloexec(fd: number, minFd: number): number | NegErrno;
   /** fcntl F_SETFD: on=true sets FD_CLOEXEC, false clears it (for the fd an exec'd QEMU inherits). */
   setCloexec(fd: number, on: boolean): 0 | NegErrno;
-  /** close(fd), once; the fd is gone afterwards whatever the result. */
+  /**
+   * close(fd), once; the fd is gone afterwards whatever the result, except -EBUSY: a startPoll
+   * watcher still watches fd (closing it would make libuv abort the process), nothing closed.
+   */
   close(fd: number): 0 | NegErrno;
   /** fsync(fd). */
   fsync(fd: number): 0 | NegErrno;

@@ -5,10 +5,12 @@
  * - Every fd created here is close-on-exec (O_CLOEXEC, MFD_CLOEXEC, F_DUPFD_CLOEXEC); only
  *   setCloexec(fd, false) clears the flag, deliberately, for an fd an exec'd child inherits.
  * - close() is called once and never retried: Linux releases the fd even when it reports EINTR.
+ *   It refuses (-EBUSY, fd left open) while a poll watcher started by poll.c watches the fd.
  * - ioctl's buffer is the struct itself, read and written in place by the kernel; the caller
  *   sizes it for the request.
  */
 #include "exports.h"
+#include "poll.h"
 #include "values.h"
 
 #include <fcntl.h>
@@ -81,6 +83,8 @@ napi_value js_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
   if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
+  /* Closing an fd under a running uv_poll makes libuv abort() the process: refuse instead. */
+  if (poll_is_watching(fd)) return make_number(env, -EBUSY);
   int r = close(fd);
   return make_number(env, (double)SYS_RESULT(r));
 }

@@ -13,10 +13,15 @@
  *   nextTicks drain and async_hooks see them); an exception thrown by a callback is handed to
  *   napi_fatal_exception and so reaches process 'uncaughtException', never swallowed.
  * - Event masks are validated here: libuv asserts (aborts) on unknown bits.
+ * - Every watch between startPoll and stopPoll is listed (poll_is_watching), so files.c can
+ *   refuse to close a watched fd: libuv aborts the process when epoll meets a closed fd.
  */
 #include "exports.h"
 #include "values.h"
 
+#include "poll.h"
+
+#include <pthread.h>
 #include <stdlib.h>
 #include <uv.h>
 
@@ -24,6 +29,8 @@
 
 typedef struct watch {
   uv_poll_t handle;
+  struct watch *next_active; /* in `active` from a successful startPoll until it stops */
+  int fd;
   napi_env env;
   napi_ref callback;
   napi_async_context context;
@@ -32,6 +39,37 @@ typedef struct watch {
   bool closed;    /* libuv's close callback ran: libuv no longer uses `handle` */
   bool finalized; /* the JS external is gone (or was never created) */
 } watch_t;
+
+/* Watches between startPoll and stopPoll, so close() can refuse their fds: libuv aborts the
+ * whole process if a watched fd is closed under it. Environments may live on several threads. */
+static pthread_mutex_t active_lock = PTHREAD_MUTEX_INITIALIZER;
+static watch_t *active = NULL;
+
+static void activate(watch_t *w) {
+  pthread_mutex_lock(&active_lock);
+  w->next_active = active;
+  active = w;
+  pthread_mutex_unlock(&active_lock);
+}
+
+static void deactivate(watch_t *w) {
+  pthread_mutex_lock(&active_lock);
+  for (watch_t **link = &active; *link != NULL; link = &(*link)->next_active) {
+    if (*link == w) {
+      *link = w->next_active;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&active_lock);
+}
+
+bool poll_is_watching(int fd) {
+  bool found = false;
+  pthread_mutex_lock(&active_lock);
+  for (watch_t *w = active; w != NULL && !found; w = w->next_active) found = w->fd == fd;
+  pthread_mutex_unlock(&active_lock);
+  return found;
+}
 
 static void maybe_free(watch_t *w) {
   if (w->closed && w->finalized) free(w);
@@ -65,6 +103,7 @@ static void on_env_cleanup(void *arg) {
   watch_t *w = arg;
   if (w->stopping) return;
   w->stopping = true;
+  deactivate(w);
   uv_poll_stop(&w->handle);
   uv_close((uv_handle_t *)&w->handle, on_close);
 }
@@ -126,6 +165,7 @@ napi_value js_start_poll(napi_env env, napi_callback_info info) {
   watch_t *w = calloc(1, sizeof *w);
   if (w == NULL) return make_number(env, -ENOMEM);
   w->env = env;
+  w->fd = fd;
   w->handle.data = w;
   napi_value resource, name, external;
   if (napi_create_reference(env, argv[2], 1, &w->callback) != napi_ok ||
@@ -159,6 +199,7 @@ napi_value js_start_poll(napi_env env, napi_callback_info info) {
     return napi_failure(env, "startPoll handle");
   }
   napi_add_env_cleanup_hook(env, on_env_cleanup, w);
+  activate(w);
   return external;
 }
 
@@ -179,6 +220,7 @@ napi_value js_stop_poll(napi_env env, napi_callback_info info) {
   if (w == NULL) return NULL;
   if (!w->stopping) {
     w->stopping = true;
+    deactivate(w);
     napi_remove_env_cleanup_hook(env, on_env_cleanup, w);
     if (!w->in_callback) release_js(w); /* else on_poll releases it once the callback returns */
     uv_poll_stop(&w->handle);
