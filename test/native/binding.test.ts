@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import { native, type RecvResult } from '../../native/binding.ts';
 import { fstatFd, kcmpFiles, memfd } from '../../native/sys.ts';
 import { isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
-import { makeTempDir } from './socket-fixtures.ts';
+import { makeTempDir, rawSocketPair } from './socket-fixtures.ts';
 
 const { EBADF, ENOENT, EINVAL, ENAMETOOLONG, ENOTSOCK, ENOTTY, EAGAIN } = os.errno;
 
@@ -15,19 +15,6 @@ function fd(result: number | object): number {
   assert.equal(typeof result, 'number');
   assert.ok((result as number) >= 0, `expected an fd, got ${String(result)}`);
   return result as number;
-}
-
-/** listen + connect + accept on a temp path: [listener, client, server]. */
-function rawPair(): [number, number, number] {
-  const temp = makeTempDir();
-  try {
-    const listener = fd(native.listenUnix(`${temp.dir}/raw.sock`, 4, 0o600));
-    const client = fd(native.connectUnix(`${temp.dir}/raw.sock`));
-    const server = fd(native.accept(listener));
-    return [listener, client, server];
-  } finally {
-    temp.remove();
-  }
 }
 
 function recv(fdNumber: number, maxBytes: number, maxFds: number): RecvResult {
@@ -70,7 +57,7 @@ test('wrong argument types throw TypeError', () => {
 
 test('sockets, accepted sockets and received fds are close-on-exec', async () => {
   await withNoFdLeak(() => {
-    const [listener, client, server] = rawPair();
+    const [listener, client, server] = rawSocketPair();
     for (const f of [listener, client, server]) assert.ok(isCloexec(f), `fd ${f} lacks O_CLOEXEC`);
     const sent = memfd('cloexec-probe');
     native.setCloexec(sent, false);
@@ -87,7 +74,7 @@ test('sockets, accepted sockets and received fds are close-on-exec', async () =>
 
 test('MSG_CTRUNC: the fds that fit arrive, flagged ctrunc; the data is intact', async () => {
   await withNoFdLeak(() => {
-    const [listener, client, server] = rawPair();
+    const [listener, client, server] = rawSocketPair();
     const files = [memfd('a'), memfd('b'), memfd('c')];
     assert.equal(native.sendmsg(client, Buffer.from('three'), files), 5);
     const got = recv(server, 64, 1);
@@ -101,7 +88,7 @@ test('MSG_CTRUNC: the fds that fit arrive, flagged ctrunc; the data is intact', 
 
 test('recvmsg does not merge data across messages carrying fds; EAGAIN when empty, 0 bytes at EOF', async () => {
   await withNoFdLeak(() => {
-    const [listener, client, server] = rawPair();
+    const [listener, client, server] = rawSocketPair();
     assert.equal(native.recvmsg(server, 64, 4), -EAGAIN);
     const file = memfd('m');
     assert.equal(native.sendmsg(client, Buffer.from('first'), [file]), 5);
@@ -119,7 +106,7 @@ test('recvmsg does not merge data across messages carrying fds; EAGAIN when empt
 
 test('isUnixStreamSocket tells sockets from other fds', async () => {
   await withNoFdLeak(() => {
-    const [listener, client, server] = rawPair();
+    const [listener, client, server] = rawSocketPair();
     const file = memfd('not-a-socket');
     assert.equal(native.isUnixStreamSocket(client), 1);
     assert.equal(native.isUnixStreamSocket(listener), 1);

@@ -7,11 +7,26 @@ import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { native } from '../../native/binding.ts';
 import { UnixConnection, UnixServer, type ConnectionOptions } from '../../native/socket.ts';
+import { sys } from '../../native/sys.ts';
 
 export function makeTempDir(): { dir: string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'native-test-'));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** Raw fds from listen + connect + accept on a temp path: [listener, client, server]; the caller closes them. */
+export function rawSocketPair(): [number, number, number] {
+  const temp = makeTempDir();
+  try {
+    const listener = sys('listen', native.listenUnix(join(temp.dir, 'raw.sock'), 4, 0o600));
+    const client = sys('connect', native.connectUnix(join(temp.dir, 'raw.sock')));
+    const server = sys('accept4', native.accept(listener));
+    return [listener, client, server];
+  } finally {
+    temp.remove();
+  }
 }
 
 export interface Pair { client: UnixConnection; server: UnixConnection }
@@ -32,7 +47,8 @@ export async function connectedPair(clientOptions: ConnectionOptions = {}, serve
 }
 
 export async function closePair(pair: Pair): Promise<void> {
-  const closed = [pair.client, pair.server].filter((c) => !c.closed).map((c) => once(c, 'close'));
+  const closed = [pair.client, pair.server].filter((c) => !c.closed)
+    .map((c) => new Promise<void>((resolve) => c.once('close', resolve)));
   pair.client.close();
   pair.server.close();
   await Promise.all(closed);
