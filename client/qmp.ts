@@ -1,0 +1,245 @@
+// A minimal QMP (QEMU Machine Protocol) client: enough to hand a running QEMU an fd with
+// `getfd` (fd attached with SCM_RIGHTS to the command's bytes) and to manage it (`closefd`).
+//
+// Invariants:
+// - The QMP socket is read only through UnixConnection (recvmsg), never by net.Socket, so an
+//   fd attached to a command goes out with exactly that command's bytes.
+// - fd ownership: an fd given to execute()/getfd() belongs to the QmpClient from the call on;
+//   UnixConnection.send closes it once sent, and it is closed by us if it is never sent. fds that
+//   arrive on the QMP socket (QEMU sends none) are closed on arrival. The socket is owned by the
+//   QmpClient and closed by close() or on any failure.
+// - QEMU answers commands in order; every command carries a numeric id and the reply must echo
+//   it, else the connection is a ProtocolViolation and is closed. Asynchronous events
+//   ({"event": ...}) are skipped.
+// - Every wait is bounded by a timeout; a timeout closes the connection (a late reply could
+//   otherwise be taken for the next command's).
+// - Incoming lines are bounded (MAX_LINE_BYTES); a longer one is a ProtocolViolation.
+import { StringDecoder } from 'node:string_decoder';
+import { closeFd, SysError } from '../native/sys.ts';
+import { UnixConnection } from '../native/socket.ts';
+
+const MAX_LINE_BYTES = 1024 * 1024;
+export const DEFAULT_QMP_TIMEOUT_MS = 10_000;
+
+export type QmpErrorName =
+  /** connect() to the QMP socket failed. */
+  | 'QmpUnreachable'
+  /** QEMU answered a command with {"error": ...}. */
+  | 'QmpCommandFailed'
+  /** The socket ended or failed before the answer came. */
+  | 'QmpConnectionLost'
+  /** No answer within the timeout. */
+  | 'QmpTimeout'
+  /** What came back is not QMP. */
+  | 'QmpProtocolViolation';
+
+export class QmpError extends Error {
+  readonly errorName: QmpErrorName;
+  readonly socketPath: string;
+  /** QEMU's error class (e.g. GenericError) for QmpCommandFailed. */
+  readonly qmpClass: string | undefined;
+  constructor(errorName: QmpErrorName, socketPath: string, message: string, qmpClass?: string, cause?: unknown) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'QmpError';
+    this.errorName = errorName;
+    this.socketPath = socketPath;
+    this.qmpClass = qmpClass;
+  }
+}
+
+export interface QmpGreeting {
+  version: unknown;
+  capabilities: unknown[];
+}
+
+interface Waiter {
+  /** The id the reply must carry; undefined while waiting for the greeting. */
+  id: number | undefined;
+  what: string;
+  resolve: (message: Record<string, unknown>) => void;
+  reject: (error: QmpError) => void;
+  timer: NodeJS.Timeout;
+}
+
+export class QmpClient {
+  readonly socketPath: string;
+  #greeting: QmpGreeting | undefined;
+  /** Owner of the QMP socket. */
+  readonly #conn: UnixConnection;
+  readonly #timeoutMs: number;
+  #buffer = '';
+  readonly #utf8 = new StringDecoder('utf8');
+  #nextId = 1;
+  readonly #waiters: Waiter[] = [];
+  #failure: QmpError | undefined;
+
+  private constructor(socketPath: string, conn: UnixConnection, timeoutMs: number) {
+    this.socketPath = socketPath;
+    this.#conn = conn;
+    this.#timeoutMs = timeoutMs;
+    conn.on('data', (chunk: Buffer, fds: number[]) => this.#onData(chunk, fds));
+    conn.on('end', () => this.#fail(new QmpError('QmpConnectionLost', socketPath, `QEMU closed the QMP socket ${socketPath}`)));
+    conn.on('error', (err: Error) => this.#fail(new QmpError('QmpConnectionLost', socketPath,
+      `the QMP socket ${socketPath} failed: ${err.message}`, undefined, err)));
+  }
+
+  /** Connects, reads QEMU's greeting and leaves capabilities negotiation mode. */
+  static async connect(socketPath: string, options: { timeoutMs?: number } = {}): Promise<QmpClient> {
+    let conn: UnixConnection;
+    try {
+      conn = UnixConnection.connect(socketPath);
+    } catch (err) {
+      const code = err instanceof SysError ? err.code : String(err);
+      throw new QmpError('QmpUnreachable', socketPath,
+        `cannot connect to QEMU's QMP socket ${socketPath} (${code}): is QEMU running with -qmp unix:${socketPath},server=on,wait=off?`,
+        undefined, err);
+    }
+    const client = new QmpClient(socketPath, conn, options.timeoutMs ?? DEFAULT_QMP_TIMEOUT_MS);
+    try {
+      const hello = await client.#wait(undefined, 'the QMP greeting');
+      client.#greeting = parseGreeting(hello, socketPath);
+      await client.execute('qmp_capabilities');
+      return client;
+    } catch (err) {
+      client.close();
+      throw err;
+    }
+  }
+
+  get greeting(): QmpGreeting {
+    if (this.#greeting === undefined) throw new Error('QmpClient: no greeting yet');
+    return this.#greeting;
+  }
+
+  /** The QEMU process at the other end, as SO_PEERCRED saw it at connect(). */
+  peerCred(): { pid: number; uid: number; gid: number } {
+    return this.#conn.peerCred();
+  }
+
+  /** A pidfd for the QEMU process at the other end (SO_PEERPIDFD); the caller owns it. */
+  peerPidfd(): number {
+    return this.#conn.peerPidfd();
+  }
+
+  /**
+   * Runs one command and resolves with its `return` value. fds (ownership passes to us) go out
+   * with the command's bytes. Rejects with QmpError; QmpCommandFailed leaves the connection usable.
+   */
+  async execute(command: string, args?: Record<string, unknown>, fds: number[] = []): Promise<unknown> {
+    if (this.#failure !== undefined) {
+      fds.forEach(closeFd);
+      throw this.#failure;
+    }
+    const id = this.#nextId++;
+    const message = { execute: command, ...(args === undefined ? {} : { arguments: args }), id };
+    const reply = this.#wait(id, `the reply to ${command}`);
+    try {
+      this.#conn.send(Buffer.from(`${JSON.stringify(message)}\n`), fds);
+    } catch (err) {
+      this.#fail(new QmpError('QmpConnectionLost', this.socketPath, `cannot send ${command} to ${this.socketPath}: ${errText(err)}`, undefined, err));
+    }
+    const answer = await reply;
+    if ('return' in answer) return answer['return'];
+    const error = answer['error'];
+    if (isRecord(error) && typeof error['desc'] === 'string') {
+      const cls = typeof error['class'] === 'string' ? error['class'] : 'GenericError';
+      throw new QmpError('QmpCommandFailed', this.socketPath, `QEMU refused ${command}: ${error['desc']} (${cls})`, cls);
+    }
+    this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `the reply to ${command} has neither "return" nor a valid "error"`));
+    throw this.#failure;
+  }
+
+  /** Hands `fd` to QEMU under `fdname` (QMP getfd). Takes ownership of fd: it is closed here once sent. */
+  async getfd(fdname: string, fd: number): Promise<void> {
+    await this.execute('getfd', { fdname }, [fd]);
+  }
+
+  /** Makes QEMU close an fd it holds under `fdname` (QMP closefd). */
+  async closefd(fdname: string): Promise<void> {
+    await this.execute('closefd', { fdname });
+  }
+
+  /** Closes the socket; pending commands reject with QmpConnectionLost. Idempotent. */
+  close(): void {
+    this.#fail(new QmpError('QmpConnectionLost', this.socketPath, `the QMP connection to ${this.socketPath} was closed`));
+  }
+
+  #wait(id: number | undefined, what: string): Promise<Record<string, unknown>> {
+    return new Promise((resolve, reject) => {
+      if (this.#failure !== undefined) { reject(this.#failure); return; }
+      const timer = setTimeout(() => {
+        this.#fail(new QmpError('QmpTimeout', this.socketPath,
+          `no answer from QEMU on ${this.socketPath} for ${what} within ${this.#timeoutMs} ms`));
+      }, this.#timeoutMs);
+      this.#waiters.push({ id, what, resolve, reject, timer });
+    });
+  }
+
+  #onData(chunk: Buffer, fds: number[]): void {
+    fds.forEach(closeFd);
+    if (this.#failure !== undefined) return;
+    this.#buffer += this.#utf8.write(chunk);
+    for (let nl = this.#buffer.indexOf('\n'); nl !== -1 && this.#failure === undefined; nl = this.#buffer.indexOf('\n')) {
+      const line = this.#buffer.slice(0, nl).trim();
+      this.#buffer = this.#buffer.slice(nl + 1);
+      if (line !== '') this.#onLine(line);
+    }
+    if (Buffer.byteLength(this.#buffer) > MAX_LINE_BYTES) {
+      this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `QEMU sent a line longer than ${MAX_LINE_BYTES} bytes`));
+    }
+  }
+
+  #onLine(line: string): void {
+    let message: unknown;
+    try {
+      message = JSON.parse(line);
+    } catch {
+      this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `not JSON on the QMP socket: ${line.slice(0, 200)}`));
+      return;
+    }
+    if (!isRecord(message)) {
+      this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `not a JSON object on the QMP socket: ${line.slice(0, 200)}`));
+      return;
+    }
+    if ('event' in message) return;
+    const waiter = this.#waiters.shift();
+    if (waiter === undefined) {
+      this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `an answer nobody asked for: ${line.slice(0, 200)}`));
+      return;
+    }
+    clearTimeout(waiter.timer);
+    if (message['id'] !== waiter.id) {
+      this.#waiters.unshift(waiter);
+      this.#fail(new QmpError('QmpProtocolViolation', this.socketPath,
+        `expected ${waiter.what} (id ${String(waiter.id)}), got: ${line.slice(0, 200)}`));
+      return;
+    }
+    waiter.resolve(message);
+  }
+
+  #fail(error: QmpError): void {
+    if (this.#failure !== undefined) return;
+    this.#failure = error;
+    this.#conn.close();
+    for (const w of this.#waiters.splice(0)) {
+      clearTimeout(w.timer);
+      w.reject(error);
+    }
+  }
+}
+
+function parseGreeting(message: Record<string, unknown>, socketPath: string): QmpGreeting {
+  const qmp = message['QMP'];
+  if (!isRecord(qmp) || !Array.isArray(qmp['capabilities'])) {
+    throw new QmpError('QmpProtocolViolation', socketPath, `${socketPath} does not greet like QMP: ${JSON.stringify(message).slice(0, 200)}`);
+  }
+  return { version: qmp['version'], capabilities: qmp['capabilities'] };
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
