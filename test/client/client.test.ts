@@ -50,7 +50,7 @@ test('open hands the caller the FD from the reply, and the validated lease', asy
       closeFd(fd);
     }
     assert.deepEqual(fake.calls, [{
-      method: 'io.iommufd.Broker.Open', parameters: { name: 'vm1', memoryBytes: GiB, requestId: 'r1' }, fdLinks: [], fdPids: [],
+      peerPid: process.pid, method: 'io.iommufd.Broker.Open', parameters: { name: 'vm1', memoryBytes: GiB, requestId: 'r1' }, fdLinks: [], fdPids: [],
     }]);
   });
 });

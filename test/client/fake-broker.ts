@@ -19,6 +19,8 @@ import { FrameDecoder, type Frame } from '../../protocol/framing.ts';
 import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
 
 export interface ReceivedCall {
+  /** The calling process (SO_PEERCRED of its connection). */
+  peerPid: number;
   method: string;
   parameters: Record<string, unknown>;
   /** What each fd that came with the call pointed at (readlink of /proc/self/fd/N). */
@@ -81,10 +83,11 @@ export class FakeBroker {
   #serve(conn: UnixConnection): void {
     this.#connections.add(conn);
     const decoder = new FrameDecoder();
+    const peerPid = conn.peerCred().pid;
     let chain = Promise.resolve();
     conn.on('data', (chunk: Buffer, fds: number[]) => {
       for (const frame of decoder.push(chunk, fds)) {
-        const call = this.#record(frame);
+        const call = this.#record(frame, peerPid);
         const index = this.calls.length - 1;
         chain = chain.then(async () => this.#act(conn, call === undefined ? 'close' : await this.script(call, index)));
       }
@@ -97,7 +100,7 @@ export class FakeBroker {
     });
   }
 
-  #record(frame: Frame): ReceivedCall | undefined {
+  #record(frame: Frame, peerPid: number): ReceivedCall | undefined {
     const described = frame.fds.map(describeFd);
     const decoded = decodeCall(frame);
     frame.fds.forEach(closeFd);
@@ -106,6 +109,7 @@ export class FakeBroker {
       return undefined;
     }
     const call: ReceivedCall = {
+      peerPid,
       method: decoded.method,
       parameters: decoded.parameters as Record<string, unknown>,
       fdLinks: described.map((d) => d.link),

@@ -1,0 +1,107 @@
+// The two iommufdctl commands that hand the iommufd FD to QEMU: `exec` (become QEMU, same
+// pid) and `pass` (send it to a running QEMU over QMP).
+//
+// Invariants:
+// - `exec`: the program and every --keep-fd are checked before the broker is asked; the broker
+//   connection is closed before execve. The exec'd program inherits exactly the iommufd FD,
+//   stdin/stdout/stderr and the --keep-fd fds (exec-inheritance.ts). If execve fails, the FD
+//   is closed and the lease ends with this process (its target).
+// - `exec` writes nothing to stdout/stderr on success: the output is the program's.
+// - `pass`: QMP is reached before the broker is asked, so an unreachable QEMU costs no lease.
+//   The FD goes to QmpClient.getfd, which closes our copy once sent. If QEMU does not take it,
+//   the lease is released again (best effort, reported). The target pidfd (ours) is closed
+//   once Open answered.
+import { closeFd, execve, pidfdOpen, setCloexec, SysError } from '../native/sys.ts';
+import type { Command } from './cli-args.ts';
+import { EXIT_OK, failureText } from './cli-failures.ts';
+import type { CliIo } from './cli-io.ts';
+import { formatLease } from './cli-output.ts';
+import { openTargetPidfd, withBroker } from './cli-session.ts';
+import { BrokerClient } from './client.ts';
+import { checkKeptFds, prepareInheritance } from './exec-inheritance.ts';
+import { buildArgv, buildEnv, resolveProgram } from './exec-program.ts';
+import { QmpClient } from './qmp.ts';
+
+export async function runExec(command: Extract<Command, { kind: 'exec' }>, io: CliIo): Promise<number> {
+  const path = resolveProgram(command.program, io.env['PATH']);
+  checkKeptFds(command.keepFds);
+  const { lease, fd } = await withBroker(command.common, (c) => c.open(command.request));
+  try {
+    setCloexec(fd, false);
+    const argv = buildArgv(command.program, command.args, fd, command.substitute);
+    const envp = buildEnv(io.env, fd, lease.id);
+    prepareInheritance(command.keepFds);
+    execve(path, argv, envp);
+  } catch (error) {
+    closeFd(fd);
+    if (error instanceof SysError && error.syscall === 'execve') {
+      throw new Error(`cannot execute ${path} (${error.code}); lease ${lease.id} ends as iommufdctl exits`, { cause: error });
+    }
+    throw error;
+  }
+}
+
+/** A pidfd for the process at the other end of the QMP socket; the caller owns it. */
+function qmpPeerPidfd(qmp: QmpClient): number {
+  try {
+    return qmp.peerPidfd();
+  } catch (error) {
+    // SO_PEERPIDFD is Linux 6.5+; before that, the pid from SO_PEERCRED (a reuse window remains).
+    if (!(error instanceof SysError) || error.code !== 'ENOPROTOOPT') throw error;
+    return pidfdOpen(qmp.peerCred().pid);
+  }
+}
+
+export async function runPass(command: Extract<Command, { kind: 'pass' }>, io: CliIo): Promise<number> {
+  const { common, request, fdname } = command;
+  const qmp = await QmpClient.connect(command.qmpSocket, { timeoutMs: common.timeoutMs });
+  try {
+    const pidfd = command.targetPid === undefined ? qmpPeerPidfd(qmp) : openTargetPidfd(command.targetPid);
+    const client = await connectOrClose(common, pidfd);
+    try {
+      let opened;
+      try {
+        opened = await client.open({ ...request, targetPidFd: pidfd });
+      } finally {
+        closeFd(pidfd);
+      }
+      const { lease } = opened;
+      try {
+        await qmp.getfd(fdname, opened.fd);
+      } catch (error) {
+        await releaseAfterFailedHandoff(client, lease.id, io);
+        throw error;
+      }
+      if (common.json) {
+        io.stdout(`${JSON.stringify({ lease, fdname })}\n`);
+      } else {
+        io.stdout(formatLease(lease));
+        io.stdout(`QEMU (pid ${lease.pid}) holds the FD as '${fdname}': use fd=${fdname}\n`);
+      }
+      return EXIT_OK;
+    } finally {
+      client.close();
+    }
+  } finally {
+    qmp.close();
+  }
+}
+
+/** Connects to the broker; if that fails, closes `pidfd` (which the caller would have sent). */
+async function connectOrClose(common: Extract<Command, { kind: 'pass' }>['common'], pidfd: number): Promise<BrokerClient> {
+  try {
+    return await BrokerClient.connect(common.socketPath, { timeoutMs: common.timeoutMs });
+  } catch (error) {
+    closeFd(pidfd);
+    throw error;
+  }
+}
+
+async function releaseAfterFailedHandoff(client: BrokerClient, lease: string, io: CliIo): Promise<void> {
+  try {
+    await client.release(lease);
+    io.stderr(`QEMU did not take the FD; lease ${lease} was released\n`);
+  } catch (error) {
+    io.stderr(`QEMU did not take the FD, and releasing lease ${lease} failed too (release it by hand):\n  ${failureText(error)}`);
+  }
+}

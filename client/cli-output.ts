@@ -1,0 +1,93 @@
+// Human-readable renderings of broker replies for iommufdctl (the --json output is the reply
+// itself and does not come through here).
+//
+// Invariants:
+// - Pure: values in, text out (every line ends with '\n'); no I/O.
+// - Byte counts are shown with formatSize (exact binary units); a value the broker did not send
+//   (pinned bytes of an unreadable /proc entry) is shown as '-', never as 0.
+// - Text the broker sent (names, notes) is printed with control characters escaped, so a
+//   hostile name cannot move the cursor or forge table rows.
+import type { Lease, Status } from '../protocol/methods.ts';
+import { formatSize } from '../protocol/sizes.ts';
+
+/** Escapes C0/C1 controls and DEL (a name can only hold printable ASCII, but notes come from the daemon). */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+function size(bytes: number | undefined): string {
+  return bytes === undefined ? '-' : formatSize(bytes);
+}
+
+/** Rows of cells as aligned columns, two spaces apart; the last column is not padded. */
+export function formatTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
+  return all.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i] ?? 0))).join('  ').trimEnd())
+    .join('\n') + '\n';
+}
+
+/** One lease, as a block of "key: value" lines (open, resize). */
+export function formatLease(lease: Lease): string {
+  const lines: [string, string][] = [
+    ['lease', lease.id],
+    ['name', printable(lease.name)],
+    ['target', `pid ${lease.pid} (uid ${lease.uid}), asked for by uid ${lease.ownerUid}`],
+    ['memory', formatSize(lease.memoryBytes)],
+    ['limit', `${formatSize(lease.limitBytes)} (RLIMIT_MEMLOCK of pid ${lease.pid})`],
+    ['accounting', `${lease.accountingMode} (${lease.deviceKind} device)`],
+  ];
+  if (lease.requestId !== undefined) lines.push(['request id', printable(lease.requestId)]);
+  if (lease.pinnedBytes !== undefined || lease.lockedBytes !== undefined) {
+    lines.push(['in use', `${size(lease.pinnedBytes)} pinned, ${size(lease.lockedBytes)} locked`]);
+  }
+  lines.push(['created', printable(lease.createdAt)]);
+  return keyValues(lines);
+}
+
+/** The list of leases as a table, or a sentence when there are none. */
+export function formatLeaseTable(leases: readonly Lease[]): string {
+  if (leases.length === 0) return 'no leases\n';
+  const rows = leases.map((l) => [
+    l.id, printable(l.name), String(l.pid), String(l.uid), formatSize(l.memoryBytes), formatSize(l.limitBytes),
+    size(l.pinnedBytes), l.deviceKind, printable(l.createdAt),
+  ]);
+  return formatTable(['LEASE', 'NAME', 'PID', 'UID', 'MEMORY', 'LIMIT', 'PINNED', 'DEVICE', 'CREATED'], rows);
+}
+
+function yesNo(v: boolean | null): string {
+  return v === null ? 'not probed' : v ? 'yes' : 'no';
+}
+
+export function formatStatus(status: Status): string {
+  const { device, capabilities, budget } = status;
+  return keyValues([
+    ['version', printable(status.version)],
+    ['device', `${device.kind} at ${printable(device.path)}`],
+    ['rlimit mode', yesNo(device.rlimitModeSupported)],
+    ['per-fd limit', yesNo(device.perFdLimitOption)],
+    ['device note', printable(device.note)],
+    ['CAP_SYS_RESOURCE', capabilities.sysResource ? 'yes' : 'no'],
+    ['capability note', printable(capabilities.note)],
+    ['budget', `${formatSize(budget.usedBytes)} used of ${formatSize(budget.totalBytes)} (${formatSize(budget.freeBytes)} free)`],
+    ['leases', String(status.leases)],
+    ['overhead', `${formatSize(status.overheadBytes)} per lease`],
+  ]);
+}
+
+export function formatResize(lease: Lease, previousLimitBytes: number): string {
+  return `limit of ${lease.id} (pid ${lease.pid}) changed from ${formatSize(previousLimitBytes)} to ${formatSize(lease.limitBytes)}\n` +
+    formatLease(lease);
+}
+
+export function formatRelease(lease: string, limitRestored: boolean): string {
+  return limitRestored
+    ? `released ${lease}; the target's previous RLIMIT_MEMLOCK was restored\n`
+    : `released ${lease}; the target's previous RLIMIT_MEMLOCK was not restored (the target is gone, or the broker could not change it: see its log)\n`;
+}
+
+function keyValues(lines: readonly (readonly [string, string])[]): string {
+  const width = Math.max(...lines.map(([k]) => k.length)) + 1;
+  return lines.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}`).join('\n') + '\n';
+}
