@@ -16,7 +16,7 @@ import { UnixServer } from '../native/socket.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';
 import { loadPolicy, PolicyError } from './shell/config.ts';
 import { LeaseJournal } from './shell/journal.ts';
-import { memTotalBytes, ownCapabilities, CAP_SYS_RESOURCE, hasCapability } from './shell/procfs.ts';
+import { memTotalBytes, ownCapabilities } from './shell/procfs.ts';
 import { BrokerService } from './shell/service.ts';
 import { VarlinkServer } from './shell/varlink-server.ts';
 import { makeDispatcher } from './shell/dispatch.ts';
@@ -99,7 +99,7 @@ export async function main(argv: string[]): Promise<void> {
   } else {
     log.info({ device: device.info }, 'device ready');
   }
-  const haveSysResource = hasCapability(ownCapabilities(), CAP_SYS_RESOURCE);
+  const haveSysResource = ownCapabilities().sysResource;
   if (!haveSysResource) {
     log.warn('running without CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids; raises will fail with KernelRefused (EPERM)');
   }

@@ -17,6 +17,11 @@
 import { native } from '../../native/binding.ts';
 import { errnoName } from '../../native/sys.ts';
 
+/** The FileDescriptorName= of each socket unit (systemd/iommufd-broker*.socket): the contract. */
+export const BROKER_SOCKET_NAME = 'broker';
+export const ADMIN_SOCKET_NAME = 'admin';
+export const SOCKET_NAMES: readonly string[] = [BROKER_SOCKET_NAME, ADMIN_SOCKET_NAME];
+
 /** sd_listen_fds(3): the first passed fd. */
 export const LISTEN_FDS_START = 3;
 /** More sockets than any sane unit passes; a larger LISTEN_FDS is treated as garbage. */

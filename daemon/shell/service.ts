@@ -22,7 +22,7 @@ import type { Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import type { Peer } from './peer.ts';
-import { readProcStatus } from './procfs.ts';
+import { pageSize, readProcStatus } from './procfs.ts';
 import { applyLimit, describeTarget, reacquireTarget, readLimit, restoreLimit } from './target.ts';
 import { TargetWatch } from './target-watch.ts';
 
@@ -41,6 +41,7 @@ export class BrokerService {
   readonly #targets = new TargetWatch((id) => this.#endLease(id, 'target exited'));
   #policy: Readonly<Policy>;
   readonly #now: () => Date;
+  readonly #pageSize = pageSize();
 
   constructor(private readonly deps: ServiceDeps) {
     this.#policy = deps.policy;
@@ -91,7 +92,8 @@ export class BrokerService {
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer: { pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups },
         targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.hasIpcLock,
-        name: p.name, memoryBytes: p.memoryBytes, ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
+        name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
+        ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
       if (!decision.ok) throw decision.error;
       deviceFd = this.deps.device.openForLease();
@@ -126,7 +128,7 @@ export class BrokerService {
 
   resize(peer: Peer, p: BrokerParameters<'Resize'>): { lease: Lease; previousLimitBytes: number } {
     try {
-      const decision = decideResize(this.#policy, this.#ledger, this.#peerFacts(peer), p.lease, p.memoryBytes);
+      const decision = decideResize(this.#policy, this.#ledger, this.#peerFacts(peer), p.lease, p.memoryBytes, this.#pageSize);
       if (!decision.ok) throw decision.error;
       const record = this.#ledger.get(p.lease);
       const target = this.#targets.get(p.lease);

@@ -5,7 +5,7 @@
 // - Readiness is the daemon's own "serving" log line, never a sleep.
 // - Every log line is kept (parsed pino JSON) so tests can assert on audit records.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,6 +46,8 @@ export class BrokerProcess {
 
   static async start(opts: StartOptions = {}): Promise<BrokerProcess> {
     const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'iommufd-broker-test-'));
+    // Other uids (the permission tests' peers) must reach the socket; the state dir stays 0700.
+    chmodSync(dir, 0o755);
     const socket = join(dir, 'broker.sock');
     const stateDir = join(dir, 'state');
     const args = ['--socket', socket, '--state-dir', stateDir, '--device', 'simulated', '--socket-mode', '0666',

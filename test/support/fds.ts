@@ -19,3 +19,17 @@ export function openFds(pid: number | 'self' = 'self'): Map<number, string> {
 export function leakedSince(before: Map<number, string>, pid: number | 'self' = 'self'): string[] {
   return [...openFds(pid)].filter(([fd, target]) => before.get(fd) !== target).map(([fd, t]) => `${fd} -> ${t}`);
 }
+
+/**
+ * Waits until `pid` holds exactly the fds of `before` again (a peer's close reaches the daemon
+ * asynchronously), then returns what is still extra — [] on success.
+ */
+export async function settledLeaks(before: Map<number, string>, pid: number, timeoutMs = 5000): Promise<string[]> {
+  const deadline = Date.now() + timeoutMs;
+  let leaked = leakedSince(before, pid);
+  while (leaked.length > 0 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    leaked = leakedSince(before, pid);
+  }
+  return leaked;
+}
