@@ -28,7 +28,7 @@ after(async () => {
 });
 
 async function holdLease(name: string, memoryBytes: number): Promise<{ holder: LineReader; held: Held }> {
-  const holder = new LineReader(spawnStripped('lease-holder.ts', [broker.socket, name, String(memoryBytes)]));
+  const holder = new LineReader(spawnStripped('scripts/standin-vm.ts', [broker.socket, name, String(memoryBytes)]));
   const held = await holder.next<Held | HeldError>();
   if ('error' in held) throw new Error(`lease refused: ${held.error} ${JSON.stringify(held.parameters)}`);
   return { holder, held };
@@ -121,7 +121,7 @@ test('a target holding CAP_IPC_LOCK is refused: its pins would not be charged', 
 test('the budget is enforced with requested and available bytes in the error', async () => {
   const { holder, held } = await holdLease('vm-big', 5 * MiB);
   try {
-    const second = new LineReader(spawnStripped('lease-holder.ts', [broker.socket, 'vm-over', String(2 * MiB)]));
+    const second = new LineReader(spawnStripped('scripts/standin-vm.ts', [broker.socket, 'vm-over', String(2 * MiB)]));
     const refused = await second.next<HeldError>();
     assert.equal(refused.error, 'BudgetExceeded');
     assert.equal(refused.parameters['requestedBytes'], 3 * MiB);
@@ -162,7 +162,7 @@ test('a manager names the target by pidfd (the libvirt path): the target gets th
 test('a non-manager naming another process is refused with the rule that says why', async () => {
   const other = spawn('sleep', ['60'], { stdio: 'ignore' });
   assert.ok(other.pid !== undefined);
-  const asker = new LineReader(spawnStripped('call-as.ts', [broker.socket, 'open-target', JSON.stringify({ name: 'vm-steal', memoryBytes: MiB, targetPid: other.pid })], { uid: NOBODY }));
+  const asker = new LineReader(spawnStripped('test/support/call-as.ts', [broker.socket, 'open-target', JSON.stringify({ name: 'vm-steal', memoryBytes: MiB, targetPid: other.pid })], { uid: NOBODY }));
   try {
     const result = await asker.next<HeldError>();
     assert.equal(result.error, 'PermissionDenied');

@@ -13,11 +13,11 @@ export const NOBODY = 65534;
 
 export interface ChildOptions { uid?: number }
 
-/** Runs a TypeScript file from test/support under node+tsx, capabilities dropped. */
+/** Runs a TypeScript file (path relative to the repo) under node+tsx, capabilities dropped. */
 export function spawnStripped(script: string, args: string[], opts: ChildOptions = {}): ChildProcess {
   const ids = opts.uid === undefined ? [] : [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups'];
   return spawn('setpriv', [...ids, '--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all', '--',
-    process.execPath, '--import', 'tsx', join(REPO, 'test', 'support', script), ...args],
+    process.execPath, '--import', 'tsx', join(REPO, script), ...args],
   { stdio: ['pipe', 'pipe', 'pipe'], cwd: REPO });
 }
 

@@ -13,14 +13,14 @@ interface Held { lease: { id: string; pid: number; limitBytes: number } }
 interface CallResult { ok?: unknown; error?: string; parameters?: Record<string, unknown> }
 
 async function hold(broker: BrokerProcess, name: string): Promise<{ holder: LineReader; id: string; pid: number; limitBytes: number }> {
-  const holder = new LineReader(spawnStripped('lease-holder.ts', [broker.socket, name, String(2 * MiB)]));
+  const holder = new LineReader(spawnStripped('scripts/standin-vm.ts', [broker.socket, name, String(2 * MiB)]));
   const held = await holder.next<Held & { error?: string }>();
   assert.equal(held.error, undefined, `lease refused: ${JSON.stringify(held)}`);
   return { holder, id: held.lease.id, pid: held.lease.pid, limitBytes: held.lease.limitBytes };
 }
 
 async function callAsNobody(broker: BrokerProcess, method: string, params: unknown): Promise<CallResult> {
-  const r = new LineReader(spawnStripped('call-as.ts', [broker.socket, method, JSON.stringify(params)], { uid: NOBODY }));
+  const r = new LineReader(spawnStripped('test/support/call-as.ts', [broker.socket, method, JSON.stringify(params)], { uid: NOBODY }));
   const result = await r.next<CallResult>();
   await exited(r.child);
   return result;

@@ -1,10 +1,11 @@
-// Test support: a target process that opens a lease for itself and holds it.
+// A stand-in for QEMU: opens a lease for itself and holds the FD, as `iommufdctl exec` would
+// before exec'ing QEMU. Used by `npm start` (the demo) and by the tests.
 // argv: SOCKET NAME MEMORY_BYTES. Prints one JSON line (the lease or the error), then obeys
 // stdin lines: "limits" -> prints {soft, hard} of RLIMIT_MEMLOCK as JSON; "exit" -> exits 0.
 // Run it through setpriv with every capability dropped so it is a target without CAP_IPC_LOCK.
 import { readFileSync, readlinkSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { BrokerClient } from '../../client/index.ts';
+import { BrokerClient } from '../client/index.ts';
 
 function memlock(): { soft: string; hard: string } {
   const line = readFileSync('/proc/self/limits', 'utf8').split('\n').find((l) => l.startsWith('Max locked memory'));
