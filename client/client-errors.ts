@@ -34,26 +34,8 @@ export class BrokerClientError extends Error {
   }
 }
 
-/** An org.varlink.service.* error reply (unknown method, invalid parameter, ...). */
-export class VarlinkServiceError extends Error {
-  /** Fully qualified, as on the wire, e.g. org.varlink.service.InvalidParameter. */
-  readonly qualifiedName: string;
-  readonly parameters: Record<string, unknown>;
-  constructor(qualifiedName: string, parameters: Record<string, unknown>) {
-    const detail = Object.entries(parameters)
-      .filter(([, v]) => v !== undefined)
-      .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
-      .join(', ');
-    super(detail === '' ? qualifiedName : `${qualifiedName}: ${detail}`);
-    this.name = 'VarlinkServiceError';
-    this.qualifiedName = qualifiedName;
-    this.parameters = parameters;
-  }
-  /** The short name, e.g. InvalidParameter. */
-  get errorName(): string {
-    return this.qualifiedName.slice(this.qualifiedName.lastIndexOf('.') + 1);
-  }
-}
+// One class for org.varlink.service.* errors, shared with the daemon (protocol/errors.ts).
+export { VarlinkServiceError } from '../protocol/errors.ts';
 
 /**
  * What to check for each connect() errno, in words an operator can act on. `notASocket`: the

@@ -82,3 +82,23 @@ export function describeBrokerError(name: string, parameters: Record<string, unk
     .join(', ');
   return detail === '' ? name : `${name}: ${detail}`;
 }
+
+/**
+ * An org.varlink.service.* error: thrown by a daemon handler (e.g. InterfaceNotFound) and
+ * rebuilt by the client from an error reply.
+ */
+export class VarlinkServiceError extends Error {
+  /** Fully qualified, as on the wire, e.g. org.varlink.service.InvalidParameter. */
+  readonly qualifiedName: string;
+  readonly parameters: Record<string, unknown>;
+  constructor(qualifiedName: string, parameters: Record<string, unknown>) {
+    super(describeBrokerError(qualifiedName, parameters));
+    this.name = 'VarlinkServiceError';
+    this.qualifiedName = qualifiedName;
+    this.parameters = parameters;
+  }
+  /** The short name, e.g. InvalidParameter. */
+  get errorName(): string {
+    return this.qualifiedName.slice(this.qualifiedName.lastIndexOf('.') + 1);
+  }
+}

@@ -4,7 +4,8 @@
 // - Only calls that passed decodeCall arrive here: parameters are already validated.
 // - The device fd of an Open reply is handed to the server (reply.fds) and never kept.
 import type { DecodedCall } from '../../protocol/decode.ts';
-import { BROKER_INTERFACE_DESCRIPTION, SERVICE_INFO } from '../../protocol/interface.ts';
+import { interfaceDescription, SERVICE_INFO } from '../../protocol/interface.ts';
+import { VarlinkServiceError } from '../../protocol/errors.ts';
 import type { BrokerService } from './service.ts';
 import type { Peer } from './peer.ts';
 import type { HandlerReply } from './varlink-server.ts';
@@ -26,8 +27,13 @@ export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer
         return { parameters: service.status() };
       case 'org.varlink.service.GetInfo':
         return { parameters: { ...SERVICE_INFO } };
-      case 'org.varlink.service.GetInterfaceDescription':
-        return { parameters: { description: BROKER_INTERFACE_DESCRIPTION } };
+      case 'org.varlink.service.GetInterfaceDescription': {
+        const description = interfaceDescription(call.parameters.interface);
+        if (description === undefined) {
+          throw new VarlinkServiceError('org.varlink.service.InterfaceNotFound', { interface: call.parameters.interface });
+        }
+        return { parameters: { description } };
+      }
     }
   };
 }

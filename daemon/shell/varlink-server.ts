@@ -12,9 +12,13 @@
 // - Peer identity is read once per connection (SO_PEERCRED + SO_PEERPIDFD); the pidfd is owned
 //   by the connection and closed with it.
 import type { Logger } from 'pino';
-import { FrameDecoder, encodeFrame, type Frame } from '../../protocol/framing.ts';
-import { decodeCall, type DecodedCall } from '../../protocol/decode.ts';
-import { BrokerError, qualifiedBrokerError } from '../../protocol/errors.ts';
+import { FrameDecoder, FramingError, type Frame } from '../../protocol/framing.ts';
+import {
+  decodeCall, encodeBrokerError, encodeError, encodeRejection, encodeReply, framingRejection,
+  type DecodedCall, type Rejection,
+} from '../../protocol/decode.ts';
+import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
+import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { closeFd, SysError } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
 import { readPeer, type Peer } from './peer.ts';
@@ -85,6 +89,7 @@ class Connection {
   readonly #queue: Frame[] = [];
   #busy = false;
   #closed = false;
+  #draining = false;
   #idle: (() => void) | undefined;
 
   constructor(private readonly socket: UnixConnection, readonly peer: Peer,
@@ -102,13 +107,15 @@ class Connection {
   }
 
   #onData(chunk: Buffer, fds: number[]): void {
-    if (this.#closed) { fds.forEach(closeFd); return; }
+    if (this.#closed || this.#draining) { fds.forEach(closeFd); return; }
     let frames: Frame[];
     try {
       frames = this.#decoder.push(chunk, fds);
     } catch (err) {
-      this.log.warn({ err: errMessage(err), peer: this.#who() }, 'malformed stream: closing the connection');
-      this.close();
+      if (!(err instanceof FramingError)) throw err;
+      const rejection = framingRejection(err, this.#decoder.takeHeldFds());
+      this.log.warn({ err: err.message, peer: this.#who() }, 'malformed stream: closing the connection');
+      this.#reject(rejection);
       return;
     }
     this.#queue.push(...frames);
@@ -130,35 +137,44 @@ class Connection {
 
   async #run(frame: Frame): Promise<void> {
     const decoded = decodeCall(frame);
-    if ('fatal' in decoded) {
-      decoded.fdsToClose.forEach(closeFd);
-      if (decoded.fatal) {
-        this.log.warn({ peer: this.#who(), error: decoded.error.name }, 'malformed message: closing the connection');
-        this.close();
-      } else {
-        this.#send({ error: decoded.error.name, parameters: decoded.error.parameters }, []);
-      }
+    if (decoded.kind === 'rejection') {
+      if (decoded.fatal) this.log.warn({ peer: this.#who(), error: decoded.error.name }, 'malformed message: closing the connection');
+      this.#reject(decoded);
       return;
     }
     let reply: HandlerReply;
     try {
       reply = await this.handle(decoded, this.peer);
     } catch (err) {
-      decoded.unusedFds.forEach(closeFd);
       if (!decoded.oneway) this.#send(errorReply(err, this.log), []);
       return;
+    } finally {
+      decoded.unusedFds.forEach(closeFd);
     }
-    decoded.unusedFds.forEach(closeFd);
     if (decoded.oneway || this.#closed) {
       (reply.fds ?? []).forEach(closeFd);
       return;
     }
-    this.#send({ parameters: reply.parameters }, reply.fds ?? []);
+    this.#send(encodeReply(reply.parameters), reply.fds ?? []);
   }
 
-  #send(message: Record<string, unknown>, fds: number[]): void {
+  /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
+  #reject(rejection: Rejection): void {
+    rejection.fdsToClose.forEach(closeFd);
+    if (rejection.reply) this.#send(encodeRejection(rejection), []);
+    if (rejection.fatal) this.#stopReading();
+  }
+
+  /** Nothing more is read or run on this connection; queued replies still go out, then close. */
+  #stopReading(): void {
+    this.#draining = true;
+    for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
+    void this.drainAndClose();
+  }
+
+  #send(frame: Buffer, fds: number[]): void {
     if (this.#closed) { fds.forEach(closeFd); return; }
-    this.socket.send(encodeFrame(message), fds);
+    this.socket.send(frame, fds);
   }
 
   /** Peer closed its side: answer what is queued, then close. */
@@ -188,13 +204,12 @@ class Connection {
 }
 
 /** Turns what a handler threw into a Varlink error reply; unexpected errors are logged in full. */
-function errorReply(err: unknown, log: Logger): Record<string, unknown> {
-  if (err instanceof BrokerError) return { error: err.qualifiedName, parameters: err.parameters };
+function errorReply(err: unknown, log: Logger): Buffer {
+  if (err instanceof BrokerError) return encodeBrokerError(err);
+  if (err instanceof VarlinkServiceError) {
+    return encodeError(err.qualifiedName as QualifiedErrorName, err.parameters as ErrorParametersOf<QualifiedErrorName>);
+  }
   log.error({ err }, 'internal error while handling a call');
   const reason = err instanceof SysError ? `${err.syscall} failed: ${err.code}` : 'unexpected failure; the broker log has the details';
-  return { error: qualifiedBrokerError('InternalError'), parameters: { reason } };
-}
-
-function errMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return encodeBrokerError(new BrokerError('InternalError', { reason }));
 }
