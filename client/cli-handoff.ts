@@ -12,7 +12,7 @@
 //   the lease is released again (best effort, reported). The target pidfd (ours) is closed
 //   once Open answered.
 import { closeFd, execve, pidfdOpen, setCloexec, SysError } from '../native/sys.ts';
-import type { Command } from './cli-args.ts';
+import type { Command, CommonOptions } from './cli-args.ts';
 import { EXIT_OK, failureText } from './cli-failures.ts';
 import type { CliIo } from './cli-io.ts';
 import { formatLease } from './cli-output.ts';
@@ -88,7 +88,7 @@ export async function runPass(command: Extract<Command, { kind: 'pass' }>, io: C
 }
 
 /** Connects to the broker; if that fails, closes `pidfd` (which the caller would have sent). */
-async function connectOrClose(common: Extract<Command, { kind: 'pass' }>['common'], pidfd: number): Promise<BrokerClient> {
+async function connectOrClose(common: CommonOptions, pidfd: number): Promise<BrokerClient> {
   try {
     return await BrokerClient.connect(common.socketPath, { timeoutMs: common.timeoutMs });
   } catch (error) {

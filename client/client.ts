@@ -90,6 +90,10 @@ function checkTimeout(ms: number): number {
   return ms;
 }
 
+/**
+ * One connection to the broker. The open connection keeps Node's event loop alive (like a
+ * net.Socket): close() it when done.
+ */
 export class BrokerClient {
   readonly socketPath: string;
   /** Owner of the socket (and of fds queued for sending). */
@@ -232,7 +236,8 @@ export class BrokerClient {
         timer: setTimeout(() => this.#timedOut(pending, timeoutMs), timeoutMs),
       };
       this.#pending.push(pending);
-      this.#conn.send(bytes, fds);
+      // false: the socket already closed under us (its 'error'/'end' may not have arrived yet).
+      if (!this.#conn.send(bytes, fds)) this.#fail(this.#lost(`the connection closed before ${method} could be sent`));
     });
   }
 
