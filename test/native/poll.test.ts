@@ -5,17 +5,23 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { constants } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { test } from 'node:test';
+import { afterEach, test } from 'node:test';
 import { native, POLL_READABLE, POLL_WRITABLE, type PollHandle } from '../../native/binding.ts';
 import { memfd } from '../../native/sys.ts';
 import { settle, withNoFdLeak } from './fd-audit.ts';
-import { rawSocketPair } from './socket-fixtures.ts';
+import { closeTracked, rawSocketPair, track } from './socket-fixtures.ts';
+
+/** Hang guard only (not a timing assertion): a lost event fails the test instead of stalling the file. */
+const GUARD = { timeout: 60_000 };
+afterEach(closeTracked);
 
 const { EBADF, EBUSY, EEXIST, EPERM } = constants.errno;
 
+/** startPoll that fails the test on -errno; the handle is stopped after the test at the latest. */
 function start(fd: number, events: number, callback: (status: number, events: number) => void): PollHandle {
   const handle = native.startPoll(fd, events, callback);
   if (typeof handle === 'number') assert.fail(`startPoll(${fd}) failed with ${handle}`);
+  track({ close: () => native.stopPoll(handle) });
   return handle;
 }
 
@@ -30,7 +36,7 @@ function runFixture(name: string): { stdout: string; status: number | null } {
   return { stdout: result.stdout, status: result.status };
 }
 
-test('a readable fd calls back with POLL_READABLE; stopPoll inside the callback stops it for good', async () => {
+test('a readable fd calls back with POLL_READABLE; stopPoll inside the callback stops it for good', GUARD, async () => {
   await withNoFdLeak(async () => {
     const [listener, client, server] = rawSocketPair();
     const seen: Array<[number, number]> = [];
@@ -47,7 +53,7 @@ test('a readable fd calls back with POLL_READABLE; stopPoll inside the callback 
   });
 });
 
-test('updatePoll(handle, 0) pauses a watcher and a new mask resumes it', async () => {
+test('updatePoll(handle, 0) pauses a watcher and a new mask resumes it', GUARD, async () => {
   await withNoFdLeak(async () => {
     const [listener, client, server] = rawSocketPair();
     let calls = 0;
@@ -68,7 +74,7 @@ test('updatePoll(handle, 0) pauses a watcher and a new mask resumes it', async (
   });
 });
 
-test('close() refuses an fd that is still watched (-EBUSY) and closes it after stopPoll', async () => {
+test('close() refuses an fd that is still watched (-EBUSY) and closes it after stopPoll', GUARD, async () => {
   await withNoFdLeak(() => {
     const [listener, client, server] = rawSocketPair();
     const handle = start(server, POLL_READABLE, () => undefined);
@@ -79,7 +85,7 @@ test('close() refuses an fd that is still watched (-EBUSY) and closes it after s
   });
 });
 
-test('startPoll returns -errno for fds epoll cannot watch or that are already watched', async () => {
+test('startPoll returns -errno for fds epoll cannot watch or that are already watched', GUARD, async () => {
   await withNoFdLeak(() => {
     const file = memfd('not-pollable');
     assert.equal(native.startPoll(file, POLL_READABLE, () => undefined), -EPERM);
@@ -92,13 +98,13 @@ test('startPoll returns -errno for fds epoll cannot watch or that are already wa
   });
 });
 
-test('an exception thrown by a poll callback reaches process uncaughtException', () => {
+test('an exception thrown by a poll callback reaches process uncaughtException', GUARD, () => {
   const { stdout, status } = runFixture('throw-in-poll.ts');
   assert.equal(stdout.trim(), 'uncaught: boom from a poll callback');
   assert.equal(status, 0);
 });
 
-test('microtasks and nextTicks queued in a poll callback run before the next callback', () => {
+test('microtasks and nextTicks queued in a poll callback run before the next callback', GUARD, () => {
   const { stdout, status } = runFixture('drain-in-poll.ts');
   assert.equal(stdout.trim(), 'second callback: microtask=true nextTick=true');
   assert.equal(status, 0);

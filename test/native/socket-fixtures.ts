@@ -11,6 +11,25 @@ import { native } from '../../native/binding.ts';
 import { UnixConnection, UnixServer, type ConnectionOptions } from '../../native/socket.ts';
 import { sys } from '../../native/sys.ts';
 
+interface Closable { close(): void }
+const tracked = new Set<Closable>();
+
+/** Registers a server or connection to be closed by closeTracked(). */
+export function track<T extends Closable>(resource: T): T {
+  tracked.add(resource);
+  return resource;
+}
+
+/**
+ * For afterEach: closes what a test left open because it failed or timed out. Open watchers
+ * keep the loop alive, so without this a failing test would hang its file instead of failing.
+ */
+export async function closeTracked(): Promise<void> {
+  for (const resource of tracked) resource.close();
+  tracked.clear();
+  await new Promise((resolve) => setImmediate(resolve));
+}
+
 export function makeTempDir(): { dir: string; remove: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'native-test-'));
   return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
@@ -37,9 +56,9 @@ export async function connectedPair(clientOptions: ConnectionOptions = {}, serve
   const listener = UnixServer.listen(join(temp.dir, 'pair.sock'), { mode: 0o600, backlog: 4, ...serverOptions });
   try {
     const accepted = once(listener, 'connection') as Promise<[UnixConnection]>;
-    const client = UnixConnection.connect(join(temp.dir, 'pair.sock'), clientOptions);
+    const client = track(UnixConnection.connect(join(temp.dir, 'pair.sock'), clientOptions));
     const [server] = await accepted;
-    return { client, server };
+    return { client, server: track(server) };
   } finally {
     listener.close();
     temp.remove();

@@ -4,14 +4,18 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { constants, readFileSync } from 'node:fs';
-import { before, test } from 'node:test';
+import { afterEach, before, test } from 'node:test';
 import { native, POLL_READABLE } from '../../native/binding.ts';
 import {
   closeFd, dupCloexec, errnoName, errnoNumber, execve, fstatFd, kcmpFiles, memfd, openFile,
   pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, setCloexec, sys, SysError,
 } from '../../native/sys.ts';
 import { isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
-import { makeTempDir } from './socket-fixtures.ts';
+import { closeTracked, makeTempDir, track } from './socket-fixtures.ts';
+
+/** Hang guard only (not a timing assertion): a lost event fails the test instead of stalling the file. */
+const GUARD = { timeout: 60_000 };
+afterEach(closeTracked);
 
 const CAP_SYS_RESOURCE = 24;
 const MiB = 1024 * 1024;
@@ -44,7 +48,7 @@ before(async () => {
   await reap(await sleeper());
 });
 
-test('errno names are the kernel\'s, including ones os.constants lacks', () => {
+test('errno names are the kernel\'s, including ones os.constants lacks', GUARD, () => {
   assert.equal(errnoName(1), 'EPERM');
   assert.equal(errnoName(-11), 'EAGAIN');
   assert.equal(errnoName(95), 'EOPNOTSUPP');
@@ -55,7 +59,7 @@ test('errno names are the kernel\'s, including ones os.constants lacks', () => {
   assert.throws(() => errnoNumber('ENOTANERRNO'), RangeError);
 });
 
-test('SysError carries code, positive errno, syscall, and a message that says why', () => {
+test('SysError carries code, positive errno, syscall, and a message that says why', GUARD, () => {
   const error = new SysError('prlimit', -1, 'RLIMIT_MEMLOCK of pid 42');
   assert.ok(error instanceof Error);
   assert.equal(error.name, 'SysError');
@@ -66,7 +70,7 @@ test('SysError carries code, positive errno, syscall, and a message that says wh
   assert.match(new SysError('ioctl(IOMMU_OPTION)', 95).message, /EOPNOTSUPP \(operation not supported\)$/);
 });
 
-test('sys() throws only for negative numbers', () => {
+test('sys() throws only for negative numbers', GUARD, () => {
   assert.equal(sys('open', 0), 0);
   assert.equal(sys('open', 17), 17);
   const object = { soft: 1, hard: 2 };
@@ -74,7 +78,7 @@ test('sys() throws only for negative numbers', () => {
   assert.throws(() => sys('open', -2, '/x'), (e: unknown) => e instanceof SysError && e.code === 'ENOENT' && /\/x$/.test(e.message));
 });
 
-test('closeFd closes; closing an fd that is not open is EBADF', async () => {
+test('closeFd closes; closing an fd that is not open is EBADF', GUARD, async () => {
   await withNoFdLeak(() => {
     const fd = memfd('close-once');
     closeFd(fd);
@@ -84,7 +88,7 @@ test('closeFd closes; closing an fd that is not open is EBADF', async () => {
   });
 });
 
-test('openFile, memfd, dupCloexec, setCloexec, fstatFd, kcmpFiles', async () => {
+test('openFile, memfd, dupCloexec, setCloexec, fstatFd, kcmpFiles', GUARD, async () => {
   const temp = makeTempDir();
   try {
     await withNoFdLeak(() => {
@@ -108,7 +112,7 @@ test('openFile, memfd, dupCloexec, setCloexec, fstatFd, kcmpFiles', async () => 
   }
 });
 
-test('pidfd of a child: alive, its pid, readable when it exits, then gone (-1, ESRCH)', async () => {
+test('pidfd of a child: alive, its pid, readable when it exits, then gone (-1, ESRCH)', GUARD, async () => {
   await withNoFdLeak(async () => {
     const child = await sleeper();
     const pidfd = pidfdOpen(child.pid);
@@ -118,10 +122,11 @@ test('pidfd of a child: alive, its pid, readable when it exits, then gone (-1, E
       assert.equal(pidOfPidfd(pidfd), child.pid);
       const readable = new Promise<number>((resolve) => {
         const handle = native.startPoll(pidfd, POLL_READABLE, (status, events) => {
-          native.stopPoll(handle as Exclude<typeof handle, number>);
+          if (typeof handle !== 'number') native.stopPoll(handle);
           resolve(status < 0 ? status : events);
         });
-        assert.notEqual(typeof handle, 'number', 'startPoll on a pidfd failed');
+        if (typeof handle === 'number') assert.fail(`startPoll on a pidfd failed: ${handle}`);
+        track({ close: () => native.stopPoll(handle) });
       });
       const exited = once(child, 'exit');
       child.kill('SIGTERM');
@@ -136,7 +141,7 @@ test('pidfd of a child: alive, its pid, readable when it exits, then gone (-1, E
   });
 });
 
-test('pidfdOpen of a pid that does not exist is ESRCH; pidOfPidfd refuses non-pidfds', async () => {
+test('pidfdOpen of a pid that does not exist is ESRCH; pidOfPidfd refuses non-pidfds', GUARD, async () => {
   await withNoFdLeak(async () => {
     const child = await sleeper();
     const pid = child.pid;
@@ -149,7 +154,7 @@ test('pidfdOpen of a pid that does not exist is ESRCH; pidOfPidfd refuses non-pi
   });
 });
 
-test('prlimitMemlock lowers a child\'s limit and returns the old one; raising the hard limit needs CAP_SYS_RESOURCE', async () => {
+test('prlimitMemlock lowers a child\'s limit and returns the old one; raising the hard limit needs CAP_SYS_RESOURCE', GUARD, async () => {
   const child = await sleeper();
   try {
     const ours = prlimitMemlock(0, null);
@@ -174,7 +179,7 @@ test('prlimitMemlock lowers a child\'s limit and returns the old one; raising th
   }
 });
 
-test('rlimit -1 stands for RLIM_INFINITY both ways (RLIMIT_CPU of a child)', async (t) => {
+test('rlimit -1 stands for RLIM_INFINITY both ways (RLIMIT_CPU of a child)', GUARD, async (t) => {
   const RLIMIT_CPU = 0;
   const ours = native.prlimit(0, RLIMIT_CPU, null);
   if (typeof ours === 'number' || ours.hard !== -1) {
@@ -190,7 +195,7 @@ test('rlimit -1 stands for RLIM_INFINITY both ways (RLIMIT_CPU of a child)', asy
   }
 });
 
-test('execve that cannot run throws SysError and returns', () => {
+test('execve that cannot run throws SysError and returns', GUARD, () => {
   assert.throws(() => execve('/nonexistent/program', ['program'], []),
     (e: unknown) => e instanceof SysError && e.code === 'ENOENT' && e.syscall === 'execve');
 });

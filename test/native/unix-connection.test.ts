@@ -3,11 +3,15 @@
 // queueing, back-pressure, and no fd left open by any test.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { test } from 'node:test';
+import { afterEach, test } from 'node:test';
 import { UnixConnection } from '../../native/socket.ts';
 import { closeFd, dupCloexec, fstatFd, kcmpFiles, memfd, pidOfPidfd, SysError } from '../../native/sys.ts';
 import { isCloexec, isOpen, settle, withNoFdLeak } from './fd-audit.ts';
-import { closePair, connectedPair, rawSocketPair, receive } from './socket-fixtures.ts';
+import { closePair, closeTracked, connectedPair, rawSocketPair, receive, track } from './socket-fixtures.ts';
+
+/** Hang guard only (not a timing assertion): a lost event fails the test instead of stalling the file. */
+const GUARD = { timeout: 60_000 };
+afterEach(closeTracked);
 
 /** Sends `count` fresh memfds with `data`; returns dups of them (ours to close) to compare with. */
 function sendMemfds(conn: UnixConnection, data: string, count: number): number[] {
@@ -18,7 +22,7 @@ function sendMemfds(conn: UnixConnection, data: string, count: number): number[]
 }
 
 for (const count of [1, 3]) {
-  test(`${count} fd(s) arrive with their bytes, CLOEXEC, the same open files; the sender's copies are closed`, async () => {
+  test(`${count} fd(s) arrive with their bytes, CLOEXEC, the same open files; the sender's copies are closed`, GUARD, async () => {
     await withNoFdLeak(async () => {
       const pair = await connectedPair();
       const arriving = receive(pair.server, 5);
@@ -38,7 +42,7 @@ for (const count of [1, 3]) {
   });
 }
 
-test('fds queued behind unsent data are closed by close(), never leaked', async () => {
+test('fds queued behind unsent data are closed by close(), never leaked', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     pair.server.pause();
@@ -53,7 +57,7 @@ test('fds queued behind unsent data are closed by close(), never leaked', async 
   });
 });
 
-test('send() after close refuses, closing the fds it was given', async () => {
+test('send() after close refuses, closing the fds it was given', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     await closePair(pair);
@@ -65,7 +69,7 @@ test('send() after close refuses, closing the fds it was given', async () => {
   });
 });
 
-test('more fds than maxFdsPerMessage: the receiver fails with EXFULL and closes what arrived', async () => {
+test('more fds than maxFdsPerMessage: the receiver fails with EXFULL and closes what arrived', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair({}, { maxFdsPerMessage: 2 });
     const failed = once(pair.server, 'error') as Promise<[SysError]>;
@@ -82,7 +86,7 @@ test('more fds than maxFdsPerMessage: the receiver fails with EXFULL and closes 
   });
 });
 
-test('peer closing gives end; without an end listener the connection closes itself', async () => {
+test('peer closing gives end; without an end listener the connection closes itself', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     const ended = once(pair.server, 'end');
@@ -100,7 +104,7 @@ test('peer closing gives end; without an end listener the connection closes itse
   });
 });
 
-test('end() closes after the queue drained: every byte arrives first', async () => {
+test('end() closes after the queue drained: every byte arrives first', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     const payload = Buffer.alloc(2 * 1024 * 1024, 7);
@@ -116,7 +120,7 @@ test('end() closes after the queue drained: every byte arrives first', async () 
   });
 });
 
-test('peerCred is this process; peerPidfd names this process', async (t) => {
+test('peerCred is this process; peerPidfd names this process', GUARD, async (t) => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     try {
@@ -140,7 +144,7 @@ test('peerCred is this process; peerPidfd names this process', async (t) => {
   });
 });
 
-test('a 3 MiB send arrives intact through EAGAIN queueing, both ways', async () => {
+test('a 3 MiB send arrives intact through EAGAIN queueing, both ways', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     const payload = Buffer.alloc(3 * 1024 * 1024);
@@ -165,7 +169,7 @@ test('a 3 MiB send arrives intact through EAGAIN queueing, both ways', async () 
   });
 });
 
-test('pause() holds data back (the sender queues); resume() delivers all of it', async () => {
+test('pause() holds data back (the sender queues); resume() delivers all of it', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     let delivered = 0;
@@ -186,12 +190,12 @@ test('pause() holds data back (the sender queues); resume() delivers all of it',
   });
 });
 
-test('adopt() takes a connected socket fd; a non-socket is refused (ENOTSOCK) and closed', async () => {
+test('adopt() takes a connected socket fd; a non-socket is refused (ENOTSOCK) and closed', GUARD, async () => {
   await withNoFdLeak(async () => {
     const [listener, client, server] = rawSocketPair();
     closeFd(listener);
-    const a = UnixConnection.adopt(client);
-    const b = UnixConnection.adopt(server);
+    const a = track(UnixConnection.adopt(client));
+    const b = track(UnixConnection.adopt(server));
     const arriving = receive(b, 2);
     a.send(Buffer.from('hi'));
     assert.equal((await arriving).data.toString(), 'hi');
@@ -202,14 +206,14 @@ test('adopt() takes a connected socket fd; a non-socket is refused (ENOTSOCK) an
   });
 });
 
-test('connect to a missing path throws SysError ENOENT without leaking', async () => {
+test('connect to a missing path throws SysError ENOENT without leaking', GUARD, async () => {
   await withNoFdLeak(() => {
     assert.throws(() => UnixConnection.connect('/nonexistent/broker.sock'),
       (e: unknown) => e instanceof SysError && e.code === 'ENOENT' && e.syscall === 'connect');
   });
 });
 
-test('data with nobody listening: the fds that came with it are closed', async () => {
+test('data with nobody listening: the fds that came with it are closed', GUARD, async () => {
   await withNoFdLeak(async () => {
     const pair = await connectedPair();
     const keep = sendMemfds(pair.client, 'unheard', 2);
@@ -217,5 +221,47 @@ test('data with nobody listening: the fds that came with it are closed', async (
     await once(pair.server, 'end');
     keep.forEach(closeFd);
     await closePair(pair); // withNoFdLeak: the two fds the server received were closed
+  });
+});
+
+test('the peer closing with our bytes unread: ECONNRESET, then close (the POLLERR path)', GUARD, async () => {
+  await withNoFdLeak(async () => {
+    const pair = await connectedPair();
+    pair.server.pause();
+    pair.client.send(Buffer.from('never read'));
+    await settle();
+    const failed = new Promise<SysError>((resolve) => pair.client.once('error', resolve));
+    const closed = new Promise<void>((resolve) => pair.client.once('close', resolve));
+    pair.server.close();
+    const error = await failed;
+    await closed;
+    assert.equal(error.code, 'ECONNRESET');
+    assert.equal(error.syscall, 'recvmsg');
+    await closePair(pair);
+  });
+});
+
+test('one readiness callback reads a bounded number of messages: other callbacks get their turn', GUARD, async () => {
+  await withNoFdLeak(async () => {
+    const pair = await connectedPair();
+    const total = 100;
+    const file = memfd('separator');
+    // Each message carries an fd, so the kernel keeps them apart: one recvmsg per message.
+    for (let i = 0; i < total; i++) pair.client.send(Buffer.from([i]), [dupCloexec(file)]);
+    closeFd(file);
+    let delivered = 0;
+    let deliveredWhenImmediateRan = -1;
+    const all = new Promise<void>((resolve) => {
+      pair.server.on('data', (chunk: Buffer, fds: number[]) => {
+        fds.forEach(closeFd);
+        if (delivered === 0) setImmediate(() => { deliveredWhenImmediateRan = delivered; });
+        delivered += chunk.length;
+        if (delivered === total) resolve();
+      });
+    });
+    await all;
+    assert.ok(deliveredWhenImmediateRan > 0 && deliveredWhenImmediateRan < total,
+      `an immediate queued by the first message ran after ${deliveredWhenImmediateRan} of ${total} messages`);
+    await closePair(pair);
   });
 });

@@ -4,12 +4,16 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { lstatSync, writeFileSync, existsSync, renameSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { afterEach, test } from 'node:test';
 import { native } from '../../native/binding.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
 import { closeFd, memfd, sys, SysError } from '../../native/sys.ts';
 import { isOpen, withNoFdLeak } from './fd-audit.ts';
-import { makeTempDir, receive } from './socket-fixtures.ts';
+import { closeTracked, makeTempDir, receive, track } from './socket-fixtures.ts';
+
+/** Hang guard only (not a timing assertion): a lost event fails the test instead of stalling the file. */
+const GUARD = { timeout: 60_000 };
+afterEach(closeTracked);
 
 /** Call before close(): resolves on the 'close' event that follows. */
 function closed(emitter: UnixServer | UnixConnection): Promise<void> {
@@ -25,17 +29,17 @@ async function withTempDir(body: (dir: string) => Promise<void> | void): Promise
   }
 }
 
-test('listen creates the socket with the given mode, accepts, and close() unlinks it', async () => {
+test('listen creates the socket with the given mode, accepts, and close() unlinks it', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'broker.sock');
-    const server = UnixServer.listen(path, { mode: 0o660, backlog: 8 });
+    const server = track(UnixServer.listen(path, { mode: 0o660, backlog: 8 }));
     assert.equal(server.address, path);
     const stat = lstatSync(path);
     assert.ok(stat.isSocket());
     assert.equal(stat.mode & 0o777, 0o660);
     const accepted = once(server, 'connection') as Promise<[UnixConnection]>;
-    const client = UnixConnection.connect(path);
-    const [conn] = await accepted;
+    const client = track(UnixConnection.connect(path));
+    const conn = track((await accepted)[0]);
     const arriving = receive(conn, 4);
     client.send(Buffer.from('ping'));
     assert.equal((await arriving).data.toString(), 'ping');
@@ -49,7 +53,7 @@ test('listen creates the socket with the given mode, accepts, and close() unlink
   });
 });
 
-test('listen refuses a path that is a regular file, and leaves the file alone', async () => {
+test('listen refuses a path that is a regular file, and leaves the file alone', GUARD, async () => {
   await withTempDir((dir) => {
     const path = join(dir, 'not-a-socket');
     writeFileSync(path, 'precious');
@@ -59,32 +63,32 @@ test('listen refuses a path that is a regular file, and leaves the file alone', 
   });
 });
 
-test('listen replaces a stale socket nobody listens on', async () => {
+test('listen replaces a stale socket nobody listens on', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'stale.sock');
     closeFd(sys('listen', native.listenUnix(path, 1, 0o600))); // leaves the file behind
     assert.ok(lstatSync(path).isSocket());
-    const server = UnixServer.listen(path, { mode: 0o600, backlog: 1 });
+    const server = track(UnixServer.listen(path, { mode: 0o600, backlog: 1 }));
     const accepted = once(server, 'connection') as Promise<[UnixConnection]>;
-    const client = UnixConnection.connect(path);
-    const [conn] = await accepted;
+    const client = track(UnixConnection.connect(path));
+    const conn = track((await accepted)[0]);
     const done = Promise.all([closed(server), closed(client), closed(conn)]);
     for (const c of [server, client, conn]) c.close();
     await done;
   });
 });
 
-test('listen refuses (EADDRINUSE) a path another server listens on; that server keeps working', async () => {
+test('listen refuses (EADDRINUSE) a path another server listens on; that server keeps working', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'live.sock');
-    const first = UnixServer.listen(path, { mode: 0o600, backlog: 4 });
+    const first = track(UnixServer.listen(path, { mode: 0o600, backlog: 4 }));
     const probes: UnixConnection[] = [];
-    first.on('connection', (conn: UnixConnection) => probes.push(conn));
+    first.on('connection', (conn: UnixConnection) => probes.push(track(conn)));
     assert.throws(() => UnixServer.listen(path, { mode: 0o600, backlog: 4 }),
       (e: unknown) => e instanceof SysError && e.code === 'EADDRINUSE');
     const accepted = once(first, 'connection') as Promise<[UnixConnection]>;
-    const client = UnixConnection.connect(path);
-    const [conn] = await accepted;
+    const client = track(UnixConnection.connect(path));
+    const conn = track((await accepted)[0]);
     const all = [first, client, conn, ...probes];
     const done = Promise.all(all.map(closed));
     for (const c of all) c.close();
@@ -92,19 +96,19 @@ test('listen refuses (EADDRINUSE) a path another server listens on; that server 
   });
 });
 
-test('close() does not unlink a path that now names another server\'s socket', async () => {
+test('close() does not unlink a path that now names another server\'s socket', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'shared.sock');
-    const old = UnixServer.listen(path, { mode: 0o600, backlog: 1 });
+    const old = track(UnixServer.listen(path, { mode: 0o600, backlog: 1 }));
     renameSync(path, join(dir, 'moved-away.sock'));
-    const successor = UnixServer.listen(path, { mode: 0o600, backlog: 1 });
+    const successor = track(UnixServer.listen(path, { mode: 0o600, backlog: 1 }));
     const done = closed(old);
     old.close();
     await done;
     assert.ok(lstatSync(path).isSocket(), 'the successor\'s socket is still there');
     const accepted = once(successor, 'connection') as Promise<[UnixConnection]>;
-    const client = UnixConnection.connect(path);
-    const [conn] = await accepted;
+    const client = track(UnixConnection.connect(path));
+    const conn = track((await accepted)[0]);
     const all = [successor, client, conn];
     const finished = Promise.all(all.map(closed));
     for (const c of all) c.close();
@@ -112,14 +116,14 @@ test('close() does not unlink a path that now names another server\'s socket', a
   });
 });
 
-test('adopt() takes a listening fd (as from systemd) and never unlinks its path', async () => {
+test('adopt() takes a listening fd (as from systemd) and never unlinks its path', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'activated.sock');
-    const server = UnixServer.adopt(sys('listen', native.listenUnix(path, 4, 0o600)));
+    const server = track(UnixServer.adopt(sys('listen', native.listenUnix(path, 4, 0o600))));
     assert.equal(server.address, null);
     const accepted = once(server, 'connection') as Promise<[UnixConnection]>;
-    const client = UnixConnection.connect(path);
-    const [conn] = await accepted;
+    const client = track(UnixConnection.connect(path));
+    const conn = track((await accepted)[0]);
     const all = [server, client, conn];
     const done = Promise.all(all.map(closed));
     for (const c of all) c.close();
@@ -131,19 +135,19 @@ test('adopt() takes a listening fd (as from systemd) and never unlinks its path'
   });
 });
 
-test('many clients connecting at once are all accepted (more than one accept batch)', async () => {
+test('many clients connecting at once are all accepted (more than one accept batch)', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'busy.sock');
-    const server = UnixServer.listen(path, { mode: 0o600, backlog: 64 });
+    const server = track(UnixServer.listen(path, { mode: 0o600, backlog: 64 }));
     const accepted: UnixConnection[] = [];
     const count = 40;
     const all = new Promise<void>((resolve) => {
       server.on('connection', (conn: UnixConnection) => {
-        accepted.push(conn);
+        accepted.push(track(conn));
         if (accepted.length === count) resolve();
       });
     });
-    const clients = Array.from({ length: count }, () => UnixConnection.connect(path));
+    const clients = Array.from({ length: count }, () => track(UnixConnection.connect(path)));
     await all;
     const pids = new Set(accepted.map((c) => c.peerCred().pid));
     assert.deepEqual([...pids], [process.pid]);
@@ -154,11 +158,11 @@ test('many clients connecting at once are all accepted (more than one accept bat
   });
 });
 
-test('a connection nobody listens for is closed at once', async () => {
+test('a connection nobody listens for is closed at once', GUARD, async () => {
   await withTempDir(async (dir) => {
     const path = join(dir, 'deaf.sock');
-    const server = UnixServer.listen(path, { mode: 0o600, backlog: 1 });
-    const client = UnixConnection.connect(path);
+    const server = track(UnixServer.listen(path, { mode: 0o600, backlog: 1 }));
+    const client = track(UnixConnection.connect(path));
     const ended = new Promise<void>((resolve) => client.once('end', resolve));
     await ended;
     const done = Promise.all([closed(server), closed(client)]);
