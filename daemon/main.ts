@@ -1,122 +1,129 @@
 // iommufd-brokerd: start-up order, sockets, signals.
 //
 // Invariants:
-// - Start order: flags -> policy -> device -> journal restore -> sockets -> READY. Nothing is
-//   served before every journaled lease is re-adopted or dropped, so the budget is exact
-//   from the first call.
-// - A bad flag or policy file stops the start with one line that says what to fix (exit 2);
-//   nothing falls back silently (the simulated device is only ever chosen by its flag).
-// - SIGTERM/SIGINT: stop accepting, finish in-flight calls, close the journal, exit 0.
-//   Leases stay journaled and are re-adopted by the next start.
-// - SIGHUP: reload the policy atomically; a bad file is logged and the old policy stays.
-import { parseArgs } from 'node:util';
+// - Start order: flags -> policy -> device -> journal restore -> sockets -> READY=1. Nothing is
+//   served before every journaled lease is re-adopted or dropped, so the budget is exact from
+//   the first call, and systemd hears READY=1 only then.
+// - A bad flag, policy file or set of passed sockets stops the start with one line that says
+//   what to fix (exit 2); nothing falls back silently (the simulated device is only ever chosen
+//   by its flag, and is refused under systemd).
+// - Sockets come from systemd by name (LISTEN_FDNAMES) when activated; otherwise the daemon
+//   binds its own paths with their final permissions from the start.
+// - SIGTERM/SIGINT: STOPPING=1, stop accepting, finish in-flight calls, close the journal,
+//   exit 0. Leases stay journaled and are re-adopted by the next start.
+// - SIGHUP: RELOADING=1, reload the policy atomically (a bad file is logged and the old policy
+//   stays), READY=1.
 import { readFileSync } from 'node:fs';
-import pino from 'pino';
+import pino, { type Logger } from 'pino';
 import { UnixServer } from '../native/socket.ts';
+import { formatSize } from '../protocol/sizes.ts';
+import { parseFlags, USAGE, type Flags } from './flags.ts';
+import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/activation.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';
-import { loadPolicy, PolicyError } from './shell/config.ts';
+import { loadPolicy } from './shell/config.ts';
 import { LeaseJournal } from './shell/journal.ts';
+import { Notifier } from './shell/notify.ts';
 import { memTotalBytes, ownCapabilities } from './shell/procfs.ts';
 import { BrokerService } from './shell/service.ts';
 import { VarlinkServer } from './shell/varlink-server.ts';
 import { makeDispatcher } from './shell/dispatch.ts';
-
-export const DEFAULT_SOCKET = '/run/iommufd-broker/broker.sock';
-export const DEFAULT_STATE_DIR = '/var/lib/iommufd-broker';
-export const DEFAULT_DEVICE = '/dev/iommu';
-
-const USAGE = `usage: iommufd-brokerd [options]
-  --socket PATH        Varlink socket to bind when not socket-activated (default ${DEFAULT_SOCKET})
-  --socket-mode MODE   permissions of a socket the daemon binds itself (octal, default 0660)
-  --state-dir DIR      where the lease journal lives (default ${DEFAULT_STATE_DIR})
-  --config FILE        policy file, TOML or JSON (default: built-in policy, see docs/CONFIG.md)
-  --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
-  --overhead SIZE      limit = VM memory + overhead (default 1G, like libvirt); overrides the file
-  --budget SIZE        host-wide sum of limits (default MemTotal minus a reserve); overrides the file
-  --log-level LEVEL    pino level (default info)`;
-
-interface Flags {
-  socket: string; socketMode: number; stateDir: string; config: string | undefined;
-  device: string; overhead: string | undefined; budget: string | undefined; logLevel: string;
-}
-
-export function parseFlags(argv: string[]): Flags {
-  const { values } = parseArgs({
-    args: argv, strict: true, allowPositionals: false,
-    options: {
-      socket: { type: 'string' }, 'socket-mode': { type: 'string' }, 'state-dir': { type: 'string' },
-      config: { type: 'string' }, device: { type: 'string' }, overhead: { type: 'string' },
-      budget: { type: 'string' }, 'log-level': { type: 'string' }, help: { type: 'boolean' },
-    },
-  });
-  if (values.help === true) { process.stdout.write(`${USAGE}\n`); process.exit(0); }
-  const modeText = values['socket-mode'] ?? '0660';
-  if (!/^0?[0-7]{3}$/.test(modeText)) throw new UsageError(`--socket-mode must be octal like 0660, got "${modeText}"`);
-  return {
-    socket: values.socket ?? DEFAULT_SOCKET, socketMode: parseInt(modeText, 8),
-    stateDir: values['state-dir'] ?? DEFAULT_STATE_DIR, config: values.config,
-    device: values.device ?? DEFAULT_DEVICE, overhead: values.overhead, budget: values.budget,
-    logLevel: values['log-level'] ?? 'info',
-  };
-}
-
-class UsageError extends Error {}
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
-export async function main(argv: string[]): Promise<void> {
-  let flags: Flags;
-  try {
-    flags = parseFlags(argv);
-  } catch (e) {
-    process.stderr.write(`iommufd-brokerd: ${e instanceof Error ? e.message : String(e)}\n${USAGE}\n`);
-    process.exit(2);
-  }
-  const log = pino({ name: 'iommufd-brokerd', level: flags.logLevel });
-  const loadCurrentPolicy = (): ReturnType<typeof loadPolicy> => loadPolicy({
+function fail(message: string): never {
+  process.stderr.write(`iommufd-brokerd: ${message}\n`);
+  process.exit(2);
+}
+
+function policyLoader(flags: Flags): () => ReturnType<typeof loadPolicy> {
+  return () => loadPolicy({
     memTotalBytes: memTotalBytes(),
     ...(flags.config === undefined ? {} : { configPath: flags.config }),
     ...(flags.overhead === undefined ? {} : { overhead: flags.overhead }),
     ...(flags.budget === undefined ? {} : { budget: flags.budget }),
   });
-  let policy: ReturnType<typeof loadPolicy>;
-  try {
-    assertDeviceAllowed(flags.device, process.env);
-    policy = loadCurrentPolicy();
-  } catch (e) {
-    process.stderr.write(`iommufd-brokerd: ${e instanceof Error ? e.message : String(e)}\n`);
-    process.exit(2);
-  }
+}
 
-  const device = createDevice(flags.device);
-  if (flags.device === SIMULATED) {
+/** One line for STATUS= and humans: leases and budget. */
+function summary(service: BrokerService): string {
+  const s = service.status();
+  return `${s.leases} lease${s.leases === 1 ? '' : 's'}, ${formatSize(s.budget.usedBytes)} of `
+    + `${formatSize(s.budget.totalBytes)} budget used, device ${s.device.kind}`;
+}
+
+function announceDevice(log: Logger, device: ReturnType<typeof createDevice>): void {
+  if (device.info.kind === SIMULATED) {
     log.warn({ device: device.info }, 'SIMULATED DEVICE: leases get a memfd, not an iommufd. No pinned-memory accounting. Tests and demos only.');
   } else if (device.info.rlimitModeSupported !== true) {
     log.error({ device: device.info }, `device not usable: ${device.info.note}`);
   } else {
     log.info({ device: device.info }, 'device ready');
   }
+}
+
+export async function main(argv: string[]): Promise<void> {
+  let flags: Readonly<Flags>;
+  try {
+    flags = parseFlags(argv);
+  } catch (e) {
+    fail(`${e instanceof Error ? e.message : String(e)}\n${USAGE}`);
+  }
+  if (flags.help) { process.stdout.write(`${USAGE}\n`); return; }
+  const log = pino({ name: 'iommufd-brokerd', level: flags.logLevel });
+  const loadCurrentPolicy = policyLoader(flags);
+  let policy: ReturnType<typeof loadPolicy>;
+  try {
+    assertDeviceAllowed(flags.device, process.env); // before the LISTEN_*/NOTIFY_* variables are consumed
+    policy = loadCurrentPolicy();
+  } catch (e) {
+    fail(e instanceof Error ? e.message : String(e));
+  }
+  const notifier = Notifier.fromEnv(process.env, process.pid, log);
+  let activated: ReturnType<typeof listenFdsFromEnv>;
+  try {
+    activated = listenFdsFromEnv(process.env, process.pid, SOCKET_NAMES);
+  } catch (e) {
+    fail(e instanceof Error ? e.message : String(e));
+  }
+  for (const w of activated.warnings) log.warn(w);
+
+  const device = createDevice(flags.device);
+  announceDevice(log, device);
   const haveSysResource = ownCapabilities().sysResource;
   if (!haveSysResource) {
     log.warn('running without CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids; raises will fail with KernelRefused (EPERM)');
   }
 
-  const { journal, leases } = LeaseJournal.open(flags.stateDir);
-  const service = new BrokerService({ policy, device, journal, log, haveSysResource, version: version() });
+  const { journal, leases } = LeaseJournal.open(flags.stateDir, { log });
+  // The notifier hears about every lease change, so systemctl status shows the current summary.
+  const service: BrokerService = new BrokerService({
+    policy, device, journal, log, haveSysResource, version: version(),
+    onLeasesChanged: () => notifier.status(summary(service)),
+  });
   const restored = service.restore(leases);
   log.info({ ...restored, stateDir: flags.stateDir }, 'journal restored');
 
   const server = new VarlinkServer(makeDispatcher(service), log, { maxConnections: 1024, maxConnectionsPerUid: 64 });
-  server.serve(UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));
-  log.info({ socket: flags.socket, budget: service.status().budget }, 'serving');
+  const brokerFd = activated.fds.get(BROKER_SOCKET_NAME);
+  server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
+    : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));
+  const adminFd = activated.fds.get(ADMIN_SOCKET_NAME);
+  if (adminFd !== undefined || flags.adminSocket !== undefined) {
+    log.warn('the admin HTTP API is not part of this build yet; the admin socket is not served');
+  }
+  log.info({ socket: brokerFd !== undefined ? `systemd fd ${brokerFd}` : flags.socket, budget: service.status().budget }, 'serving');
+  notifier.ready(summary(service));
+  notifier.startWatchdog();
 
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;
     stopping = true;
+    notifier.stopping('finishing in-flight calls');
+    notifier.stopWatchdog();
     log.info({ signal }, 'stopping: finishing in-flight calls');
     void server.close().then(() => {
       service.close();
@@ -128,11 +135,13 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGHUP', () => {
+    notifier.reloading('reloading the policy');
     try {
       service.replacePolicy(loadCurrentPolicy());
       log.info('policy reloaded');
     } catch (err) {
-      log.error({ err: err instanceof PolicyError ? err.message : err }, 'policy reload rejected; the old policy stays');
+      log.error({ err: err instanceof Error ? err.message : String(err) }, 'policy reload rejected; the old policy stays');
     }
+    notifier.ready(summary(service));
   });
 }

@@ -34,6 +34,8 @@ export interface ServiceDeps {
   haveSysResource: boolean;
   version: string;
   now?: () => Date;
+  /** Called after every grant, resize and release (e.g. to update systemd's STATUS=). */
+  onLeasesChanged?: () => void;
 }
 
 export class BrokerService {
@@ -117,6 +119,7 @@ export class BrokerService {
       watched = true;
       this.#ledger.grant(record);
       this.#audit('grant', peer, record);
+      this.deps.onLeasesChanged?.();
       return { lease: this.#toWire(record), fd: deviceFd };
     } catch (err) {
       if (deviceFd !== undefined) closeFd(deviceFd);
@@ -151,6 +154,7 @@ export class BrokerService {
       this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
       const updated = this.#ledger.get(record.id) ?? record;
       this.#audit('resize', peer, updated, { previousLimitBytes: before });
+      this.deps.onLeasesChanged?.();
       return { lease: this.#toWire(updated), previousLimitBytes: before };
     } catch (err) {
       this.#deny('resize', peer, err, { lease: p.lease, memoryBytes: p.memoryBytes });
@@ -204,6 +208,7 @@ export class BrokerService {
     this.#ledger.release(id);
     this.#targets.forget(id);
     this.#audit('release', peer, record, { reason: why, limitRestored });
+    this.deps.onLeasesChanged?.();
     return limitRestored;
   }
 
