@@ -162,10 +162,12 @@ function labels(l: Labels): string {
   return parts.length === 0 ? '' : `{${parts.join(',')}}`;
 }
 
-/** A sample value: integers in full (byte counts up to 2^53), other numbers as JS prints them. */
+/**
+ * A sample value: integers in full (byte counts up to 2^53), other numbers as JS prints them
+ * (Prometheus parses both). Values are finite: byte counts come from zod-checked replies and
+ * observeCall refuses non-finite durations.
+ */
 function number(v: number): string {
-  if (Number.isNaN(v)) return 'NaN';
-  if (!Number.isFinite(v)) return v > 0 ? '+Inf' : '-Inf';
   return Number.isInteger(v) ? v.toFixed(0) : String(v);
 }
 

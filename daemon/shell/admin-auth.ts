@@ -1,0 +1,74 @@
+// Who is calling the admin API, and whether they may.
+//
+// Invariants:
+// - Identity comes from the kernel: SO_PEERCRED of the connection, read once, when the server
+//   accepts it and before any byte of a request is parsed; never from headers or the body.
+// - The decision is taken per request against the *current* policy, so a reload that drops a
+//   manager shuts them out on connections they already hold open.
+// - "Admins" are the policy's managers (isManager): the uids and groups that may already
+//   Resize and Release any lease over Varlink. The admin API grants nothing more.
+// - A connection whose credentials cannot be read is destroyed unanswered.
+// - fds: a connection's fd belongs to Node's net.Socket; it is only read (getsockopt), never
+//   kept or closed here. Admin peers carry no pidfd (the admin API never opens a lease).
+import type { Socket } from 'node:net';
+import type { Logger } from 'pino';
+import { BrokerError } from '../../protocol/errors.ts';
+import { peerCred } from '../../native/sys.ts';
+import { describePeer, isManager, type Policy } from '../core/policy.ts';
+import type { Peer } from './peer.ts';
+import { readProcStatus } from './procfs.ts';
+
+/** The fd under a Unix-socket net.Socket (libuv's pipe handle), or undefined if it has none. */
+export function socketFd(socket: Socket): number | undefined {
+  const handle: unknown = Reflect.get(socket, '_handle');
+  if (typeof handle !== 'object' || handle === null) return undefined;
+  const fd: unknown = Reflect.get(handle, 'fd');
+  return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
+}
+
+/** SO_PEERCRED of a connected socket, plus the peer's supplementary groups from /proc. */
+export function readSocketPeer(fd: number): Peer {
+  const cred = peerCred(fd);
+  let groups: number[] = [];
+  try {
+    groups = readProcStatus(cred.pid).groups;
+  } catch {
+    // The peer may already be gone; with no groups it is judged by uid/gid alone.
+  }
+  return { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd: undefined };
+}
+
+/** Remembers each accepted connection's peer, for as long as the connection object lives. */
+export class ConnectionPeers {
+  readonly #peers = new WeakMap<Socket, Peer>();
+
+  constructor(private readonly log: Logger) {}
+
+  /** For the server's 'connection' event: reads the peer, or destroys the connection. */
+  accept(socket: Socket): void {
+    const fd = socketFd(socket);
+    try {
+      if (fd === undefined) throw new Error('the connection has no file descriptor to read credentials from');
+      this.#peers.set(socket, readSocketPeer(fd));
+    } catch (err) {
+      this.log.warn({ err }, 'admin API: dropping a connection whose peer could not be identified');
+      socket.destroy();
+    }
+  }
+
+  peerOf(socket: Socket): Peer | undefined {
+    return this.#peers.get(socket);
+  }
+}
+
+/** undefined if the peer may use the admin API under `policy`, else the refusal to send. */
+export function adminRefusal(policy: Readonly<Policy>, peer: Peer | undefined): BrokerError<'PermissionDenied'> | undefined {
+  if (peer === undefined) {
+    return new BrokerError('PermissionDenied', { rule: 'admin-peer', reason: 'the caller could not be identified (no peer credentials)' });
+  }
+  if (isManager(policy, peer)) return undefined;
+  return new BrokerError('PermissionDenied', {
+    rule: 'admin-managers',
+    reason: `${describePeer(peer)} is not a manager: the admin API is only for the policy's managers (managers.users, managers.groups)`,
+  });
+}
