@@ -1,0 +1,169 @@
+// PID reuse: a leased target exits and a new process gets its pid (clone3 with set_tid, via
+// test/hostile/fixtures/hostile-peer.c). The broker must never set a limit on the new process
+// and must not keep the old lease — whether the reuse happens while the daemon runs, while it
+// is stopped with a Resize already queued, or while it is down.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { join } from 'node:path';
+import { BrokerClient, BrokerError } from '../../client/index.ts';
+import { closeFd, pidfdOpen } from '../../native/sys.ts';
+import { buildC } from '../../bench/c-build.ts';
+import { BrokerProcess, REPO } from '../support/daemon.ts';
+import { leakedSince, openFds } from '../support/fds.ts';
+import { STRIP, killTarget, memlockOf, pidfdCount, spawnTarget, startTimeOf, waitForComm, type Memlock } from './support/processes.ts';
+
+const MiB = 1024 ** 2;
+const ARGS = ['--overhead', '1M', '--budget', '64M'];
+let hostilePeer: string;
+
+before(() => {
+  hostilePeer = buildC(join(REPO, 'test/hostile/fixtures/hostile-peer.c'));
+});
+
+interface Reused { helper: ChildProcess; pid: number }
+const reused: Reused[] = [];
+after(async () => {
+  for (const r of reused.splice(0)) await stopReused(r);
+});
+
+/** Kills the newcomer; its helper (which waits for it) exits with it and is reaped. */
+async function stopReused(r: Reused): Promise<void> {
+  const index = reused.indexOf(r);
+  if (index >= 0) reused.splice(index, 1);
+  if (r.helper.exitCode !== null || r.helper.signalCode !== null) return;
+  const gone = new Promise<void>((resolve) => r.helper.once('exit', () => resolve()));
+  try { process.kill(r.pid, 'SIGKILL'); } catch { r.helper.kill('SIGKILL'); }
+  await gone;
+}
+
+/** Starts a capability-less `sleep` with exactly this pid (the previous owner must be reaped). */
+async function spawnAtPid(pid: number): Promise<Reused> {
+  const helper = spawn(hostilePeer, ['spawn-at-pid', String(pid), 'setpriv', ...STRIP, '--', 'sleep', '3600'],
+    { stdio: ['ignore', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: helper.stdout as NodeJS.ReadableStream });
+  const first = await new Promise<string>((resolve, reject) => {
+    lines.once('line', resolve);
+    helper.once('exit', (code) => reject(new Error(`spawn-at-pid exited (${String(code)}) before it said anything`)));
+  });
+  lines.close();
+  assert.equal(first, `pid ${pid}`, `clone3 set_tid could not reuse pid ${pid}: ${first}`);
+  await waitForComm(pid, 'sleep');
+  const r = { helper, pid };
+  reused.push(r);
+  return r;
+}
+
+/** A manager Open (this process is uid 0, a manager by default) naming the target by pidfd. */
+async function leaseFor(client: BrokerClient, name: string, pid: number, memoryBytes: number): Promise<{ id: string; limitBytes: number }> {
+  const pidfd = pidfdOpen(pid);
+  try {
+    const { lease, fd } = await client.open({ name, memoryBytes, targetPidFd: pidfd });
+    closeFd(fd);
+    return { id: lease.id, limitBytes: lease.limitBytes };
+  } finally {
+    closeFd(pidfd);
+  }
+}
+
+function daemonPid(broker: BrokerProcess): number {
+  const pid = broker.child.pid;
+  assert.ok(pid !== undefined);
+  return pid;
+}
+
+test('a pid reused while the daemon runs: the old lease ended with its target, and names nothing now', async () => {
+  const fdsBefore = openFds();
+  const broker = await BrokerProcess.start({ extraArgs: ARGS });
+  const client = await BrokerClient.connect(broker.socket);
+  try {
+    const a = await spawnTarget();
+    const lease = await leaseFor(client, 'vm-first', a.pid, 2 * MiB);
+    assert.equal(memlockOf(a.pid).hard, lease.limitBytes);
+    const startA = startTimeOf(a.pid);
+    await killTarget(a.child);
+    await broker.waitForLog((l) => l['audit'] === 'release' && l['lease'] === lease.id);
+
+    const b = await spawnAtPid(a.pid);
+    assert.notEqual(startTimeOf(b.pid), startA, 'a different process holds the pid now');
+    const untouched = memlockOf(b.pid);
+    await assert.rejects(client.resize(lease.id, 1 * MiB), (e: unknown) => e instanceof BrokerError && e.errorName === 'NoSuchLease');
+    await assert.rejects(client.release(lease.id), (e: unknown) => e instanceof BrokerError && e.errorName === 'NoSuchLease');
+    assert.deepEqual(memlockOf(b.pid), untouched, 'the newcomer\'s limit was not touched');
+    assert.deepEqual((await client.list()).leases, []);
+    assert.equal((await client.status()).budget.usedBytes, 0);
+    await stopReused(b);
+  } finally {
+    client.close();
+    await broker.stop();
+    broker.cleanup();
+  }
+  assert.deepEqual(leakedSince(fdsBefore), [], 'this process kept no pidfd, device fd or socket');
+});
+
+test('a Resize queued while the target dies and its pid is reused never reaches the new process', async () => {
+  // Deterministic interleaving: the daemon is stopped (SIGSTOP) while the Resize sits in its
+  // socket, the target dies and is reaped, and a newcomer takes the pid. On SIGCONT the daemon
+  // sees the Resize first (it became readable first), with the old pid in its lease record.
+  const broker = await BrokerProcess.start({ extraArgs: ARGS });
+  const client = await BrokerClient.connect(broker.socket);
+  let b: Reused | undefined;
+  let untouched: Memlock | undefined;
+  let resizing: Promise<unknown> | undefined;
+  try {
+    const a = await spawnTarget();
+    const lease = await leaseFor(client, 'vm-stopped', a.pid, 4 * MiB);
+    process.kill(daemonPid(broker), 'SIGSTOP');
+    try {
+      resizing = client.resize(lease.id, 1 * MiB).then((ok) => ({ ok }), (err: unknown) => ({ err }));
+      await killTarget(a.child);
+      b = await spawnAtPid(a.pid);
+      untouched = memlockOf(b.pid);
+    } finally {
+      process.kill(daemonPid(broker), 'SIGCONT');
+    }
+    const outcome = await resizing as { ok?: unknown; err?: unknown };
+    assert.equal(outcome.ok, undefined, `the Resize of a dead target's lease succeeded: ${JSON.stringify(outcome.ok)}`);
+    assert.ok(outcome.err instanceof BrokerError && ['TargetGone', 'NoSuchLease'].includes(outcome.err.errorName),
+      `expected TargetGone or NoSuchLease, got ${String(outcome.err)}`);
+    await broker.waitForLog((l) => l['audit'] === 'release' && l['lease'] === lease.id);
+    assert.deepEqual((await client.list()).leases, []);
+    assert.deepEqual(memlockOf(b.pid), untouched,
+      'prlimit landed on the process that reused the pid (the pidfd liveness check runs only after prlimit)');
+  } finally {
+    client.close();
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test('a pid reused while the daemon is down: restart drops the lease and leaves the newcomer alone', async () => {
+  const broker = await BrokerProcess.start({ extraArgs: ARGS });
+  const a = await spawnTarget();
+  const client = await BrokerClient.connect(broker.socket);
+  const lease = await leaseFor(client, 'vm-down', a.pid, 2 * MiB);
+  client.close();
+  await broker.stop('SIGKILL');
+  await killTarget(a.child);
+  const b = await spawnAtPid(a.pid);
+  const untouched = memlockOf(b.pid);
+  assert.notEqual(untouched.hard, lease.limitBytes, 'the newcomer starts with its own limit');
+
+  const again = await BrokerProcess.start({ dir: broker.dir, extraArgs: ARGS });
+  const check = await BrokerClient.connect(again.socket);
+  try {
+    const restored = await again.waitForLog((l) => l.msg === 'journal restored');
+    assert.equal(restored['adopted'], 0);
+    assert.equal(restored['dropped'], 1);
+    assert.deepEqual((await check.list()).leases, []);
+    assert.equal((await check.status()).budget.usedBytes, 0);
+    assert.deepEqual(memlockOf(b.pid), untouched, 'restore did not apply the journaled limit to the newcomer');
+    assert.equal(pidfdCount(daemonPid(again)), 1, 'the restarted daemon holds one pidfd: our connection\'s peer, no target\'s');
+    await stopReused(b);
+  } finally {
+    check.close();
+    await again.stop();
+    again.cleanup();
+  }
+});
