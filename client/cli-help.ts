@@ -24,7 +24,9 @@ export const COMMAND_HELP: Readonly<Record<Topic, string>> = {
   list: `list
     Show the leases you may see.`,
   status: `status
-    Show the broker's device, capabilities, budget and lease count.`,
+    Show the broker's device, capabilities and budget (with a bar of how much is held), and for
+    each lease you may see a bar of its target's pinned memory against its limit. With --json:
+    the Status reply only (use 'list --json' for the leases).`,
   exec: `exec --name NAME --memory SIZE [--request-id ID] [--no-substitute] [--keep-fd N]... -- PROGRAM [ARG...]
     Open for iommufdctl's own process, then execve PROGRAM (found on PATH) in its place: same
     pid, so the lease and the limit apply to PROGRAM. Every {iommufd} in PROGRAM's arguments

@@ -9,6 +9,7 @@
 //   hostile name cannot move the cursor or forge table rows.
 import type { Lease, Status } from '../protocol/methods.ts';
 import { formatSize } from '../protocol/sizes.ts';
+import { budgetBar, leaseBarRows } from './cli-status-bars.ts';
 
 /** Escapes C0/C1 controls and DEL (a name can only hold printable ASCII, but notes come from the daemon). */
 export function printable(text: string): string {
@@ -60,9 +61,13 @@ function yesNo(v: boolean | null): string {
   return v === null ? 'not probed' : v ? 'yes' : 'no';
 }
 
-export function formatStatus(status: Status): string {
+/**
+ * The status block, with the budget drawn as a bar; given the leases the caller may see, also
+ * one bar per lease of its target's pinned memory against its limit (cli-status-bars.ts).
+ */
+export function formatStatus(status: Status, leases?: readonly Lease[]): string {
   const { device, capabilities, budget } = status;
-  return keyValues([
+  const block = keyValues([
     ['version', printable(status.version)],
     ['device', `${device.kind} at ${printable(device.path)}`],
     ['rlimit mode', yesNo(device.rlimitModeSupported)],
@@ -71,9 +76,16 @@ export function formatStatus(status: Status): string {
     ['CAP_SYS_RESOURCE', capabilities.sysResource ? 'yes' : 'no'],
     ['capability note', printable(capabilities.note)],
     ['budget', `${formatSize(budget.usedBytes)} used of ${formatSize(budget.totalBytes)} (${formatSize(budget.freeBytes)} free)`],
+    ['budget use', budgetBar(budget)],
     ['leases', String(status.leases)],
     ['overhead', `${formatSize(status.overheadBytes)} per lease`],
   ]);
+  if (leases === undefined) return block;
+  const hidden = status.leases - leases.length;
+  const others = hidden > 0 ? `(${hidden} more lease${hidden === 1 ? '' : 's'} of other users not shown)\n` : '';
+  if (leases.length === 0) return `${block}\nno leases you may see\n${others}`;
+  return `${block}\npinned memory against each lease's limit:\n`
+    + formatTable(['LEASE', 'NAME', 'PINNED / LIMIT', 'USE', 'SIZES'], leaseBarRows(leases, printable)) + others;
 }
 
 export function formatResize(lease: Lease, previousLimitBytes: number): string {

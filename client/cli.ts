@@ -78,9 +78,13 @@ async function run(command: Exclude<Command, { kind: 'help' }>, io: CliIo): Prom
       return EXIT_OK;
     }
     case 'status': {
-      const reply = await withBroker(common, (c) => c.status());
-      if (common.json) printJson(io, reply);
-      else io.stdout(formatStatus(reply));
+      if (common.json) {
+        printJson(io, await withBroker(common, (c) => c.status()));
+        return EXIT_OK;
+      }
+      // The bars need each lease's pinned bytes: List, on the same connection.
+      const [reply, visible] = await withBroker(common, async (c) => [await c.status(), await c.list()] as const);
+      io.stdout(formatStatus(reply, visible.leases));
       return EXIT_OK;
     }
     case 'exec':

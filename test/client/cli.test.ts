@@ -33,13 +33,19 @@ async function cli(argv: string[], script: Script, onHold?: () => void): Promise
 
 const openReply: Script = () => ({ reply: { lease: wireLease(), fileDescriptor: 0 }, fds: [memfd('fake-iommufd')] });
 
-test('status: a readable block, or the reply as JSON', async () => {
-  const human = await cli(['status'], () => ({ reply: wireStatus(2) }));
+test('status: a readable block with bars (Status, then List), or the Status reply alone as JSON', async () => {
+  const human = await cli(['status'], (call) => (call.method === 'io.iommufd.Broker.List'
+    ? { reply: { leases: [wireLease({ pinnedBytes: 512 * 1024 ** 2 })] } } : { reply: wireStatus(2) }));
   assert.equal(human.code, 0);
+  assert.deepEqual(human.fake.calls.map((c) => c.method), ['io.iommufd.Broker.Status', 'io.iommufd.Broker.List']);
   assert.match(human.stdout, /^budget: +0 B used of 8 GiB \(8 GiB free\)$/m);
+  assert.match(human.stdout, /^budget use: +\[-{30}\] +0%$/m);
   assert.match(human.stdout, /^leases: +2$/m);
+  assert.match(human.stdout, /^l-0123456789abcdef +vm1 +\[#{7}-{23}\] +25% +512 MiB of 2 GiB$/m);
+  assert.match(human.stdout, /^\(1 more lease of other users not shown\)$/m);
   const json = await cli(['status', '--json'], () => ({ reply: wireStatus(2) }));
   assert.equal(json.code, 0);
+  assert.deepEqual(json.fake.calls.map((c) => c.method), ['io.iommufd.Broker.Status']);
   assert.deepEqual(JSON.parse(json.stdout), wireStatus(2));
 });
 
