@@ -2,9 +2,10 @@
 //
 // Invariants:
 // - A target is always held by a pidfd; a pid alone is never trusted. prlimit(2) takes only a
-//   pid, so every limit change is followed by a liveness check of the pidfd: if the process
-//   the pidfd names is still alive, its pid cannot have been recycled in between, so the limit
-//   landed on the right process (PID-reuse window closed).
+//   pid, so every limit change is bracketed by liveness checks of the pidfd: a dead target is
+//   never touched, and if it dies in the microseconds between check and prlimit, the change is
+//   undone on the pid's new owner (if the process the pidfd names is alive after prlimit, its
+//   pid cannot have been recycled in between, so the limit landed on the right process).
 // - soft == hard == limit: the target cannot raise its own limit afterwards ("no way out").
 // - Kernel refusals become KernelRefused / TargetGone naming the cause and what to do.
 import { BrokerError } from '../../protocol/errors.ts';
@@ -64,27 +65,45 @@ export function readLimit(target: Target): Rlimit {
   }
 }
 
-/** Sets soft = hard = limitBytes on the target; returns the limits it had before. */
+/**
+ * Sets soft = hard = limitBytes on the target; returns the limits it had before.
+ * prlimit takes a pid, so the pidfd is checked on both sides of it: before, so a target that
+ * already died (its pid perhaps recycled) is never touched; after, for the microseconds in
+ * between — if the target died then, the pid may name a newcomer, so the limits prlimit just
+ * replaced are put straight back on whatever process holds the pid now.
+ */
 export function applyLimit(target: Target, limitBytes: number, haveSysResource: boolean): Rlimit {
-  let previous: Rlimit;
-  try {
-    previous = prlimitMemlock(target.pid, { soft: limitBytes, hard: limitBytes });
-  } catch (e) {
-    throw prlimitRefused(e, target, limitBytes, haveSysResource);
-  }
-  if (!pidfdIsAlive(target.pidfd)) throw gone(target.pid, 'the target exited while its limit was being set');
-  return previous;
+  return setLimit(target, { soft: limitBytes, hard: limitBytes }, haveSysResource);
 }
 
 /** Puts back the limits a released target had before its lease; false if the kernel refused. */
 export function restoreLimit(target: Target, previous: Rlimit): boolean {
   try {
-    prlimitMemlock(target.pid, previous);
-    return pidfdIsAlive(target.pidfd);
+    setLimit(target, previous, true);
+    return true;
   } catch (e) {
-    if (e instanceof SysError) return false;
+    if (e instanceof SysError || e instanceof BrokerError) return false;
     throw e;
   }
+}
+
+function setLimit(target: Target, limit: Rlimit, haveSysResource: boolean): Rlimit {
+  if (!pidfdIsAlive(target.pidfd)) throw gone(target.pid, 'the target has exited; its limit was not touched');
+  let previous: Rlimit;
+  try {
+    previous = prlimitMemlock(target.pid, limit);
+  } catch (e) {
+    throw prlimitRefused(e, target, limit.hard, haveSysResource);
+  }
+  if (!pidfdIsAlive(target.pidfd)) {
+    try {
+      prlimitMemlock(target.pid, previous); // undo on the process that now holds the pid
+    } catch {
+      // It is gone as well, or the undo is a raise we may not make: nothing more can be done.
+    }
+    throw gone(target.pid, 'the target exited while its limit was being set; the change was undone');
+  }
+  return previous;
 }
 
 function gone(pid: number, reason: string): BrokerError<'TargetGone'> {
