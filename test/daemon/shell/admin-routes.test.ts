@@ -3,7 +3,7 @@
 // errors carry the Varlink names, and only managers get past the first hook.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadPolicy } from '../../../daemon/shell/config.ts';
 import type { AdminService } from '../../../daemon/shell/admin-routes.ts';
@@ -223,6 +223,18 @@ test('an unexpected failure is 500 InternalError with no internals, and is logge
     assert.equal(r.status, 500);
     assert.deepEqual(r.body, { error: 'io.iommufd.Broker.InternalError', parameters: { reason: 'unexpected failure; the broker log has the details' } });
     assert.ok(h.logs.some((l) => l['level'] === 50 && JSON.stringify(l).includes('secret detail')), 'the log has the details');
+  } finally {
+    await h.close();
+  }
+});
+
+test('every route docs/ADMIN-API.md lists exists', async () => {
+  const doc = readFileSync(new URL('../../../docs/ADMIN-API.md', import.meta.url), 'utf8');
+  const routes = [...doc.matchAll(/^\| `(GET|PATCH|DELETE|POST) (\/\S*)`/gm)].map((r) => ({ method: r[1] ?? '', url: r[2] ?? '' }));
+  assert.equal(routes.length, 8);
+  const h = await startHarness();
+  try {
+    for (const r of routes) assert.ok(h.api.app.hasRoute({ method: r.method as 'GET', url: r.url }), `${r.method} ${r.url}`);
   } finally {
     await h.close();
   }

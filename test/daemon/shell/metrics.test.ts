@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { BrokerError } from '../../../protocol/errors.ts';
 import type { DecodedCall } from '../../../protocol/decode.ts';
 import type { Lease, Status } from '../../../protocol/methods.ts';
@@ -173,4 +174,13 @@ test('promtool check metrics accepts the output: empty, and with leases, request
 test('promtool is a real check: it rejects a malformed line', () => {
   const bad = promtool(`${new Metrics().render(SNAPSHOT)}iommufd_broker_leases{oops 1\n`);
   assert.notEqual(bad.status, 0);
+});
+
+test('docs/ADMIN-API.md lists every metric family render() prints', () => {
+  const doc = readFileSync(new URL('../../../docs/ADMIN-API.md', import.meta.url), 'utf8');
+  const m = new Metrics();
+  m.observeCall('varlink', 'io.iommufd.Broker.Open', 'ok', 0);
+  const families = [...m.render(SNAPSHOT).matchAll(/^# TYPE (\S+) /gm)].map((f) => f[1] ?? '');
+  assert.ok(families.length >= 10);
+  for (const f of families) assert.ok(doc.includes(`\`${f}\``), `${f} is documented`);
 });
