@@ -199,6 +199,7 @@ napi_value js_sendmsg(napi_env env, napi_callback_info info) {
     msg.msg_control = control.buf;
     msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
     struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c == NULL) return make_number(env, -EINVAL); /* cannot happen: controllen fits a header */
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
