@@ -56,8 +56,9 @@ export class RawPeer {
     this.#conn.send(data, fds);
   }
 
-  /** shutdown(SHUT_WR): the daemon sees EOF on its read side; we can still read. */
+  /** shutdown(SHUT_WR): the daemon sees EOF on its read side; we can still read. No-op once closed. */
   shutdownWrite(): void {
+    if (this.#conn.closed) return;
     const r = native.shutdownWrite(this.#conn.fd);
     if (r < 0) throw new Error(`shutdown(SHUT_WR) failed: ${r}`);
   }
