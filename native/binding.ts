@@ -20,7 +20,11 @@ export interface PeerCred { pid: number; uid: number; gid: number }
 export interface RecvResult {
   /** Bytes read; length 0 means EOF (we never send empty messages). */
   data: Buffer;
-  /** Fds that arrived with these bytes, already O_CLOEXEC; the caller owns them. */
+  /**
+   * Fds that arrived with these bytes, already O_CLOEXEC; the caller owns them. On a stream
+   * socket they came with the *last* bytes of `data`: the kernel glues earlier fd-less
+   * messages in front of an fd-carrying one, and never glues anything after it.
+   */
   fds: number[];
   /** MSG_CTRUNC: some fds were dropped by the kernel; the ones in `fds` must still be closed. */
   ctrunc: boolean;

@@ -9,6 +9,9 @@
 //   (also when send() refuses them). They ride on the first sendmsg of their data.
 // - fds received are owned by the 'data' listener; with no listener they are closed. With
 //   MSG_CTRUNC the fds that did arrive are closed and the connection fails with EXFULL.
+//   A chunk's fds came with its *last* bytes: the kernel glues earlier fd-less messages in
+//   front of an fd-carrying one and nothing after it. So with one message per send(), the
+//   fds belong to the message that contains the chunk's last byte.
 // - Every 'error' is followed by 'close'; both are emitted on a later tick, after the socket
 //   and every queued fd are already closed. 'end' is emitted at EOF; if nobody listens for
 //   it the connection ends itself (closes once its send queue drained).

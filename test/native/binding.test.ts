@@ -104,6 +104,23 @@ test('recvmsg does not merge data across messages carrying fds; EAGAIN when empt
   });
 });
 
+test('fds come with the last bytes of a read: fd-less messages before them are glued in front', async () => {
+  await withNoFdLeak(() => {
+    const [listener, client, server] = rawSocketPair();
+    const file = memfd('glued');
+    for (const [text, fds] of [['plain1|', []], ['plain2|', []], ['withfd|', [file]], ['after|', []]] as const) {
+      assert.equal(native.sendmsg(client, Buffer.from(text), [...fds]), text.length);
+    }
+    const first = recv(server, 1024, 4);
+    assert.equal(first.data.toString(), 'plain1|plain2|withfd|');
+    assert.equal(first.fds.length, 1);
+    const second = recv(server, 1024, 4);
+    assert.equal(second.data.toString(), 'after|');
+    assert.deepEqual(second.fds, []);
+    for (const f of [listener, client, server, file, ...first.fds]) assert.equal(native.close(f), 0);
+  });
+});
+
 test('isUnixStreamSocket tells sockets from other fds', async () => {
   await withNoFdLeak(() => {
     const [listener, client, server] = rawSocketPair();
