@@ -45,6 +45,7 @@ export class AdminApi {
   /** The socket file listen() created, to unlink on close. */
   #created: { path: string; dev: number; ino: number } | null = null;
   #closing: Promise<void> | undefined;
+  #listening = false;
 
   private constructor(app: AdminApp) {
     this.app = app;
@@ -108,22 +109,33 @@ export class AdminApi {
     return new AdminApi(app);
   }
 
-  /** Starts serving; resolves once the socket accepts connections. */
+  /**
+   * Starts serving; resolves once the socket accepts connections. One socket per API: while
+   * listening (or once closed) another call throws before touching anything (a passed fd then
+   * stays the caller's); after a failed call, another may be tried.
+   */
   async listen(where: AdminListen): Promise<void> {
-    if ('fd' in where) {
-      await this.#serveFd(where.fd);
-      return;
+    if (this.#listening || this.#closing !== undefined) throw new Error('AdminApi.listen: already listening or closed');
+    this.#listening = true;
+    try {
+      await ('fd' in where ? this.#serveFd(where.fd) : this.#servePath(where.path, where.mode, where.backlog ?? 64));
+    } catch (error) {
+      this.#listening = false;
+      throw error;
     }
-    clearStaleSocket(where.path);
-    const fd = sys('listen', native.listenUnix(where.path, where.backlog ?? 64, where.mode), where.path);
+  }
+
+  async #servePath(path: string, mode: number, backlog: number): Promise<void> {
+    clearStaleSocket(path);
+    const fd = sys('listen', native.listenUnix(path, backlog, mode), path);
     let st: Stats;
     try {
-      st = lstatSync(where.path);
+      st = lstatSync(path);
     } catch (error) {
       native.close(fd);
       throw error;
     }
-    this.#created = { path: where.path, dev: st.dev, ino: st.ino };
+    this.#created = { path, dev: st.dev, ino: st.ino };
     try {
       await this.#serveFd(fd);
     } catch (error) {

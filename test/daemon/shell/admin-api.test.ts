@@ -45,6 +45,8 @@ test('a path socket has exactly the asked mode, serves a manager, and is gone af
   try {
     await h.api.listen({ path, mode: 0o600 });
     assert.equal(lstatSync(path).mode & 0o777, 0o600);
+    await assert.rejects(h.api.listen({ path: join(h.dir, 'second.sock'), mode: 0o600 }), /already listening/);
+    assert.equal(existsSync(join(h.dir, 'second.sock')), false);
     const r = await get(path, '/v1/status');
     assert.equal(r.status, 200);
     assert.deepEqual(JSON.parse(r.body), h.service.status());
