@@ -5,9 +5,11 @@
 // - Every fd pushed ends up in exactly one place: in a Frame returned by push() (the caller
 //   then owns it) or in takeHeldFds() (the caller closes it). Nothing is dropped, even when
 //   push() throws. Until then the decoder holds the fds (it never closes anything: no I/O).
-// - fds that arrive with a chunk belong to the message that chunk begins or continues: on a
-//   Unix stream socket the kernel never merges data across a message that carries fds, so a
-//   chunk with fds holds (a prefix of) the bytes of one sendmsg.
+// - fds that arrive with a chunk belong to the message that holds the chunk's LAST byte. That is
+//   what a Unix stream recvmsg delivers (pinned by test/native/binding.test.ts): it glues
+//   fd-less messages together and stops right after the first piece of a message that carries
+//   fds, handing over that message's fds with it. A client sends each fd-carrying message with
+//   one sendmsg, so its fds arrive with its first bytes, at the end of some read.
 // - A frame is at most `maxFrameBytes` bytes without its NUL (exactly the cap is accepted) and
 //   carries at most `maxFdsPerFrame` fds; the cap is enforced as soon as the buffered bytes of an
 //   unfinished frame pass it, not when its NUL finally arrives.
@@ -92,24 +94,32 @@ export class FrameDecoder {
       this.orphanFds.push(...fds);
       throw new FramingError('decoder-failed', `the stream already broke a framing rule: ${this.failure.message}`);
     }
-    // The chunk begins or continues the unfinished frame, so its fds belong to that frame.
-    this.pendingFds.push(...fds);
     const frames: Frame[] = [];
-    try {
+    let fdsTaken = false;
+    // The chunk's fds join the frame that holds its last byte: taken just before that frame
+    // completes (the chunk ends with its NUL), or after the loop (it ends inside a frame).
+    const takeChunkFds = (): void => {
+      fdsTaken = true;
+      this.pendingFds.push(...fds);
       this.checkFdCount();
+    };
+    try {
       let start = 0;
       for (;;) {
         const nul = chunk.indexOf(0, start);
         if (nul === -1) break;
+        if (nul === chunk.length - 1) takeChunkFds();
         frames.push(this.finishFrame(chunk.subarray(start, nul)));
         start = nul + 1;
       }
+      if (!fdsTaken) takeChunkFds();
       if (start < chunk.length) this.addPiece(chunk.subarray(start));
       return frames;
     } catch (error) {
       if (!(error instanceof FramingError)) throw error;
       // Frames completed by this chunk are never returned: their fds must not be lost.
       for (const frame of frames) this.orphanFds.push(...frame.fds);
+      if (!fdsTaken) this.orphanFds.push(...fds);
       this.failure = error;
       throw error;
     }

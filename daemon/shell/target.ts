@@ -8,7 +8,7 @@
 //   pid cannot have been recycled in between, so the limit landed on the right process).
 // - soft == hard == limit: the target cannot raise its own limit afterwards ("no way out").
 // - Kernel refusals become KernelRefused / TargetGone naming the cause and what to do.
-import { BrokerError } from '../../protocol/errors.ts';
+import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { closeFd, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError } from '../../native/sys.ts';
 import type { Rlimit } from '../../native/binding.ts';
 import { CAP_IPC_LOCK, hasCapability, readProcStatus, readStartTime } from './procfs.ts';
@@ -25,7 +25,7 @@ export interface Target {
 /** Learns who the pidfd names. Takes ownership of pidfd: closed here on failure. */
 export function describeTarget(pidfd: number): Target {
   try {
-    const pid = pidOfPidfd(pidfd);
+    const pid = pidOfPidfdParameter(pidfd);
     if (pid <= 0) throw gone(pid, 'the process named by the pidfd has exited');
     const status = readProcStatus(pid);
     const startTime = readStartTime(pid);
@@ -35,6 +35,21 @@ export function describeTarget(pidfd: number): Target {
   } catch (e) {
     closeFd(pidfd);
     throw toTargetError(e);
+  }
+}
+
+/** pidOfPidfd, with "that is not a pidfd" turned into the caller's mistake it is. */
+function pidOfPidfdParameter(pidfd: number): number {
+  try {
+    return pidOfPidfd(pidfd);
+  } catch (e) {
+    if (e instanceof SysError && (e.code === 'EINVAL' || e.code === 'EBADF')) {
+      throw new VarlinkServiceError('org.varlink.service.InvalidParameter', {
+        parameter: 'targetPidFileDescriptor',
+        reason: 'the fd sent is not a pidfd: send one from pidfd_open(2), or omit the parameter to target yourself',
+      });
+    }
+    throw e;
   }
 }
 
@@ -111,7 +126,7 @@ function gone(pid: number, reason: string): BrokerError<'TargetGone'> {
 }
 
 function toTargetError(e: unknown): unknown {
-  if (e instanceof BrokerError) return e;
+  if (e instanceof BrokerError || e instanceof VarlinkServiceError) return e;
   if (e instanceof SysError && (e.code === 'ESRCH' || e.code === 'ENOENT')) {
     return gone(-1, `the target process is gone (${e.syscall}: ${e.code})`);
   }

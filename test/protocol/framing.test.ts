@@ -18,16 +18,15 @@ test('splits NUL-terminated messages and keeps an unfinished one for later', () 
   assert.deepEqual(d.push(Buffer.alloc(0), []), []);
 });
 
-test('fds belong to the message their chunk begins or continues', () => {
+test('fds belong to the message that holds the chunk\'s last byte (what a Unix stream recvmsg delivers)', () => {
   const d = new FrameDecoder();
-  // A chunk that begins a message: its fds go with that message, not with the next one.
+  // fd-less messages glued in front of an fd-carrying one: the fds are the last message's.
   const first = d.push(Buffer.from('one\0two\0'), [1001]);
-  assert.deepEqual(first.map((f) => f.fds), [[1001], []]);
-  // A chunk that continues an unfinished message (second sendmsg of a split message).
-  assert.deepEqual(d.push(Buffer.from('thr'), []), []);
-  const rest = d.push(Buffer.from('ee\0four\0'), [1002, 1003]);
-  assert.deepEqual(rest.map((f) => [f.bytes.toString(), f.fds]), [['three', [1002, 1003]], ['four', []]]);
-  // A chunk that only terminates a message still continues it.
+  assert.deepEqual(first.map((f) => [f.bytes.toString(), f.fds]), [['one', []], ['two', [1001]]]);
+  // A read that ends inside a message (its first piece carried the fds): they wait for its NUL.
+  assert.deepEqual(d.push(Buffer.from('three\0fo'), [1002, 1003]).map((f) => [f.bytes.toString(), f.fds]), [['three', []]]);
+  assert.deepEqual(d.push(Buffer.from('ur\0'), []).map((f) => [f.bytes.toString(), f.fds]), [['four', [1002, 1003]]]);
+  // A chunk that only terminates a message still ends it.
   d.push(Buffer.from('five'), []);
   assert.deepEqual(d.push(Buffer.from('\0'), [1004]).map((f) => f.fds), [[1004]]);
   assert.deepEqual(d.takeHeldFds(), []);
@@ -139,8 +138,8 @@ const messages = fc.array(
 
 /**
  * What recvmsg could return for these messages, each sent with one sendmsg: a message may be
- * split anywhere (its fds come with its first piece); pieces of consecutive messages without fds
- * may be merged, but never across a message that carries fds.
+ * split anywhere (its fds come with its first piece); consecutive pieces are glued into one read
+ * until a piece that carries fds, which ends the read (the kernel stops right after it).
  */
 function chunkings(list: Message[]): fc.Arbitrary<{ chunk: Buffer; fds: number[] }[]> {
   const pieces = list.map((m) => fc.array(fc.integer({ min: 0, max: m.bytes.length + 1 }), { maxLength: 3 }));
@@ -156,8 +155,9 @@ function chunkings(list: Message[]): fc.Arbitrary<{ chunk: Buffer; fds: number[]
     const out: { chunk: Buffer; fds: number[] }[] = [];
     units.forEach((u, i) => {
       const last = out[out.length - 1];
-      if (last !== undefined && merges[i % 64] === true && u.fds.length === 0 && last.fds.length === 0) {
+      if (last !== undefined && merges[i % 64] === true && last.fds.length === 0) {
         last.chunk = Buffer.concat([last.chunk, u.chunk]);
+        last.fds = u.fds;
       } else {
         out.push({ ...u });
       }
