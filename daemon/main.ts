@@ -27,6 +27,8 @@ import { memTotalBytes, ownCapabilities } from './shell/procfs.ts';
 import { BrokerService } from './shell/service.ts';
 import { VarlinkServer } from './shell/varlink-server.ts';
 import { makeDispatcher } from './shell/dispatch.ts';
+import { AdminApi } from './shell/admin-api.ts';
+import { Metrics, withMetrics } from './shell/metrics.ts';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -106,13 +108,23 @@ export async function main(argv: string[]): Promise<void> {
   const restored = service.restore(leases);
   log.info({ ...restored, stateDir: flags.stateDir }, 'journal restored');
 
-  const server = new VarlinkServer(makeDispatcher(service), log, { maxConnections: 1024, maxConnectionsPerUid: 64 });
+  const reloadPolicy = (): void => service.replacePolicy(loadCurrentPolicy());
+  const metrics = new Metrics();
+  const server = new VarlinkServer(withMetrics(makeDispatcher(service), metrics), log, { maxConnections: 1024, maxConnectionsPerUid: 64 });
   const brokerFd = activated.fds.get(BROKER_SOCKET_NAME);
   server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
     : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));
   const adminFd = activated.fds.get(ADMIN_SOCKET_NAME);
-  if (adminFd !== undefined || flags.adminSocket !== undefined) {
-    log.warn('the admin HTTP API is not part of this build yet; the admin socket is not served');
+  const adminWhere = adminFd !== undefined ? { fd: adminFd }
+    : flags.adminSocket !== undefined ? { path: flags.adminSocket, mode: 0o600 } : undefined;
+  let admin: AdminApi | undefined;
+  if (adminWhere !== undefined) {
+    admin = await AdminApi.create({ service, metrics, log, reloadPolicy });
+    try {
+      await admin.listen(adminWhere);
+    } catch (e) {
+      fail(`admin socket: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
   log.info({ socket: brokerFd !== undefined ? `systemd fd ${brokerFd}` : flags.socket, budget: service.status().budget }, 'serving');
   notifier.ready(summary(service));
@@ -125,7 +137,7 @@ export async function main(argv: string[]): Promise<void> {
     notifier.stopping('finishing in-flight calls');
     notifier.stopWatchdog();
     log.info({ signal }, 'stopping: finishing in-flight calls');
-    void server.close().then(() => {
+    void Promise.all([server.close(), admin?.close()]).then(() => {
       service.close();
       journal.close();
       log.info('stopped; leases stay journaled for the next start');
@@ -137,7 +149,7 @@ export async function main(argv: string[]): Promise<void> {
   process.on('SIGHUP', () => {
     notifier.reloading('reloading the policy');
     try {
-      service.replacePolicy(loadCurrentPolicy());
+      reloadPolicy();
       log.info('policy reloaded');
     } catch (err) {
       log.error({ err: err instanceof Error ? err.message : String(err) }, 'policy reload rejected; the old policy stays');
