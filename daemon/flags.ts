@@ -19,6 +19,7 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
   --overhead SIZE      limit = VM memory + overhead (default 1G, like libvirt); overrides the file
   --budget SIZE        host-wide sum of limits (default MemTotal minus a reserve); overrides the file
+  --idle-timeout SECS  close a client connection idle this long with nothing in flight (default 300, 0 = never)
   --log-level LEVEL    pino level: fatal error warn info debug trace (default info)
   --help               this text`;
 
@@ -36,6 +37,7 @@ export interface Flags {
   readonly overhead: string | undefined;
   readonly budget: string | undefined;
   readonly logLevel: string;
+  readonly idleTimeoutMs: number;
   readonly help: boolean;
 }
 
@@ -50,6 +52,7 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
         socket: { type: 'string' }, 'admin-socket': { type: 'string' }, 'socket-mode': { type: 'string' },
         'state-dir': { type: 'string' }, config: { type: 'string' }, device: { type: 'string' },
         overhead: { type: 'string' }, budget: { type: 'string' }, 'log-level': { type: 'string' },
+        'idle-timeout': { type: 'string' },
         help: { type: 'boolean' },
       },
     }));
@@ -60,6 +63,10 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
   if (!/^0?[0-7]{3}$/.test(modeText)) throw new UsageError(`--socket-mode must be octal like 0660, got "${modeText}"`);
   const logLevel = values['log-level'] ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
+  const idleText = values['idle-timeout'] ?? '300';
+  const idleMatch = /^(\d+(?:\.\d+)?)(s|ms)?$/.exec(idleText);
+  if (idleMatch?.[1] === undefined) throw new UsageError(`--idle-timeout takes seconds like 300, 1.5 or 250ms, got "${idleText}"`);
+  const idleTimeoutMs = Math.round(Number(idleMatch[1]) * (idleMatch[2] === 'ms' ? 1 : 1000));
   return Object.freeze({
     socket: values.socket ?? DEFAULT_SOCKET,
     adminSocket: values['admin-socket'],
@@ -70,6 +77,7 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
     overhead: values.overhead,
     budget: values.budget,
     logLevel,
+    idleTimeoutMs,
     help: values.help === true,
   });
 }

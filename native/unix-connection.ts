@@ -17,6 +17,8 @@
 //   it the connection ends itself (closes once its send queue drained).
 // - One readiness callback does at most READS_PER_WAKEUP recvmsg calls, so one busy peer
 //   cannot starve the loop; pause() stops reading (back-pressure), resume() restarts it.
+//   'drain' is emitted (on a later tick, only to existing listeners) whenever the send queue
+//   becomes empty, so a writer can wait for a slow reader instead of queueing without bound.
 import { EventEmitter } from 'node:events';
 import { constants } from 'node:os';
 import { native, POLL_READABLE, POLL_WRITABLE, type PeerCred, type PollHandle } from './binding.ts';
@@ -229,7 +231,10 @@ export class UnixConnection extends EventEmitter {
       this.#queuedBytes -= sent;
       if (head.offset >= head.data.length) this.#queue.shift();
     }
-    if (this.#ending && this.#queue.length === 0) this.close();
+    if (this.#queue.length === 0 && !this.#closed) {
+      if (this.#ending) this.close();
+      else if (this.listenerCount('drain') > 0) process.nextTick(() => this.emit('drain'));
+    }
   }
 
   /** Arms the watcher for what we wait for now: reading unless paused/EOF, writing while queued. */

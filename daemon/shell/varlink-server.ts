@@ -33,7 +33,17 @@ export type CallHandler = (call: DecodedCall, peer: Peer) => Promise<HandlerRepl
 export interface ServerLimits {
   maxConnections: number;
   maxConnectionsPerUid: number;
+  /** A connection that sends nothing for this long, with no call in flight, is closed (0: never). */
+  idleTimeoutMs: number;
 }
+
+/** Decoded calls one connection may have waiting; past it the daemon stops reading that socket. */
+const MAX_QUEUED_CALLS = 64;
+/**
+ * Reply bytes the kernel has not taken yet; past it the connection's next call waits until its
+ * peer reads. Together with MAX_QUEUED_CALLS this bounds what a never-reading client costs.
+ */
+const SEND_HIGH_WATER_BYTES = 256 * 1024;
 
 export class VarlinkServer {
   readonly #listeners: UnixServer[] = [];
@@ -79,7 +89,8 @@ export class VarlinkServer {
       socket.close();
       return;
     }
-    const conn = new Connection(socket, peer, this.handle, this.log, () => this.#connections.delete(conn));
+    const conn = new Connection(socket, peer, this.handle, this.log, this.limits.idleTimeoutMs,
+      () => this.#connections.delete(conn));
     this.#connections.add(conn);
   }
 }
@@ -90,10 +101,14 @@ class Connection {
   #busy = false;
   #closed = false;
   #draining = false;
+  #paused = false;
   #idle: (() => void) | undefined;
+  #idleTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly socket: UnixConnection, readonly peer: Peer,
-    private readonly handle: CallHandler, private readonly log: Logger, private readonly onClose: () => void) {
+    private readonly handle: CallHandler, private readonly log: Logger, private readonly idleTimeoutMs: number,
+    private readonly onClose: () => void) {
+    this.#armIdleTimer();
     socket.on('data', (chunk: Buffer, fds: number[]) => this.#onData(chunk, fds));
     socket.on('end', () => this.#finish());
     socket.on('error', (err: Error) => {
@@ -106,8 +121,38 @@ class Connection {
     return { pid: this.peer.pid, uid: this.peer.uid };
   }
 
+  /** (Re)starts the idle clock; it fires only while no call is queued or running. */
+  #armIdleTimer(): void {
+    if (this.idleTimeoutMs <= 0) return;
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = setTimeout(() => {
+      if (this.#busy || this.#queue.length > 0) { this.#armIdleTimer(); return; }
+      this.log.info({ peer: this.#who(), idleTimeoutMs: this.idleTimeoutMs }, 'closing an idle connection');
+      this.close();
+    }, this.idleTimeoutMs).unref();
+  }
+
+  /** Stops reading while too much is waiting (calls to run, replies to send); resumes below. */
+  #throttle(): void {
+    const overloaded = this.#queue.length >= MAX_QUEUED_CALLS || this.socket.sendQueueBytes >= SEND_HIGH_WATER_BYTES;
+    if (overloaded === this.#paused || this.#closed) return;
+    this.#paused = overloaded;
+    if (overloaded) this.socket.pause(); else this.socket.resume();
+  }
+
+  /** Resolves once the peer has read our replies (or the connection is gone). */
+  #drained(): Promise<void> {
+    if (this.socket.sendQueueBytes < SEND_HIGH_WATER_BYTES || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => { this.socket.off('drain', done); this.socket.off('close', done); resolve(); };
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
+    });
+  }
+
   #onData(chunk: Buffer, fds: number[]): void {
     if (this.#closed || this.#draining) { fds.forEach(closeFd); return; }
+    this.#armIdleTimer();
     let frames: Frame[];
     try {
       frames = this.#decoder.push(chunk, fds);
@@ -119,6 +164,7 @@ class Connection {
       return;
     }
     this.#queue.push(...frames);
+    this.#throttle();
     void this.#pump();
   }
 
@@ -128,6 +174,8 @@ class Connection {
     try {
       for (let frame = this.#queue.shift(); frame !== undefined && !this.#closed; frame = this.#queue.shift()) {
         await this.#run(frame);
+        await this.#drained();
+        this.#throttle();
       }
     } finally {
       this.#busy = false;
@@ -195,6 +243,7 @@ class Connection {
   #shut(closeSocket: () => void): void {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#idleTimer);
     this.#decoder.takeHeldFds().forEach(closeFd);
     for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
     if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
