@@ -8,7 +8,7 @@
 // - Text the broker sent (names, notes) is printed with control characters escaped, so a
 //   hostile name cannot move the cursor or forge table rows.
 import type { Lease, Status } from '../protocol/methods.ts';
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize, formatSizeApprox } from '../protocol/sizes.ts';
 import { budgetBar, leaseBarRows } from './cli-status-bars.ts';
 
 /** Escapes C0/C1 controls and DEL (a name can only hold printable ASCII, but notes come from the daemon). */
@@ -75,7 +75,7 @@ export function formatStatus(status: Status, leases?: readonly Lease[]): string 
     ['device note', printable(device.note)],
     ['CAP_SYS_RESOURCE', capabilities.sysResource ? 'yes' : 'no'],
     ['capability note', printable(capabilities.note)],
-    ['budget', `${formatSize(budget.usedBytes)} used of ${formatSize(budget.totalBytes)} (${formatSize(budget.freeBytes)} free)`],
+    ['budget', `${formatSizeApprox(budget.usedBytes)} used of ${formatSizeApprox(budget.totalBytes)} (${formatSizeApprox(budget.freeBytes)} free)`],
     ['budget use', budgetBar(budget)],
     ['leases', String(status.leases)],
     ['overhead', `${formatSize(status.overheadBytes)} per lease`],

@@ -16,7 +16,7 @@
 import { readFileSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { UnixServer } from '../native/socket.ts';
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSizeApprox } from '../protocol/sizes.ts';
 import { parseFlags, USAGE, type Flags } from './flags.ts';
 import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/activation.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';
@@ -52,8 +52,8 @@ function policyLoader(flags: Flags): () => ReturnType<typeof loadPolicy> {
 /** One line for STATUS= and humans: leases and budget. */
 function summary(service: BrokerService): string {
   const s = service.status();
-  return `${s.leases} lease${s.leases === 1 ? '' : 's'}, ${formatSize(s.budget.usedBytes)} of `
-    + `${formatSize(s.budget.totalBytes)} budget used, device ${s.device.kind}`;
+  return `${s.leases} lease${s.leases === 1 ? '' : 's'}, ${formatSizeApprox(s.budget.usedBytes)} of `
+    + `${formatSizeApprox(s.budget.totalBytes)} budget used, device ${s.device.kind}`;
 }
 
 function announceDevice(log: Logger, device: ReturnType<typeof createDevice>): void {

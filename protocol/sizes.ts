@@ -96,6 +96,18 @@ export function formatSize(bytes: number): string {
   return `${bytes} B`;
 }
 
+/**
+ * Formats a byte count for a person at a glance: formatSize when that is exact in the largest
+ * unit that fits ("8 GiB", "1.5 GiB"), else that unit rounded to 2 decimals and marked "~"
+ * ("~21.19 GiB" where formatSize would say "22215258 KiB"). Never parse this back.
+ */
+export function formatSizeApprox(bytes: number): string {
+  const exact = formatSize(bytes);
+  const unit = FORMAT_UNITS.find((u) => bytes >= 2 ** Number(u.shift));
+  if (unit === undefined || exact.endsWith(` ${unit.name}`)) return exact;
+  return `~${(bytes / 2 ** Number(unit.shift)).toFixed(2)} ${unit.name}`;
+}
+
 /** numerator/denominator as a decimal string, for denominators that are powers of ten. */
 function formatRatio(numerator: bigint, denominator: bigint): string {
   const whole = numerator / denominator;

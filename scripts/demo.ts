@@ -4,6 +4,7 @@
 // resizes it as a manager would around hotplug, and shows the lease end when the VM exits.
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { BrokerClient, BrokerError, formatSize, type Lease } from '../client/index.ts';
+import { formatSizeApprox } from '../protocol/sizes.ts';
 import { prlimitMemlock } from '../native/sys.ts';
 import { ownCapabilities } from '../daemon/shell/procfs.ts';
 import { BrokerProcess } from '../test/support/daemon.ts';
@@ -60,7 +61,7 @@ try {
   await broker.waitForLog((l) => l['audit'] === 'release' && l['lease'] === lease.id);
   const status = await manager.status();
   say('vm', `exited -> lease ended by the broker (pidfd readable); leases now ${status.leases}, `
-    + `budget used ${formatSize(status.budget.usedBytes)} of ${formatSize(status.budget.totalBytes)}`);
+    + `budget used ${formatSizeApprox(status.budget.usedBytes)} of ${formatSizeApprox(status.budget.totalBytes)}`);
 } finally {
   manager.close();
   const code = await broker.stop();

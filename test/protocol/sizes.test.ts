@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { SizeError, formatSize, parseSize } from '../../protocol/sizes.ts';
+import { SizeError, formatSize, formatSizeApprox, parseSize } from '../../protocol/sizes.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -92,4 +92,12 @@ test('property: N<unit> parses to N * 2^(10 * unit) in every spelling', () => {
       return parseSize(text) === k * 2 ** (10 * power);
     },
   ));
+});
+
+test('formatSizeApprox: exact when formatSize is short, else the largest unit to 2 decimals, marked', () => {
+  assert.equal(formatSizeApprox(8 * 1024 ** 3), '8 GiB');
+  assert.equal(formatSizeApprox(1.5 * 1024 ** 3), '1.5 GiB');
+  assert.equal(formatSizeApprox(22215258 * 1024), '~21.19 GiB');
+  assert.equal(formatSizeApprox(1000), '1000 B');
+  assert.equal(formatSizeApprox(0), '0 B');
 });
