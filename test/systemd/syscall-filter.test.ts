@@ -4,7 +4,7 @@
 // fail with EPERM (SystemCallErrorNumber=) under systemd, which no host test would notice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -33,6 +33,8 @@ test('the filter allows what the broker exists for and keeps out privileged and 
 
 test('every system call the daemon makes (start, lease, target exit, SIGHUP, SIGTERM) is allowed by the unit', async (t) => {
   const allowed = unitAllowList();
+  const probe = spawnSync('strace', ['-V'], { encoding: 'utf8' });
+  assert.equal(probe.error, undefined, 'strace is needed for this test: install Debian\'s strace package');
   const dir = mkdtempSync(join(tmpdir(), 'syscall-filter-test-'));
   const summary = join(dir, 'strace-summary');
   const socket = join(dir, 'broker.sock');
