@@ -1,11 +1,13 @@
 // The unit's SystemCallFilter= against what the daemon really calls: the daemon (simulated
-// device) runs under `strace -f -c` through a lease's whole life, a policy reload and a stop,
-// and every system call it made must be one the unit allows. A call outside the filter would
-// fail with EPERM (SystemCallErrorNumber=) under systemd, which no host test would notice.
+// device) runs under `strace -f -c` through an admin API request, a lease's whole life, a
+// policy reload and a stop, and every system call it made must be one the unit allows. A call
+// outside the filter would fail with EPERM (SystemCallErrorNumber=) under systemd, which no
+// host test would notice.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DAEMON, REPO } from '../support/daemon.ts';
@@ -14,6 +16,15 @@ import { allowedSyscalls, syscallGroups } from './syscall-filter.ts';
 import { readUnit } from './unit-file.ts';
 
 const MiB = 1024 ** 2;
+
+/** GET over the admin socket; resolves with the HTTP status. */
+function httpGet(socketPath: string, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path }, (res) => { res.resume().on('end', () => resolve(res.statusCode ?? 0)); });
+    req.on('error', reject).setTimeout(30_000, () => req.destroy(new Error(`no HTTP answer on ${socketPath}`)));
+    req.end();
+  });
+}
 
 function unitAllowList(): Set<string> {
   const lines = readUnit(join(REPO, 'systemd/iommufd-broker.service')).get('Service')?.get('SystemCallFilter') ?? [];
@@ -31,17 +42,19 @@ test('the filter allows what the broker exists for and keeps out privileged and 
   }
 });
 
-test('every system call the daemon makes (start, lease, target exit, SIGHUP, SIGTERM) is allowed by the unit', async (t) => {
+test('every system call the daemon makes (start, admin request, lease, target exit, SIGHUP, SIGTERM) is allowed by the unit', async (t) => {
   const allowed = unitAllowList();
   const probe = spawnSync('strace', ['-V'], { encoding: 'utf8' });
   assert.equal(probe.error, undefined, 'strace is needed for this test: install Debian\'s strace package');
   const dir = mkdtempSync(join(tmpdir(), 'syscall-filter-test-'));
   const summary = join(dir, 'strace-summary');
   const socket = join(dir, 'broker.sock');
+  const adminSocket = join(dir, 'admin.sock');
   try {
     // The bin itself (its #! line runs env, then node), as ExecStart= does.
     const daemon = spawn('strace', ['-f', '-qq', '-c', '-o', summary, '--', DAEMON,
-      '--socket', socket, '--socket-mode', '0666', '--state-dir', join(dir, 'state'), '--device', 'simulated', '--overhead', '1M'],
+      '--socket', socket, '--socket-mode', '0666', '--admin-socket', adminSocket, '--state-dir', join(dir, 'state'),
+      '--device', 'simulated', '--overhead', '1M'],
     { cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] });
     const log = new LineReader(daemon);
     const daemonExit = exited(daemon);
@@ -49,6 +62,9 @@ test('every system call the daemon makes (start, lease, target exit, SIGHUP, SIG
       const line = await log.next<{ msg: string }>(60_000);
       if (line.msg === 'serving') break;
     }
+
+    const status = await httpGet(adminSocket, '/v1/status');
+    assert.equal(status, 200, 'the admin API answered');
 
     const holder = new LineReader(spawnStripped('scripts/standin-vm.ts', [socket, 'vm-strace', String(2 * MiB)]));
     const held = await holder.next<{ lease?: { limitBytes: number }; error?: string }>();
