@@ -151,9 +151,11 @@ export async function main(argv: string[]): Promise<void> {
     try {
       reloadPolicy();
       log.info('policy reloaded');
+      notifier.ready(summary(service));
     } catch (err) {
-      log.error({ err: err instanceof Error ? err.message : String(err) }, 'policy reload rejected; the old policy stays');
+      const why = err instanceof Error ? err.message : String(err);
+      log.error({ err: why }, 'policy reload rejected; the old policy stays');
+      notifier.ready(`policy reload rejected, old policy kept: ${why}`);
     }
-    notifier.ready(summary(service));
   });
 }
