@@ -128,7 +128,7 @@ static void worker(const char *socket, uint64_t start, uint64_t warm, uint64_t e
     int fd, sock = dial(socket);
     if (sock < 0 || send_call(sock, call, -1) != 0 || recv_reply(sock, reply, &fd) != 0 || lease_id(reply, id) != 0) {
       if (sock >= 0) close(sock);
-      s->errors++;
+      if (s->errors++ < 2) fprintf(stderr, "load-client %d: Open failed: %s\n", getpid(), sock < 0 ? strerror(errno) : reply);
       continue;
     }
     uint64_t t1 = now_ns();
@@ -139,7 +139,10 @@ static void worker(const char *socket, uint64_t start, uint64_t warm, uint64_t e
     if (fd >= 0) close(fd);
     uint64_t t2 = now_ns();
     close(sock);
-    if (!ok) { s->errors++; continue; }
+    if (!ok) {
+      if (s->errors++ < 2) fprintf(stderr, "load-client %d: Release failed: %s\n", getpid(), reply);
+      continue;
+    }
     if (t0 >= warm && s->opens < MAX_SAMPLES) {
       s->open_us[s->opens++] = (uint32_t)((t1 - t0) / 1000);
       s->release_us[s->releases++] = (uint32_t)((t2 - t1) / 1000);

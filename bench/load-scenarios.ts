@@ -53,7 +53,7 @@ const SERVERS: ReadonlyArray<Server['kind']> = ['c-ref', 'node'];
 async function withServer<T>(programs: Programs, kind: Server['kind'], storageDir: string, body: (s: Server) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(storageDir, 'iommufd-bench-'));
   const state = join(dir, 'state');
-  const server = kind === 'c-ref' ? await startRef(programs, dir, dir) : await startDaemon(programs, dir, state);
+  const server = kind === 'node' ? await startDaemon(programs, dir, state) : await startRef(programs, dir, dir, kind === 'c-ref-group');
   try {
     return await body(server);
   } finally {
@@ -64,6 +64,8 @@ async function withServer<T>(programs: Programs, kind: Server['kind'], storageDi
 
 export interface CycleOptions {
   storage: string;
+  /** Which servers, in the order of odd rounds (even rounds reverse it). */
+  servers: ReadonlyArray<Server['kind']>;
   storageDir: string;
   clients: readonly number[];
   rounds: number;
@@ -77,7 +79,7 @@ export async function cycles(programs: Programs, o: CycleOptions): Promise<Cycle
   const runs = new Map<string, CycleRun[]>();
   for (let round = 0; round < o.rounds; round++) {
     for (const clients of o.clients) {
-      const order = round % 2 === 0 ? SERVERS : [...SERVERS].reverse();
+      const order = round % 2 === 0 ? o.servers : [...o.servers].reverse();
       for (const kind of order) {
         const run = await withServer(programs, kind, o.storageDir, (s) => runJson<CycleRun>([...STRIP, programs.load, 'cycle',
           s.socket, String(clients), String(o.seconds), String(o.warmupSeconds), String(1 * MiB)]));

@@ -5,7 +5,12 @@
  * beyond the ones that cost a syscall. It is what "as fast as the kernel lets a broker go"
  * means on this machine; it is not a broker anyone should run.
  *
- *   ref-broker SOCKET JOURNAL_DIR      (runs until SIGTERM/SIGINT)
+ *   ref-broker SOCKET JOURNAL_DIR [group]     (runs until SIGTERM/SIGINT)
+ *
+ * With "group", journal records are group-committed: every request that one epoll wake-up
+ * made ready is handled, their records are written with one write and one fdatasync, and
+ * only then are their replies sent (a reply still never precedes its record's fsync). This
+ * is what the durable-Open figures would be with group commit in the daemon.
  *
  * Per connection (accept4): SO_PEERCRED and SO_PEERPIDFD once. Per Open: dup the peer pidfd
  * (or take the one sent with the call), read its pid from /proc/self/fdinfo, read
@@ -48,7 +53,14 @@ struct lease { int used; int pidfd; pid_t pid; struct rlimit prev; uint64_t limi
 
 static struct conn *conns[MAX_CONN];
 static struct lease leases[MAX_LEASE];
-static int ep, journal;
+static int ep, journal, group;
+
+/* Group commit: records and replies held until the batch's one fdatasync. */
+struct held { struct conn *c; int fd; char json[512]; };
+static struct held held[MAX_CONN];
+static int nheld;
+static char pending[1 << 20];
+static size_t npending;
 static volatile sig_atomic_t stop;
 static uint64_t next_id = 1;
 
@@ -56,10 +68,36 @@ static void on_signal(int s) { (void)s; stop = 1; }
 
 static void journal_line(const char *line) {
   size_t n = strlen(line);
+  if (group && npending + n <= sizeof pending) { memcpy(pending + npending, line, n); npending += n; return; }
   if (write(journal, line, n) != (ssize_t)n || fdatasync(journal) != 0) { perror("journal"); exit(1); }
 }
 
+static void send_now(struct conn *c, const char *json, int fd);
+
+/* In group mode a reply waits for the batch's fdatasync; the held fd is ours until then. */
 static void send_reply(struct conn *c, const char *json, int fd) {
+  if (!group || nheld == MAX_CONN) { send_now(c, json, fd); return; }
+  struct held *h = &held[nheld++];
+  h->c = c;
+  h->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 3) : -1;
+  snprintf(h->json, sizeof h->json, "%s", json);
+}
+
+/* Ends a batch: one write + fdatasync for every record, then every held reply, in order. */
+static void commit_batch(void) {
+  if (npending > 0) {
+    if (write(journal, pending, npending) != (ssize_t)npending || fdatasync(journal) != 0) { perror("journal"); exit(1); }
+    npending = 0;
+  }
+  for (int i = 0; i < nheld; i++) {
+    struct held *h = &held[i];
+    if (h->c != NULL) send_now(h->c, h->json, h->fd);
+    if (h->fd >= 0) close(h->fd);
+  }
+  nheld = 0;
+}
+
+static void send_now(struct conn *c, const char *json, int fd) {
   size_t len = strlen(json) + 1;
   struct iovec iov = { .iov_base = (void *)json, .iov_len = len };
   union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
@@ -191,6 +229,7 @@ static void do_lease_call(struct conn *c, int release) {
 }
 
 static void close_conn(struct conn *c) {
+  for (int i = 0; i < nheld; i++) if (held[i].c == c) held[i].c = NULL;
   epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
   close(c->fd);
   if (c->pidfd >= 0) close(c->pidfd);
@@ -235,7 +274,8 @@ static void on_readable(struct conn *c) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 3) { fprintf(stderr, "usage: ref-broker SOCKET JOURNAL_DIR\n"); return 2; }
+  if (argc != 3 && !(argc == 4 && strcmp(argv[3], "group") == 0)) { fprintf(stderr, "usage: ref-broker SOCKET JOURNAL_DIR [group]\n"); return 2; }
+  group = argc == 4;
   char path[4096];
   snprintf(path, sizeof path, "%s/ref.journal", argv[2]);
   journal = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
@@ -279,6 +319,7 @@ int main(int argc, char **argv) {
         on_readable(conns[fd]);
       }
     }
+    commit_batch();
   }
   return 0;
 }

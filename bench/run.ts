@@ -72,11 +72,13 @@ async function main(): Promise<void> {
   const common = { clients: config.clients, rounds: config.rounds, seconds: config.seconds, warmupSeconds: config.warmup, progress };
   if (only.has('cycles')) {
     progress('bench: Open+Release cycles, journal on tmpfs');
-    results.cycles.push(...await cycles(programs, { ...common, storage: 'tmpfs', storageDir: config.tmpfsDir }));
+    results.cycles.push(...await cycles(programs, { ...common, storage: 'tmpfs', storageDir: config.tmpfsDir, servers: ['c-ref', 'node'] }));
   }
   if (only.has('durable')) {
     progress('bench: Open+Release cycles, journal on disk (durable)');
-    results.cycles.push(...await cycles(programs, { ...common, storage: 'disk', storageDir: config.diskDir }));
+    results.cycles.push(...await cycles(programs, {
+      ...common, storage: 'disk', storageDir: config.diskDir, servers: ['c-ref', 'c-ref-group', 'node'],
+    }));
   }
   if (only.has('resize')) {
     progress('bench: Resize latency (journal on disk)');

@@ -30,7 +30,8 @@ export function buildPrograms(): Programs {
 }
 
 export interface Server {
-  kind: 'c-ref' | 'node';
+  /** c-ref-group: the C reference with group commit (one fdatasync per batch of records). */
+  kind: 'c-ref' | 'c-ref-group' | 'node';
   socket: string;
   pid: number;
   stop(signal?: NodeJS.Signals): Promise<void>;
@@ -84,14 +85,14 @@ function wrap(kind: Server['kind'], child: ChildProcess, socket: string): Server
   };
 }
 
-/** The C reference broker on dir/ref.sock, journaling into journalDir. */
-export async function startRef(programs: Programs, dir: string, journalDir: string): Promise<Server> {
+/** The C reference broker on dir/ref.sock, journaling into journalDir (group: group commit). */
+export async function startRef(programs: Programs, dir: string, journalDir: string, group = false): Promise<Server> {
   const socket = join(dir, 'ref.sock');
-  const child = spawn(programs.ref, [socket, journalDir], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(programs.ref, [socket, journalDir, ...(group ? ['group'] : [])], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
   await ready(programs, child, socket, () => stderr);
-  return wrap('c-ref', child, socket);
+  return wrap(group ? 'c-ref-group' : 'c-ref', child, socket);
 }
 
 /** The real daemon (simulated device) on dir/broker.sock with its journal in stateDir. */
