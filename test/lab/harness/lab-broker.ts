@@ -93,7 +93,7 @@ export class LabBroker {
     });
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`iommufd-brokerd did not log "serving" within 120 s; stderr: ${this.#stderr.trim()}`)), 120_000);
+      timer = setTimeout(() => reject(new Error(`iommufd-brokerd did not log "serving" within 300 s; stderr: ${this.#stderr.trim()}`)), 300_000);
     });
     try {
       await Promise.race([serving, died, timeout]);

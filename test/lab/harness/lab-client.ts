@@ -37,7 +37,7 @@ export interface SpawnOptions {
    * in the same process, e.g. `iommufdctl exec ... -- LAB_CLIENT --fd {iommufd}`).
    */
   argv?: readonly string[];
-  /** Per-command time-out (default 60 s: TCG is slow, Node start-up inside the VM more so). */
+  /** Per-command time-out (default 120 s: TCG is slow, Node start-up inside the VM more so). */
   timeoutMs?: number;
 }
 
@@ -77,7 +77,7 @@ export class LabClient {
     const stdio: Array<'pipe' | number> = ['pipe', 'pipe', 'pipe'];
     if (opts.passFd !== undefined) stdio.push(opts.passFd);
     const child = spawn(file, args, { stdio, env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: '/tmp' } });
-    return new LabClient(child, opts.timeoutMs ?? 60_000);
+    return new LabClient(child, opts.timeoutMs ?? 120_000);
   }
 
   get pid(): number {

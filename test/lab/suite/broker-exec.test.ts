@@ -30,7 +30,7 @@ describe('broker on /dev/iommu: iommufdctl exec', () => {
       unprivileged: true,
       argv: [process.execPath, CTL, 'exec', '--socket', broker.socket, '--name', 'lab-exec', '--memory', String(MEMORY),
         '--', LAB_CLIENT, '--fd', '{iommufd}'],
-      timeoutMs: 180_000, // the first command waits for node + tsx to start under TCG
+      timeoutMs: 300_000, // the first command waits for node + tsx to start under TCG
     });
   });
   after(async () => {

@@ -14,6 +14,7 @@ import { LabBroker, MiB, PAGE } from '../harness/lab-broker.ts';
 import { LabClient, NOBODY } from '../harness/lab-client.ts';
 import { brokerError, Manager, openAsTarget, varlinkCall } from '../harness/manager.ts';
 import type { Lease } from '../../../protocol/methods.ts';
+import { leakedSince, openFds } from '../../support/fds.ts';
 
 const OVERHEAD = 256 * 1024;
 const BUDGET = 16 * MiB;
@@ -55,8 +56,11 @@ describe('broker on /dev/iommu: Status, Open, limits, refusal of CAP_IPC_LOCK', 
     assert.equal(BigInt(`0x${capEff ?? 'x'}`), 0n, 'no capabilities at all, so no CAP_IPC_LOCK');
     assert.equal(Number(euid), NOBODY);
 
+    const fdsBefore = openFds(client.pid);
     const opened = await openAsTarget(client, broker.socket, 'lab-open', MEMORY);
     lease = opened.lease;
+    assert.deepEqual(leakedSince(fdsBefore, client.pid), [`${opened.fd} -> /dev/iommu`],
+      'the client gained exactly one fd, the iommufd (its socket is closed, nothing else came)');
     assert.equal(lease.pid, client.pid, 'the lease targets the peer itself');
     assert.equal(lease.uid, NOBODY);
     assert.equal(lease.ownerUid, NOBODY);
