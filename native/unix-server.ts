@@ -32,7 +32,8 @@ export interface ListenOptions extends ConnectionOptions {
 
 interface FileIdentity { dev: number; ino: number }
 
-function lstatOrNull(path: string): Stats | null {
+/** lstat, or null when nothing is at the path. */
+export function lstatOrNull(path: string): Stats | null {
   try {
     return lstatSync(path);
   } catch (error) {
@@ -41,8 +42,11 @@ function lstatOrNull(path: string): Stats | null {
   }
 }
 
-/** Makes `path` free for bind(): absent, or a stale socket nobody listens on (then unlinked). */
-function clearStaleSocket(path: string): void {
+/**
+ * Makes `path` free for bind(): absent, or a stale socket nobody listens on (then unlinked).
+ * Shared with the admin API, which binds through Node's HTTP server.
+ */
+export function clearStaleSocket(path: string): void {
   const stat = lstatOrNull(path);
   if (stat === null) return;
   if (!stat.isSocket()) throw new SysError('listen', EEXIST, `${path} exists and is not a socket; refusing to replace it`);

@@ -19,7 +19,8 @@ import { lstatSync, unlinkSync, type Stats } from 'node:fs';
 import Fastify, { type FastifyRequest } from 'fastify';
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { native } from '../../native/binding.ts';
-import { errnoName, errnoNumber, sys, SysError } from '../../native/sys.ts';
+import { clearStaleSocket, lstatOrNull } from '../../native/unix-server.ts';
+import { errnoNumber, sys, SysError } from '../../native/sys.ts';
 import { adminRefusal, ConnectionPeers } from './admin-auth.ts';
 import { brokerFailure, notFound, toFailure, type AdminFailure } from './admin-errors.ts';
 import { registerAdminRoutes, type AdminApp, type AdminRouteDeps } from './admin-routes.ts';
@@ -182,29 +183,4 @@ export class AdminApi {
     const now = lstatOrNull(created.path);
     if (now !== null && now.dev === created.dev && now.ino === created.ino) unlinkSync(created.path);
   }
-}
-
-function lstatOrNull(path: string): Stats | null {
-  try {
-    return lstatSync(path);
-  } catch (error) {
-    if (error instanceof Error && 'code' in error && error.code === 'ENOENT') return null;
-    throw error;
-  }
-}
-
-/** Makes `path` free for bind(): absent, or a stale socket nobody listens on (then unlinked). */
-function clearStaleSocket(path: string): void {
-  const st = lstatOrNull(path);
-  if (st === null) return;
-  if (!st.isSocket()) throw new SysError('listen', errnoNumber('EEXIST'), `${path} exists and is not a socket; refusing to replace it`);
-  const probe = native.connectUnix(path);
-  if (probe >= 0) {
-    native.close(probe);
-    throw new SysError('listen', errnoNumber('EADDRINUSE'), `another process listens on ${path}`);
-  }
-  const reason = errnoName(probe);
-  if (reason === 'EAGAIN') throw new SysError('listen', errnoNumber('EADDRINUSE'), `another process listens on ${path} (its backlog is full)`);
-  if (reason !== 'ECONNREFUSED') throw new SysError('connect', probe, `probing whether ${path} is stale`);
-  unlinkSync(path);
 }

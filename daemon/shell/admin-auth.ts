@@ -15,8 +15,7 @@ import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.ts';
 import { peerCred } from '../../native/sys.ts';
 import { describePeer, isManager, type Policy } from '../core/policy.ts';
-import type { Peer } from './peer.ts';
-import { readProcStatus } from './procfs.ts';
+import { peerFromCred, type Peer } from './peer.ts';
 
 /** The fd under a Unix-socket net.Socket (libuv's pipe handle), or undefined if it has none. */
 export function socketFd(socket: Socket): number | undefined {
@@ -28,14 +27,7 @@ export function socketFd(socket: Socket): number | undefined {
 
 /** SO_PEERCRED of a connected socket, plus the peer's supplementary groups from /proc. */
 export function readSocketPeer(fd: number): Peer {
-  const cred = peerCred(fd);
-  let groups: number[] = [];
-  try {
-    groups = readProcStatus(cred.pid).groups;
-  } catch {
-    // The peer may already be gone; with no groups it is judged by uid/gid alone.
-  }
-  return { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd: undefined };
+  return peerFromCred(peerCred(fd), undefined);
 }
 
 /** Remembers each accepted connection's peer, for as long as the connection object lives. */

@@ -6,7 +6,7 @@
 // - `pidfd` is owned by the connection that read it and closed with it. Kernels before 6.5
 //   have no SO_PEERPIDFD: then pidfd is undefined and a self-targeted Open opens a pidfd from
 //   the credential pid, which the log says once (a PID-reuse window the kernel cannot close).
-import { peerCred, peerPidfd, SysError } from '../../native/sys.ts';
+import { peerCred, peerPidfd, SysError, type PeerCred } from '../../native/sys.ts';
 import type { UnixConnection } from '../../native/socket.ts';
 import { readProcStatus } from './procfs.ts';
 
@@ -29,6 +29,11 @@ export function readPeer(socket: UnixConnection): Peer {
     if (!(e instanceof SysError && e.code === 'ENOPROTOOPT')) throw e;
     pidfd = undefined;
   }
+  return peerFromCred(cred, pidfd);
+}
+
+/** A Peer from SO_PEERCRED, with the supplementary groups read from /proc (for group rules). */
+export function peerFromCred(cred: PeerCred, pidfd: number | undefined): Peer {
   let groups: number[] = [];
   try {
     groups = readProcStatus(cred.pid).groups;
