@@ -40,7 +40,7 @@ function runPeer(args: string[]): Promise<{ signal: NodeJS.Signals | null; stdou
   return new Promise((resolve) => child.on('exit', (_code, signal) => resolve({ signal, stdout })));
 }
 
-test('self-Opens whose clients die before reading the reply leave no fd and no lease behind', async () => {
+test('self-Opens whose clients die before reading the reply leave no fd and no lease behind', async (t) => {
   const fdsBefore = openFds(daemonPid());
   const delays = [0, 0, 0, 50, 100, 200, 500, 1000, 2000, 5000, 10_000, 20_000];
   const ends = await Promise.all(delays.map((usec, i) => runPeer(['open-and-die', broker.socket, `vm-dies-${i}`, String(1 * MiB), String(usec)])));
@@ -58,6 +58,9 @@ test('self-Opens whose clients die before reading the reply leave no fd and no l
   } finally {
     client.close();
   }
+  const granted = broker.audits('grant').filter((l) => String(l['name']).startsWith('vm-dies-')).length;
+  const refused = broker.audits('deny').filter((l) => String((l['request'] as { name?: string } | undefined)?.name).startsWith('vm-dies-')).length;
+  t.diagnostic(`${granted} granted before the client died (then ended with it), ${refused} refused as already gone`);
   assert.deepEqual(await settledLeaks(fdsBefore, daemonPid()), [], 'no device fd, pidfd or socket stayed in the daemon');
 });
 
