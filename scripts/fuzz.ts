@@ -61,11 +61,26 @@ async function main(): Promise<number> {
     const daemonFds = openFds(pid);
     let firstRss: number | undefined;
     const started = Date.now();
+    // Only a daemon we started can be seen dying; an external one shows up as not answering.
+    const exited = (): string | undefined => (broker === undefined || (broker.child.exitCode === null && broker.child.signalCode === null)
+      ? undefined : `the daemon exited (${String(broker.child.exitCode ?? broker.child.signalCode)}): ${broker.stderr.slice(-1500)}`);
     while (stats.frames < frames && stats.failures.length === 0) {
       await runFuzz({ socket, prng, frames: Math.min(checkpoint, frames - stats.frames), parallel, fds, stats });
-      const rss = rssBytes(pid);
-      firstRss ??= rss;
       const alive = await answers(socket);
+      if (!alive) await new Promise((r) => setTimeout(r, 500)); // a dead daemon's exit gets reaped and reported
+      const died = exited();
+      if (died !== undefined) {
+        stats.failures.push(died);
+        break;
+      }
+      let rss: number;
+      try {
+        rss = rssBytes(pid);
+      } catch {
+        stats.failures.push(`daemon pid ${pid} is gone`);
+        break;
+      }
+      firstRss ??= rss;
       const leaked = await settledLeaks(daemonFds, pid);
       const rate = stats.frames / Math.max(1, (Date.now() - started) / 1000);
       log(`  ${stats.frames} frames, ${stats.cases} cases: RSS ${(rss / MiB).toFixed(1)} MiB, answers ${alive}, `

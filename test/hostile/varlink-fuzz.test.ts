@@ -56,6 +56,7 @@ test(`${FRAMES} frames of hostile input: every connection as expected, daemon al
   t.diagnostic(`${stats.cases} cases, ${stats.frames} frames, ${stats.judged} judged; RSS ${(rssWarm / MiB).toFixed(1)} -> ${(rssEnd / MiB).toFixed(1)} MiB`);
   t.diagnostic(`by kind: ${JSON.stringify(stats.byKind)}`);
 
+  assert.equal(broker.child.exitCode ?? broker.child.signalCode, null, `the daemon died: ${broker.stderr.slice(-1500)}`);
   assert.deepEqual(stats.failures, []);
   assert.ok(await answers(broker.socket), 'the daemon still answers');
   assert.deepEqual(await settledLeaks(daemonFds, pid), [], 'the daemon holds exactly the fds it held before');

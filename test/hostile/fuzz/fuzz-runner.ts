@@ -102,10 +102,15 @@ function chunks(prng: Prng, bytes: Buffer): Buffer[] {
 
 /** Runs one case; returns a failure description, or undefined if the daemon behaved. */
 async function runCase(socket: string, c: FuzzCase, prng: Prng, fds: FdSource, stats: FuzzStats): Promise<string | undefined> {
-  const peer = RawPeer.connect(socket);
   const mode = prng.int(0, 9); // 0: never read, 1: close at once, else judged
-  if (mode === 0) peer.pause();
   const parts = chunks(prng, c.bytes);
+  let peer: RawPeer;
+  try {
+    peer = RawPeer.connect(socket);
+  } catch (e) {
+    return `${c.kind}: cannot connect (has the daemon died?): ${e instanceof Error ? e.message : String(e)}`;
+  }
+  if (mode === 0) peer.pause();
   parts.forEach((part, i) => peer.send(part, i === 0 ? c.fds.map((k) => fds.dup(k)) : []));
   if (mode <= 1) {
     if (mode === 0) await new Promise((r) => setImmediate(r));
@@ -175,7 +180,12 @@ export async function runFuzz(o: RunOptions): Promise<void> {
 
 /** True if the daemon answers GetInfo on a fresh connection. */
 export async function answers(socket: string): Promise<boolean> {
-  const peer = RawPeer.connect(socket);
+  let peer: RawPeer;
+  try {
+    peer = RawPeer.connect(socket);
+  } catch {
+    return false;
+  }
   peer.send(GET_INFO);
   try {
     await peer.until(1);
