@@ -91,29 +91,21 @@ const FATAL = { fatal: true, reply: true } as const;
 const PROTO_KEY_REASON = 'unknown field';
 
 /**
- * The path of the first own "__proto__" key, if any. JSON.parse makes it an own data property,
- * but zod copies objects by assignment, where "__proto__" sets the prototype instead: the key
- * vanishes and a strict schema passes as if it were absent. So the raw JSON is checked here.
+ * Whether an object has an own "__proto__" key. JSON.parse makes it an own data property, but
+ * zod copies objects by assignment, where "__proto__" sets the prototype instead: the key
+ * vanishes and a strict schema passes as if it were absent. Only own keys are looked at, never
+ * recursively: a peer's JSON may nest thousands deep, and every parameter object is flat (a
+ * nested object in any field fails its schema anyway).
  */
-function protoKeyPath(value: unknown, path: string): string | undefined {
-  if (typeof value !== 'object' || value === null) return undefined;
-  for (const key of Object.keys(value)) {
-    const here = path === '' ? key : `${path}.${key}`;
-    if (key === '__proto__') return here;
-    const inner = protoKeyPath((value as Record<string, unknown>)[key], here);
-    if (inner !== undefined) return inner;
-  }
-  return undefined;
+function hasOwnProtoKey(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && Object.hasOwn(value, '__proto__');
 }
 
 /** Validates one frame as a call: UTF-8, JSON, envelope, method, parameters, fds. */
 export function decodeCall(frame: Frame): DecodedCall | Rejection {
   const json = parseJsonBytes(frame.bytes);
   if (!json.ok) return reject(frame, FATAL, invalidParameter('', json.reason));
-  // The envelope's own keys only: parameters are checked below, answerable like any bad field.
-  const protoInEnvelope = typeof json.value === 'object' && json.value !== null && Object.hasOwn(json.value, '__proto__')
-    ? '__proto__' : undefined;
-  if (protoInEnvelope !== undefined) return reject(frame, FATAL, invalidParameter(protoInEnvelope, PROTO_KEY_REASON));
+  if (hasOwnProtoKey(json.value)) return reject(frame, FATAL, invalidParameter('__proto__', PROTO_KEY_REASON));
   const envelope = callEnvelope.safeParse(json.value);
   if (!envelope.success) {
     const problem = firstProblem(envelope.error, json.value, CALL_ENVELOPE_FIELDS);
@@ -139,8 +131,9 @@ export function decodeCall(frame: Frame): DecodedCall | Rejection {
   }
 
   // From the raw JSON: zod's copy of the envelope has already lost an own "__proto__" key.
-  const protoInParameters = protoKeyPath((json.value as { parameters?: unknown }).parameters, '');
-  if (protoInParameters !== undefined) return reject(frame, answer, invalidParameter(protoInParameters, PROTO_KEY_REASON));
+  if (hasOwnProtoKey((json.value as { parameters?: unknown }).parameters)) {
+    return reject(frame, answer, invalidParameter('__proto__', PROTO_KEY_REASON));
+  }
   const schema = found.spec.parameters;
   const checked = schema.safeParse(parameters);
   if (!checked.success) {

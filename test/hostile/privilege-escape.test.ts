@@ -15,7 +15,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BrokerProcess, REPO, type LogLine } from '../support/daemon.ts';
 import { LineReader, NOBODY, exited } from '../support/children.ts';
-import { STRIP, killTarget, memlockOf, waitForComm } from './support/processes.ts';
+import { STRIP, eventually, killTarget, memlockOf, waitForComm } from './support/processes.ts';
 
 const MiB = 1024 ** 2;
 const MANAGER_GROUP = 4242;
@@ -93,6 +93,11 @@ test('a VM cannot raise its own limit: not by Resize, Release, a new Open, namin
     const childPid = (child.ok as { pid: number }).pid;
     const viaChild = await vm.do({ op: 'open', name: 'vm-via-child', memoryBytes: 6 * MiB, targetPid: childPid });
     assert.equal(viaChild.error, 'PermissionDenied');
+    assert.equal(viaChild.parameters?.['rule'], 'open-users');
+    // Audit lines travel on the daemon's stdout and may arrive after the reply: wait for the
+    // fourth, then check there is exactly one per denial.
+    const vmDenials = (): number => broker.audits('deny').filter((l) => (l['peer'] as { pid?: number }).pid === vm.pid).length;
+    await eventually('the fourth denial is audited', () => vmDenials() >= 4);
     assert.equal(broker.audits('deny').filter((l) => (l['peer'] as { pid?: number }).pid === vm.pid).length, 4,
       'each of the four broker denials was audited once');
 
