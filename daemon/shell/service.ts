@@ -18,7 +18,7 @@ import { BrokerError } from '../../protocol/errors.ts';
 import type { BrokerParameters, Lease, Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec, pidfdOpen } from '../../native/sys.ts';
 import { Ledger, decideOpen, decideRelease, decideResize, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
-import type { Policy } from '../core/policy.ts';
+import { isManager, type Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import type { Peer } from './peer.ts';
@@ -168,7 +168,11 @@ export class BrokerService {
       this.#deny('release', peer, decision.error, { lease: p.lease });
       throw decision.error;
     }
-    return { limitRestored: this.#endLease(p.lease, 'released', peer) };
+    // Only a manager's Release puts the target's earlier limits back. Restoring is usually a
+    // raise (often to unlimited), and a VM that opened its own lease still holds the FD: if its
+    // own Release restored them, it could pin without bound, past its per-VM cap and the budget.
+    const restore = isManager(this.#policy, this.#peerFacts(peer));
+    return { limitRestored: this.#endLease(p.lease, restore ? 'released' : 'released by its owner; limit kept', peer) };
   }
 
   list(peer: Peer): { leases: Lease[] } {
@@ -204,6 +208,7 @@ export class BrokerService {
     if (record === undefined) return false;
     const target = this.#targets.get(id);
     const limitRestored = why === 'released' && target !== undefined && restoreLimit(target, record.previousLimit);
+    // A Release by a non-manager keeps soft = hard = the lease's limit (see release()).
     this.deps.journal.recordRelease(id);
     this.#ledger.release(id);
     this.#targets.forget(id);

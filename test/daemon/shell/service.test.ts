@@ -117,3 +117,26 @@ test('Release ends the lease at once and returns its budget', async () => {
     broker.cleanup();
   }
 });
+
+test('a VM that releases its own lease keeps the lease\'s limit: only a manager\'s Release restores', async () => {
+  const broker0 = await BrokerProcess.start();
+  const config = join(broker0.dir, 'policy.json');
+  await broker0.stop();
+  // Nobody is a manager, so the VM (uid 0 here, every capability dropped) is a plain owner.
+  writeFileSync(config, JSON.stringify({ managers: { users: [] } }));
+  const broker = await BrokerProcess.start({ dir: broker0.dir, extraArgs: ['--config', config, '--overhead', '1M'] });
+  const { holder, id, limitBytes } = await hold(broker, 'vm-self-release');
+  try {
+    holder.send('release');
+    assert.deepEqual(await holder.next(), { ok: { limitRestored: false } });
+    const audit = await broker.waitForLog((l) => l['audit'] === 'release' && l['lease'] === id);
+    assert.equal(audit['reason'], 'released by its owner; limit kept');
+    holder.send('limits');
+    assert.deepEqual(await holder.next(), { soft: String(limitBytes), hard: String(limitBytes) });
+  } finally {
+    holder.send('exit');
+    await exited(holder.child);
+    await broker.stop();
+    broker.cleanup();
+  }
+});
