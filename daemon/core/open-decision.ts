@@ -10,8 +10,8 @@
 //     1. open-users        PermissionDenied       the peer may not Open at all
 //     2. target-not-self   PermissionDenied       a non-manager names a process other than itself
 //     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
-//     4. one lease per pid TargetAlreadyLeased
-//     5. requestId         DuplicateRequest       same owner uid, same requestId, live lease
+//     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
+//     5. one lease per pid TargetAlreadyLeased
 //     6. representable     LimitExceeded 'limit-representable'
 //     7. per-VM max        LimitExceeded 'per-vm-max'
 //     8. per-uid leases    LimitExceeded 'per-uid-leases'   (charged to the owner = peer uid)
@@ -72,15 +72,17 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
         'limit would not bind; the policy refuses such targets (allowTargetsWithIpcLock is false)',
     }));
   }
-  const existing = ledger.byTargetPid(targetPid);
-  if (existing !== undefined) {
-    return deny(new BrokerError('TargetAlreadyLeased', { pid: targetPid, lease: existing.id }));
-  }
+  // A retried Open (same owner, same requestId) is recognised before "target already leased",
+  // which a retry for the same target would otherwise hit first.
   if (request.requestId !== undefined) {
     const same = ledger.byRequestId(peer.uid, request.requestId);
     if (same !== undefined) {
       return deny(new BrokerError('DuplicateRequest', { requestId: request.requestId, lease: same.id }));
     }
+  }
+  const existing = ledger.byTargetPid(targetPid);
+  if (existing !== undefined) {
+    return deny(new BrokerError('TargetAlreadyLeased', { pid: targetPid, lease: existing.id }));
   }
 
   const sized = limitFor(policy, request.memoryBytes, request.pageSize);
