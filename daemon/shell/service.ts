@@ -92,7 +92,7 @@ export class BrokerService {
     let watched = false;
     try {
       const decision = decideOpen(this.#policy, this.#ledger, {
-        peer: { pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups },
+        peer,
         targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.hasIpcLock,
         name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
@@ -131,7 +131,7 @@ export class BrokerService {
 
   resize(peer: Peer, p: BrokerParameters<'Resize'>): { lease: Lease; previousLimitBytes: number } {
     try {
-      const decision = decideResize(this.#policy, this.#ledger, this.#peerFacts(peer), p.lease, p.memoryBytes, this.#pageSize);
+      const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize);
       if (!decision.ok) throw decision.error;
       const record = this.#ledger.get(p.lease);
       const target = this.#targets.get(p.lease);
@@ -163,7 +163,7 @@ export class BrokerService {
   }
 
   release(peer: Peer, p: BrokerParameters<'Release'>): { limitRestored: boolean } {
-    const decision = decideRelease(this.#policy, this.#ledger, this.#peerFacts(peer), p.lease);
+    const decision = decideRelease(this.#policy, this.#ledger, peer, p.lease);
     if (!decision.ok) {
       this.#deny('release', peer, decision.error, { lease: p.lease });
       throw decision.error;
@@ -171,12 +171,12 @@ export class BrokerService {
     // Only a manager's Release puts the target's earlier limits back. Restoring is usually a
     // raise (often to unlimited), and a VM that opened its own lease still holds the FD: if its
     // own Release restored them, it could pin without bound, past its per-VM cap and the budget.
-    const restore = isManager(this.#policy, this.#peerFacts(peer));
+    const restore = isManager(this.#policy, peer);
     return { limitRestored: this.#endLease(p.lease, restore ? 'released' : 'released by its owner; limit kept', peer) };
   }
 
   list(peer: Peer): { leases: Lease[] } {
-    return { leases: visibleLeases(this.#policy, this.#ledger, this.#peerFacts(peer)).map((r) => this.#toWire(r)) };
+    return { leases: visibleLeases(this.#policy, this.#ledger, peer).map((r) => this.#toWire(r)) };
   }
 
   status(): Status {
@@ -220,10 +220,6 @@ export class BrokerService {
   #selfPidfd(peer: Peer): number {
     // The connection owns peer.pidfd; the lease needs its own copy.
     return peer.pidfd !== undefined ? dupCloexec(peer.pidfd) : pidfdOpen(peer.pid);
-  }
-
-  #peerFacts(peer: Peer): { pid: number; uid: number; gid: number; groups: number[] } {
-    return { pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups };
   }
 
   #toWire(r: LeaseRecord): Lease {
