@@ -123,36 +123,34 @@ static void error_reply(struct conn *c, const char *name) {
   send_reply(c, out, -1);
 }
 
+/* Reads a small /proc file into buf (NUL-terminated); its length, or -1. */
+static ssize_t read_text(const char *path, char *buf, size_t size) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, size - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  return n;
+}
+
 static pid_t pid_of_pidfd(int pidfd) {
   char path[64], text[512];
   snprintf(path, sizeof path, "/proc/self/fdinfo/%d", pidfd);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = read(fd, text, sizeof text - 1);
-  close(fd);
-  if (n <= 0) return -1;
-  text[n] = 0;
+  if (read_text(path, text, sizeof text) < 0) return -1;
   char *p = strstr(text, "\nPid:");
   return p == NULL ? -1 : (pid_t)atoi(p + 5);
 }
 
-/* /proc/PID/status CapEff has CAP_IPC_LOCK (14)? -1 if unreadable. Also reads stat (start time). */
+/* /proc/PID/status CapEff has CAP_IPC_LOCK (14)? -1 if unreadable. Also reads stat (start time),
+ * as the daemon does, into its own buffer (CapEff still points into `status`). */
 static int holds_ipc_lock(pid_t pid) {
-  char path[64], text[4096];
+  char path[64], status[4096], stat[1024];
   snprintf(path, sizeof path, "/proc/%d/status", pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  ssize_t n = read(fd, text, sizeof text - 1);
-  close(fd);
-  if (n <= 0) return -1;
-  text[n] = 0;
-  char *cap = strstr(text, "\nCapEff:");
+  if (read_text(path, status, sizeof status) < 0) return -1;
+  char *cap = strstr(status, "\nCapEff:");
   snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  n = read(fd, text, sizeof text - 1);
-  close(fd);
-  if (n <= 0 || cap == NULL) return -1;
+  if (read_text(path, stat, sizeof stat) < 0 || cap == NULL) return -1;
   return (strtoull(cap + 8, NULL, 16) >> 14) & 1;
 }
 
