@@ -2,11 +2,12 @@
 // overrides, strictness (unknown keys, wrong types, `device`), file safety, frozen result.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, chownSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_OVERHEAD_BYTES, type Policy } from '../../../daemon/core/policy.ts';
 import { PolicyError, defaultReserveBytes, loadPolicy, type LoadPolicyOptions } from '../../../daemon/shell/config.ts';
+import { leakedSince, openFds } from '../../support/fds.ts';
 
 const GiB = 1024 ** 3;
 const MEM = 64 * GiB;
@@ -171,9 +172,9 @@ test('unreadable, unparsable, misnamed and unsafe files are refused', () => {
 });
 
 test('loading leaves no fd open, on success or failure', () => {
-  const before = readdirSync('/proc/self/fd').sort().join();
+  const before = openFds();
   load({ configPath: EXAMPLE });
   assert.throws(() => load({ configPath: policyFile('[limits]\nx = 1\n') }), PolicyError);
   assert.throws(() => load({ configPath: policyFile('[open\n') }), PolicyError);
-  assert.equal(readdirSync('/proc/self/fd').sort().join(), before);
+  assert.deepEqual(leakedSince(before), [], 'an fd leaked');
 });

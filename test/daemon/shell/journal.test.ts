@@ -12,16 +12,13 @@ import { join } from 'node:path';
 import {
   JOURNAL_FILE, JournalCorrupt, JournalMisuse, JournalUnusable, LeaseJournal, type JournaledLease,
 } from '../../../daemon/shell/journal.ts';
+import { leakedSince, openFds } from '../../support/fds.ts';
 import { expectedAfter, journalOp, leaseFor, resized } from './journal-ops.ts';
 
 const WRITER = join(import.meta.dirname, 'journal-writer.ts');
 
 function tempRoot(): string {
   return mkdtempSync(join(tmpdir(), 'journal-test-'));
-}
-
-function openFds(): string {
-  return readdirSync('/proc/self/fd').sort().join(',');
 }
 
 /** Opens, collects, closes: the leases a restarted daemon would recover. */
@@ -241,7 +238,7 @@ test('the fd count is flat across opens, records, failed opens and closes', () =
   assert.throws(() => LeaseJournal.open(dir), JournalCorrupt);
   chmodSync(join(dir, JOURNAL_FILE), 0o666);
   assert.throws(() => LeaseJournal.open(dir), JournalUnusable);
-  assert.equal(openFds(), before);
+  assert.deepEqual(leakedSince(before), [], 'an fd leaked');
   rmSync(dir, { recursive: true });
 });
 

@@ -11,12 +11,10 @@ import {
   CAP_IPC_LOCK, CAP_SYS_RESOURCE, ProcessGone, ProcfsFormatError, hasCapability, memTotalBytes,
   ownCapabilities, pageSize, readProcStatus, readStartTime, startTimeFromStat,
 } from '../../../daemon/shell/procfs.ts';
+import { leakedSince, openFds } from '../../support/fds.ts';
 
 const PYTHON = '/usr/bin/python3';
 
-function openFds(): string[] {
-  return readdirSync('/proc/self/fd').sort();
-}
 
 interface Child { process: ChildProcess; pid: number }
 
@@ -47,7 +45,7 @@ const waitForStdin = "import sys; print('ready', flush=True); sys.stdin.read()";
 test('readProcStatus of our own process matches what node says about us', () => {
   const before = openFds();
   const status = readProcStatus(process.pid);
-  assert.equal(openFds().join(), before.join(), 'an fd leaked');
+  assert.deepEqual(leakedSince(before), [], 'an fd leaked');
   assert.equal(status.pid, process.pid);
   assert.equal(status.tgid, process.pid);
   assert.equal(status.name, 'node');
@@ -238,7 +236,7 @@ test('memTotalBytes agrees with os.totalmem(); pageSize with getconf', () => {
 test('ownCapabilities reflects /proc/self/status, bit by bit', () => {
   const before = openFds();
   const own = ownCapabilities();
-  assert.equal(openFds().join(), before.join(), 'an fd leaked');
+  assert.deepEqual(leakedSince(before), [], 'an fd leaked');
   const hex = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
   assert.ok(hex !== undefined);
   assert.equal(own.effective, BigInt(`0x${hex}`));
