@@ -106,6 +106,7 @@ export async function main(argv: string[]): Promise<void> {
     onLeasesChanged: () => notifier.status(summary(service)),
   });
   const restored = service.restore(leases);
+  await journal.flush(); // the dropped leases' releases, before anything is served
   log.info({ ...restored, stateDir: flags.stateDir }, 'journal restored');
 
   const reloadPolicy = (): void => service.replacePolicy(loadCurrentPolicy());
@@ -137,8 +138,9 @@ export async function main(argv: string[]): Promise<void> {
     notifier.stopping('finishing in-flight calls');
     notifier.stopWatchdog();
     log.info({ signal }, 'stopping: finishing in-flight calls');
-    void Promise.all([server.close(), admin?.close()]).then(() => {
+    void Promise.all([server.close(), admin?.close()]).then(async () => {
       service.close();
+      await journal.flush().catch((err: unknown) => log.error({ err }, 'journal: the last records may not be on disk'));
       journal.close();
       log.info('stopped; leases stay journaled for the next start');
       process.exit(0);

@@ -14,13 +14,13 @@ export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer
   return async (call, peer) => {
     switch (call.method) {
       case 'io.iommufd.Broker.Open': {
-        const { lease, fd } = service.open(peer, call.parameters, call.targetPidFd);
+        const { lease, fd } = await service.open(peer, call.parameters, call.targetPidFd);
         return { parameters: { lease, fileDescriptor: 0 }, fds: [fd] };
       }
       case 'io.iommufd.Broker.Resize':
-        return { parameters: service.resize(peer, call.parameters) };
+        return { parameters: await service.resize(peer, call.parameters) };
       case 'io.iommufd.Broker.Release':
-        return { parameters: service.release(peer, call.parameters) };
+        return { parameters: await service.release(peer, call.parameters) };
       case 'io.iommufd.Broker.List':
         return { parameters: service.list(peer) };
       case 'io.iommufd.Broker.Status':

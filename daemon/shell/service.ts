@@ -3,12 +3,16 @@
 // Invariants:
 // - Decisions come from the pure core; this file only gathers facts (peer, target, device)
 //   and applies side effects in an order that keeps the journal conservative: a lease or a
-//   raise is journaled (fsync) before the kernel limit is raised or the reply is sent; a
-//   lowering is applied before it is journaled. After a crash at any point the journal
-//   therefore never claims less than the kernel enforces, and the budget stays exact or errs
-//   on the safe side.
-// - Every method runs synchronously from decision to ledger update, so two calls can never
-//   both pass a budget check for the same bytes.
+//   raise is journaled and flushed to disk before the kernel limit is raised; a lowering is
+//   applied before it is journaled; no reply is sent before its record is on disk. After a
+//   crash at any point the journal therefore never claims less than the kernel enforces, and
+//   the budget stays exact or errs on the safe side.
+// - Decision and ledger update happen in one synchronous step, before any wait for the disk:
+//   the ledger reserves the bytes at once, so two calls can never both pass a budget check
+//   for the same bytes. A call that fails after its reservation gives it back.
+// - The calls that change one lease (Resize, Release, its target's exit, and the Open that
+//   creates it) run one at a time in its lane (lease-lanes.ts), so a lease's kernel limit,
+//   ledger entry and journal record change in the same order.
 // - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
 //   TargetWatch. The device fd returned by open() belongs to the caller (the server sends and
 //   closes it).
@@ -24,6 +28,7 @@ import type { LeaseJournal } from './journal.ts';
 import type { Peer } from './peer.ts';
 import { pageSize, readProcStatus } from './procfs.ts';
 import { applyLimit, describeTarget, reacquireTarget, readLimit, restoreLimit } from './target.ts';
+import { LeaseLanes } from './lease-lanes.ts';
 import { TargetWatch } from './target-watch.ts';
 
 export interface ServiceDeps {
@@ -40,7 +45,12 @@ export interface ServiceDeps {
 
 export class BrokerService {
   readonly #ledger = new Ledger();
-  readonly #targets = new TargetWatch((id) => this.#endLease(id, 'target exited'));
+  readonly #lanes = new LeaseLanes();
+  readonly #targets = new TargetWatch((id) => {
+    void this.#lanes.run(id, async () => this.#endLease(id, 'target exited')).catch((err: unknown) => {
+      this.deps.log.error({ err, lease: id }, 'could not end the lease of an exited target');
+    });
+  });
   #policy: Readonly<Policy>;
   readonly #now: () => Date;
   readonly #pageSize = pageSize();
@@ -84,11 +94,12 @@ export class BrokerService {
     return { adopted, dropped };
   }
 
-  open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): { lease: Lease; fd: number } {
+  async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<{ lease: Lease; fd: number }> {
     const target = describeTarget(targetPidFd ?? this.#selfPidfd(peer));
     // owner of target.pidfd: this call, until #targets.watch takes it
-    let deviceFd: number | undefined;
-    let applied = false;
+    const id = `l-${randomBytes(8).toString('hex')}`;
+    let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
+    let reserved = false;
     let watched = false;
     try {
       const decision = decideOpen(this.#policy, this.#ledger, {
@@ -100,28 +111,27 @@ export class BrokerService {
       if (!decision.ok) throw decision.error;
       deviceFd = this.deps.device.openForLease();
       const record: LeaseRecord = {
-        id: `l-${randomBytes(8).toString('hex')}`, name: p.name, targetPid: target.pid, targetUid: target.uid,
+        id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
         limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target),
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       };
-      // Journal first: a crash from here on leaves a lease that restore() re-applies or drops.
-      this.deps.journal.recordGrant(record);
-      try {
-        applyLimit(target, decision.limitBytes, this.deps.haveSysResource);
-        applied = true;
-        this.#targets.watch(record.id, target);
-      } catch (err) {
-        if (applied) restoreLimit(target, record.previousLimit);
-        this.deps.journal.recordRelease(record.id);
-        throw err;
-      }
-      watched = true;
+      // Reserve, then journal: a crash from here on leaves a lease that restore() re-applies or drops.
       this.#ledger.grant(record);
+      reserved = true;
+      await this.#lanes.run(id, async () => {
+        this.deps.journal.recordGrant(record);
+        await this.deps.journal.flush();
+        applyLimit(target, decision.limitBytes, this.deps.haveSysResource);
+        this.#targets.watch(record.id, target);
+        watched = true;
+      });
+      reserved = false; // granted: from here on the lease is the lane's and the watch's
       this.#audit('grant', peer, record);
       this.deps.onLeasesChanged?.();
       return { lease: this.#toWire(record), fd: deviceFd };
     } catch (err) {
+      if (reserved) this.#undoGrant(id);
       if (deviceFd !== undefined) closeFd(deviceFd);
       if (!watched) closeFd(target.pidfd);
       this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid });
@@ -129,50 +139,76 @@ export class BrokerService {
     }
   }
 
-  resize(peer: Peer, p: BrokerParameters<'Resize'>): { lease: Lease; previousLimitBytes: number } {
+  /** A reserved lease whose limit was never applied: back out of the ledger and the journal. */
+  #undoGrant(id: string): void {
+    this.#ledger.release(id);
     try {
-      const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize);
-      if (!decision.ok) throw decision.error;
-      const record = this.#ledger.get(p.lease);
-      const target = this.#targets.get(p.lease);
-      if (record === undefined || target === undefined) throw new BrokerError('NoSuchLease', { lease: p.lease });
-      const { limitBytes } = decision;
-      const before = record.limitBytes;
-      if (limitBytes > before) {
-        // Raise: journal first, so a crash leaves the journal claiming the larger (safe) value.
-        this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
-        try {
-          applyLimit(target, limitBytes, this.deps.haveSysResource);
-        } catch (err) {
-          this.deps.journal.recordResize(record.id, record.memoryBytes, before);
-          throw err;
-        }
-      } else {
-        applyLimit(target, limitBytes, this.deps.haveSysResource);
-        this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
-      }
-      this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
-      const updated = this.#ledger.get(record.id) ?? record;
-      this.#audit('resize', peer, updated, { previousLimitBytes: before });
-      this.deps.onLeasesChanged?.();
-      return { lease: this.#toWire(updated), previousLimitBytes: before };
+      this.deps.journal.recordRelease(id);
     } catch (err) {
-      this.#deny('resize', peer, err, { lease: p.lease, memoryBytes: p.memoryBytes });
-      throw err;
+      // Not journaled (or the journal failed): a restart finds the grant and re-applies it to a
+      // live target, erring on the safe side (budget counted, limit no higher than requested).
+      this.deps.log.warn({ err, lease: id }, 'could not journal the end of a failed grant');
     }
   }
 
-  release(peer: Peer, p: BrokerParameters<'Release'>): { limitRestored: boolean } {
-    const decision = decideRelease(this.#policy, this.#ledger, peer, p.lease);
-    if (!decision.ok) {
-      this.#deny('release', peer, decision.error, { lease: p.lease });
-      throw decision.error;
+  resize(peer: Peer, p: BrokerParameters<'Resize'>): Promise<{ lease: Lease; previousLimitBytes: number }> {
+    return this.#lanes.run(p.lease, async () => {
+      try {
+        return await this.#resizeNow(peer, p);
+      } catch (err) {
+        this.#deny('resize', peer, err, { lease: p.lease, memoryBytes: p.memoryBytes });
+        throw err;
+      }
+    });
+  }
+
+  async #resizeNow(peer: Peer, p: BrokerParameters<'Resize'>): Promise<{ lease: Lease; previousLimitBytes: number }> {
+    const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize);
+    if (!decision.ok) throw decision.error;
+    const record = this.#ledger.get(p.lease);
+    const target = this.#targets.get(p.lease);
+    if (record === undefined || target === undefined) throw new BrokerError('NoSuchLease', { lease: p.lease });
+    const { limitBytes } = decision;
+    const before = record.limitBytes;
+    if (limitBytes > before) {
+      // Raise: reserve and journal first, so a crash leaves the journal claiming the larger (safe) value.
+      this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
+      this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
+      try {
+        await this.deps.journal.flush();
+        applyLimit(target, limitBytes, this.deps.haveSysResource);
+      } catch (err) {
+        this.#ledger.resize(record.id, record.memoryBytes, before);
+        this.deps.journal.recordResize(record.id, record.memoryBytes, before);
+        throw err;
+      }
+    } else {
+      applyLimit(target, limitBytes, this.deps.haveSysResource);
+      this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
+      this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
+      await this.deps.journal.flush();
     }
-    // Only a manager's Release puts the target's earlier limits back. Restoring is usually a
-    // raise (often to unlimited), and a VM that opened its own lease still holds the FD: if its
-    // own Release restored them, it could pin without bound, past its per-VM cap and the budget.
-    const restore = isManager(this.#policy, peer);
-    return { limitRestored: this.#endLease(p.lease, restore ? 'released' : 'released by its owner; limit kept', peer) };
+    const updated = this.#ledger.get(record.id) ?? record;
+    this.#audit('resize', peer, updated, { previousLimitBytes: before });
+    this.deps.onLeasesChanged?.();
+    return { lease: this.#toWire(updated), previousLimitBytes: before };
+  }
+
+  release(peer: Peer, p: BrokerParameters<'Release'>): Promise<{ limitRestored: boolean }> {
+    return this.#lanes.run(p.lease, async () => {
+      const decision = decideRelease(this.#policy, this.#ledger, peer, p.lease);
+      if (!decision.ok) {
+        this.#deny('release', peer, decision.error, { lease: p.lease });
+        throw decision.error;
+      }
+      // Only a manager's Release puts the target's earlier limits back. Restoring is usually a
+      // raise (often to unlimited), and a VM that opened its own lease still holds the FD: if its
+      // own Release restored them, it could pin without bound, past its per-VM cap and the budget.
+      const restore = isManager(this.#policy, peer);
+      const limitRestored = this.#endLease(p.lease, restore ? 'released' : 'released by its owner; limit kept', peer);
+      await this.deps.journal.flush();
+      return { limitRestored };
+    });
   }
 
   list(peer: Peer): { leases: Lease[] } {
@@ -197,12 +233,20 @@ export class BrokerService {
     };
   }
 
+  /** The journal's records and fdatasyncs so far (for /metrics). */
+  journalStats(): { records: number; syncs: number } {
+    return this.deps.journal.stats;
+  }
+
   /** Stops watching targets (leases stay journaled for the next start). */
   close(): void {
     this.#targets.forgetAll();
   }
 
-  /** Ends a lease: restore the target's old limits if it lives, journal, return the budget. */
+  /**
+   * Ends a lease: restore the target's old limits if it lives, journal, return the budget.
+   * Runs in the lease's lane; the record is durable after the next flush.
+   */
   #endLease(id: string, why: string, peer?: Peer): boolean {
     const record = this.#ledger.get(id);
     if (record === undefined) return false;

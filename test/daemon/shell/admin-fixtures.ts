@@ -76,7 +76,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       const target = await strippedTarget();
       targets.push(target);
       const pid = target.pid ?? -1;
-      const { lease, fd } = service.open(ROOT_PEER, { name, memoryBytes }, pidfdOpen(pid));
+      const { lease, fd } = await service.open(ROOT_PEER, { name, memoryBytes }, pidfdOpen(pid));
       closeFd(fd);
       return { lease, target };
     },

@@ -295,10 +295,11 @@ test('a write cut short by RLIMIT_FSIZE poisons the journal; a restart recovers 
   });
   const last = run.output.at(-1);
   assert.ok(last !== undefined && last.startsWith('{'), `expected a failure report, got ${String(last)}`);
-  const report = JSON.parse(last) as { failedAt: number; name: string; again: string };
+  const report = JSON.parse(last) as { failedAt: number; name: string; again: string; flush: string };
   assert.equal(report.failedAt, run.acked);
   assert.equal(report.name, 'JournalWriteFailed');
   assert.equal(report.again, 'JournalWriteFailed', 'after a failed write no record may be accepted');
+  assert.equal(report.flush, 'JournalWriteFailed', 'after a failed write no flush may claim the disk is up to date');
   // The kernel wrote the failing record up to the limit: a torn line, as after a crash.
   assert.equal(statSync(join(dir, JOURNAL_FILE)).size, 3000);
   const got = recover(dir);
