@@ -25,7 +25,7 @@ import type { BrokerService } from './service.ts';
 export type AdminApp = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, ZodTypeProvider>;
 
 /** The part of BrokerService the admin API calls. */
-export type AdminService = Pick<BrokerService, 'status' | 'list' | 'resize' | 'release' | 'policy'>;
+export type AdminService = Pick<BrokerService, 'status' | 'list' | 'resize' | 'release' | 'policy' | 'journalStats'>;
 
 export interface AdminRouteDeps {
   service: AdminService;
@@ -84,7 +84,7 @@ export function registerAdminRoutes(app: AdminApp, deps: AdminRouteDeps): void {
   });
 
   app.get('/metrics', async (request, reply) => {
-    const text = metrics.render({ status: service.status(), leases: service.list(callerOf(request)).leases });
+    const text = metrics.render({ status: service.status(), leases: service.list(callerOf(request)).leases, journal: service.journalStats() });
     return reply.type(PROMETHEUS_CONTENT_TYPE).send(text);
   });
 }

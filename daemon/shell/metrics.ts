@@ -23,6 +23,8 @@ export type RequestApi = 'varlink' | 'admin';
 export interface BrokerSnapshot {
   status: Status;
   leases: readonly Lease[];
+  /** The journal's records and fdatasyncs since the daemon started (group commit's effect). */
+  journal: { records: number; syncs: number };
 }
 
 /** Upper bounds (seconds) of the request duration histogram; a call takes ~0.1 ms on these hosts. */
@@ -101,6 +103,9 @@ export class Metrics {
       leases.flatMap((l): Sample[] => (l.pinnedBytes === undefined ? [] : [[id(l), l.pinnedBytes]])));
     family(out, 'lease_locked_bytes', 'gauge', 'Locked memory of the lease\'s target now (VmLck of /proc/PID/status)',
       leases.flatMap((l): Sample[] => (l.lockedBytes === undefined ? [] : [[id(l), l.lockedBytes]])));
+    family(out, 'journal_records_total', 'counter', 'Lease journal records written since start', [[{}, snapshot.journal.records]]);
+    family(out, 'journal_syncs_total', 'counter', 'fdatasyncs of the lease journal since start (records / syncs = group-commit batch)',
+      [[{}, snapshot.journal.syncs]]);
     family(out, 'requests_total', 'counter', 'Requests answered, by API, method and outcome (ok or the error name)',
       [...this.#requests].sort(byKey).map(([key, n]) => {
         const [api = '', method = '', outcome = ''] = key.split('\0');

@@ -215,7 +215,8 @@ test('an unexpected failure is 500 InternalError with no internals, and is logge
   const broken: AdminService = {
     get policy() { return testPolicy(); },
     status: () => { throw new TypeError('secret detail'); },
-    list: () => ({ leases: [] }), resize: () => { throw new Error('unused'); }, release: () => ({ limitRestored: false }),
+    list: () => ({ leases: [] }), resize: () => Promise.reject(new Error('unused')), release: () => Promise.resolve({ limitRestored: false }),
+    journalStats: () => ({ records: 0, syncs: 0 }),
   };
   const h = await startHarness({ apiOptions: { service: broken } });
   try {
