@@ -79,4 +79,23 @@ describe('broker on /dev/iommu: Resize up before hotplug, down after unplug', ()
     assert.deepEqual(await client.rlimit(), { soft: 512 * 1024, hard: 512 * 1024 });
     assert.equal(await client.errnoOf(`map ${ioas} ${512 * 1024 + PAGE}`), 'ENOMEM', 'still bound by the broker\'s limit');
   });
+
+  test('a raise and a lowering sent together by two managers: the kernel ends where the ledger says', async () => {
+    const other = Manager.start(broker.socket);
+    try {
+      for (let round = 0; round < 4; round++) {
+        // The raise waits for the journal's fdatasync; the lowering arrives during that wait.
+        const [raised, lowered] = await Promise.all([manager.resize(lease.id, LARGE), other.resize(lease.id, SMALL)]);
+        assert.equal(raised.lease.limitBytes, 2 * MiB);
+        assert.equal(lowered.lease.limitBytes, 1 * MiB);
+        const now = await manager.lease(lease.id);
+        assert.ok(now !== undefined);
+        assert.ok([1 * MiB, 2 * MiB].includes(now.limitBytes), `round ${round}: the ledger holds one of the two (${now.limitBytes})`);
+        assert.deepEqual(await client.rlimit(), { soft: now.limitBytes, hard: now.limitBytes }, `round ${round}: the kernel agrees`);
+        assert.equal((await manager.status()).budget.usedBytes, now.limitBytes);
+      }
+    } finally {
+      await other.close();
+    }
+  });
 });
