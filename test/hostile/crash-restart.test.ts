@@ -38,15 +38,21 @@ function daemonPid(broker: BrokerProcess): number {
   return pid;
 }
 
-/** One chain per live target: an Open if it has no lease, then two lowering Resizes. */
-async function chain(client: BrokerClient, k: Known, prng: Prng, onAck: () => void): Promise<void> {
+/**
+ * One chain per live target: an Open if it has no lease, then two lowering Resizes. `onSent`
+ * runs as soon as each call is written (its reply cannot have been read yet), `onAck` when a
+ * reply arrived.
+ */
+async function chain(client: BrokerClient, k: Known, prng: Prng, onSent: () => void, onAck: () => void): Promise<void> {
   if (k.leaseId === undefined) {
     k.memory = prng.int(3, 6) * MiB;
     const pidfd = pidfdOpen(k.target.pid);
     k.allowed.add(limitFor(k.memory));
     let opened;
     try {
-      opened = await client.open({ name: `vm-${k.target.pid}`, memoryBytes: k.memory, targetPidFd: pidfd });
+      const call = client.open({ name: `vm-${k.target.pid}`, memoryBytes: k.memory, targetPidFd: pidfd });
+      onSent();
+      opened = await call;
     } finally {
       closeFd(pidfd);
     }
@@ -58,7 +64,9 @@ async function chain(client: BrokerClient, k: Known, prng: Prng, onAck: () => vo
   for (let i = 0; i < 2; i++) {
     const memory = k.memory - prng.int(1, 64) * PAGE;
     k.allowed.add(limitFor(memory));
-    const resized = await client.resize(k.leaseId, memory);
+    const call = client.resize(k.leaseId, memory);
+    onSent();
+    const resized = await call;
     k.memory = memory;
     k.allowed = new Set([resized.lease.limitBytes]);
     onAck();
@@ -127,20 +135,28 @@ test('SIGKILL amid concurrent Opens and Resizes: acknowledged leases survive, no
       // connection trips a framing bug of its own (test/hostile/odd-fds.test.ts).
       const clients = await Promise.all(todo.map(() => BrokerClient.connect(broker.socket)));
       const total = todo.reduce((sum, k) => sum + (k.leaseId === undefined ? 3 : 2), 0);
-      const killAt = prng.int(2, Math.max(2, total - 2));
+      // The kill comes right after the killAt-th call is written, so that call (and any other
+      // unanswered one) is in flight. (Killing at the n-th reply instead is not enough: group
+      // commit answers a batch at once, and every other reply may already be on its way.)
+      const killAt = prng.int(todo.length + 1, Math.max(todo.length + 1, total - 1));
+      let sent = 0;
       let acks = 0;
+      let inFlightAtKill = 0;
       const victim = daemonPid(broker);
-      const onAck = (): void => {
-        acks += 1;
-        if (acks === killAt) process.kill(victim, 'SIGKILL');
+      const onSent = (): void => {
+        sent += 1;
+        if (sent !== killAt) return;
+        inFlightAtKill = sent - acks;
+        process.kill(victim, 'SIGKILL');
       };
-      const chains = todo.map((k, i) => chain(clients[i] as BrokerClient, k, prng, onAck));
+      const onAck = (): void => { acks += 1; };
+      const chains = todo.map((k, i) => chain(clients[i] as BrokerClient, k, prng, onSent, onAck));
       const settled = await Promise.allSettled(chains);
       const cut = settled.filter((r) => r.status === 'rejected').length;
       for (const c of clients) c.close();
       await broker.stop('SIGKILL');
-      t.diagnostic(`round ${round}: ${todo.length} chains, killed after ${killAt} of ${total} acknowledgements (${acks} arrived), ${cut} chains cut short`);
-      assert.ok(acks >= killAt && cut > 0, 'the kill landed while calls were in flight');
+      t.diagnostic(`round ${round}: ${todo.length} chains, killed after sending ${killAt} of ${total} calls, with ${inFlightAtKill} unanswered; ${acks} replies arrived, ${cut} chains cut short`);
+      assert.ok(sent >= killAt && inFlightAtKill > 0, 'the kill landed while calls were in flight');
       for (const r of settled) {
         if (r.status === 'rejected') assert.match(String(r.reason), /broker closed the connection|ECONNRESET|EPIPE/, 'calls failed only because of the kill');
       }
