@@ -60,7 +60,8 @@ export class LeaseJournal {
   /** The append fd; owner: this instance, closed by close() or after the last sync. -1 once closed. */
   #fd: number;
   #closing = false;
-  #leases: Map<string, JournaledLease>;
+  /** Ids of the live leases (only to refuse misuse; compaction works from the file). */
+  #live: Set<string>;
   #failed: JournalWriteFailed | null = null;
   /** Records written (in call order), and how many of them are known to be on disk. */
   #written = 0;
@@ -70,10 +71,10 @@ export class LeaseJournal {
   #syncing = false;
   #waiters: FlushWaiter[] = [];
 
-  private constructor(file: string, fd: number, leases: Map<string, JournaledLease>) {
+  private constructor(file: string, fd: number, live: Set<string>) {
     this.file = file;
     this.#fd = fd;
-    this.#leases = leases;
+    this.#live = live;
   }
 
   /**
@@ -96,7 +97,7 @@ export class LeaseJournal {
     } catch (e) {
       throw new JournalWriteFailed(file, 'open for append', errnoCode(e), { cause: e });
     }
-    const journal = new LeaseJournal(file, fd, leases);
+    const journal = new LeaseJournal(file, fd, new Set(leases.keys()));
     return { journal, leases: [...leases.values()], tornTail };
   }
 
@@ -106,25 +107,24 @@ export class LeaseJournal {
     if (!parsed.success) {
       throw new JournalMisuse(`not a valid lease record: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
     }
-    if (this.#leases.has(lease.id)) throw new JournalMisuse(`lease ${lease.id} is already journaled`);
+    if (this.#live.has(lease.id)) throw new JournalMisuse(`lease ${lease.id} is already journaled`);
     this.#append({ v: JOURNAL_FORMAT_VERSION, type: 'grant', lease: parsed.data });
-    this.#leases.set(lease.id, parsed.data);
+    this.#live.add(lease.id);
   }
 
   /** Writes a lease's new size and limit; durable once a later flush() resolves. */
   recordResize(id: string, memoryBytes: number, limitBytes: number): void {
-    const lease = this.#live(id);
+    this.#mustBeLive(id);
     const record = JournalRecord.safeParse({ v: JOURNAL_FORMAT_VERSION, type: 'resize', id, memoryBytes, limitBytes });
     if (!record.success) throw new JournalMisuse(`not a valid resize of ${id}: ${record.error.issues.map((i) => i.message).join('; ')}`);
     this.#append(record.data);
-    this.#leases.set(id, { ...lease, memoryBytes, limitBytes });
   }
 
   /** Writes the end of a lease; durable once a later flush() resolves. */
   recordRelease(id: string): void {
-    this.#live(id);
+    this.#mustBeLive(id);
     this.#append({ v: JOURNAL_FORMAT_VERSION, type: 'release', id });
-    this.#leases.delete(id);
+    this.#live.delete(id);
   }
 
   /** Records written and fdatasyncs done since open (their ratio is the group-commit batch size). */
@@ -173,10 +173,8 @@ export class LeaseJournal {
     closeSync(fd);
   }
 
-  #live(id: string): JournaledLease {
-    const lease = this.#leases.get(id);
-    if (lease === undefined) throw new JournalMisuse(`lease ${id} is not live in the journal`);
-    return lease;
+  #mustBeLive(id: string): void {
+    if (!this.#live.has(id)) throw new JournalMisuse(`lease ${id} is not live in the journal`);
   }
 
   #append(record: JournalRecord): void {
