@@ -27,7 +27,7 @@ import { memTotalBytes, ownCapabilities } from './shell/procfs.ts';
 import { BrokerService } from './shell/service.ts';
 import { VarlinkServer } from './shell/varlink-server.ts';
 import { makeDispatcher } from './shell/dispatch.ts';
-import { AdminApi } from './shell/admin-api.ts';
+import type { AdminApi } from './shell/admin-api.ts';
 import { Metrics, withMetrics } from './shell/metrics.ts';
 
 function version(): string {
@@ -120,6 +120,8 @@ export async function main(argv: string[]): Promise<void> {
     : flags.adminSocket !== undefined ? { path: flags.adminSocket, mode: 0o600 } : undefined;
   let admin: AdminApi | undefined;
   if (adminWhere !== undefined) {
+    // Loaded only when there is an admin socket: fastify is most of what a start evaluates.
+    const { AdminApi } = await import('./shell/admin-api.ts');
     admin = await AdminApi.create({ service, metrics, log, reloadPolicy });
     try {
       await admin.listen(adminWhere);
