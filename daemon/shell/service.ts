@@ -27,7 +27,7 @@ import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import type { Peer } from './peer.ts';
 import { pageSize, readProcStatus } from './procfs.ts';
-import { applyLimit, describeTarget, reacquireTarget, readLimit, restoreLimit } from './target.ts';
+import { applyLimit, describeTarget, reacquireTarget, readLimit, restoreLimit, type TargetUsage } from './target.ts';
 import { LeaseLanes } from './lease-lanes.ts';
 import { TargetWatch } from './target-watch.ts';
 
@@ -95,7 +95,8 @@ export class BrokerService {
   }
 
   async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<{ lease: Lease; fd: number }> {
-    const target = describeTarget(targetPidFd ?? this.#selfPidfd(peer));
+    // usage: read with the target's identity (one /proc read less per Open); not kept.
+    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer));
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
@@ -129,7 +130,7 @@ export class BrokerService {
       reserved = false; // granted: from here on the lease is the lane's and the watch's
       this.#audit('grant', peer, record);
       this.deps.onLeasesChanged?.();
-      return { lease: this.#toWire(record), fd: deviceFd };
+      return { lease: this.#toWire(record, usage), fd: deviceFd };
     } catch (err) {
       if (reserved) this.#undoGrant(id);
       if (deviceFd !== undefined) closeFd(deviceFd);
@@ -266,8 +267,7 @@ export class BrokerService {
     return peer.pidfd !== undefined ? dupCloexec(peer.pidfd) : pidfdOpen(peer.pid);
   }
 
-  #toWire(r: LeaseRecord): Lease {
-    const usage = readUsage(r.targetPid);
+  #toWire(r: LeaseRecord, usage: TargetUsage = readUsage(r.targetPid)): Lease {
     return {
       id: r.id, name: r.name, pid: r.targetPid, uid: r.targetUid, ownerUid: r.ownerUid,
       memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
@@ -293,7 +293,7 @@ export class BrokerService {
   }
 }
 
-function readUsage(pid: number): { pinnedBytes?: number; lockedBytes?: number } {
+function readUsage(pid: number): TargetUsage {
   try {
     const s = readProcStatus(pid);
     return {

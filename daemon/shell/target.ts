@@ -22,8 +22,15 @@ export interface Target {
   hasIpcLock: boolean;
 }
 
-/** Learns who the pidfd names. Takes ownership of pidfd: closed here on failure. */
-export function describeTarget(pidfd: number): Target {
+/** Pinned and locked memory from the same /proc read, for a reply (absent where unreadable). */
+export interface TargetUsage { pinnedBytes?: number; lockedBytes?: number }
+
+/**
+ * Learns who the pidfd names, and its memory usage from the same /proc read (an Open's reply
+ * needs it; keeping it out of Target keeps a watched lease small). Takes ownership of pidfd:
+ * closed here on failure.
+ */
+export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
   try {
     const pid = pidOfPidfdParameter(pidfd);
     if (pid <= 0) throw gone(pid, 'the process named by the pidfd has exited');
@@ -31,7 +38,11 @@ export function describeTarget(pidfd: number): Target {
     const startTime = readStartTime(pid);
     // The /proc reads above are for the pid; only a still-live pidfd proves they were about it.
     if (!pidfdIsAlive(pidfd)) throw gone(pid, 'the process exited while the broker looked at it');
-    return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK) };
+    const usage: TargetUsage = {
+      ...(status.vmPinBytes === undefined ? {} : { pinnedBytes: status.vmPinBytes }),
+      ...(status.vmLckBytes === undefined ? {} : { lockedBytes: status.vmLckBytes }),
+    };
+    return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK), usage };
   } catch (e) {
     closeFd(pidfd);
     throw toTargetError(e);
@@ -62,7 +73,7 @@ export function reacquireTarget(pid: number, startTime: string): Target | undefi
     return undefined;
   }
   try {
-    const target = describeTarget(pidfd);
+    const { usage: _unused, ...target } = describeTarget(pidfd);
     if (target.startTime === startTime) return target;
     closeFd(target.pidfd);
     return undefined;
