@@ -26,8 +26,10 @@ import { isManager, type Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import type { Peer } from './peer.ts';
-import { pageSize, readProcStatus } from './procfs.ts';
-import { applyLimit, describeTarget, reacquireTarget, readLimit, restoreLimit, type TargetUsage } from './target.ts';
+import { pageSize } from './procfs.ts';
+import {
+  applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type TargetUsage,
+} from './target.ts';
 import { LeaseLanes } from './lease-lanes.ts';
 import { TargetWatch } from './target-watch.ts';
 
@@ -100,7 +102,10 @@ export class BrokerService {
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
+    let record: LeaseRecord | undefined;
     let reserved = false;
+    let journaled = false;
+    let applied = false;
     let watched = false;
     try {
       const decision = decideOpen(this.#policy, this.#ledger, {
@@ -111,28 +116,32 @@ export class BrokerService {
       });
       if (!decision.ok) throw decision.error;
       deviceFd = this.deps.device.openForLease();
-      const record: LeaseRecord = {
+      record = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
         limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target),
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       };
       // Reserve, then journal: a crash from here on leaves a lease that restore() re-applies or drops.
-      this.#ledger.grant(record);
+      const granted = record;
+      this.#ledger.grant(granted);
       reserved = true;
       await this.#lanes.run(id, async () => {
-        this.deps.journal.recordGrant(record);
+        this.deps.journal.recordGrant(granted);
+        journaled = true;
         await this.deps.journal.flush();
         applyLimit(target, decision.limitBytes, this.deps.haveSysResource);
-        this.#targets.watch(record.id, target);
+        applied = true;
+        this.#targets.watch(id, target);
         watched = true;
       });
       reserved = false; // granted: from here on the lease is the lane's and the watch's
-      this.#audit('grant', peer, record);
+      this.#audit('grant', peer, granted);
       this.deps.onLeasesChanged?.();
-      return { lease: this.#toWire(record, usage), fd: deviceFd };
+      return { lease: this.#toWire(granted, usage), fd: deviceFd };
     } catch (err) {
-      if (reserved) this.#undoGrant(id);
+      if (applied && !watched && record !== undefined) restoreLimit(target, record.previousLimit);
+      if (reserved) this.#undoGrant(id, journaled);
       if (deviceFd !== undefined) closeFd(deviceFd);
       if (!watched) closeFd(target.pidfd);
       this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid });
@@ -140,9 +149,10 @@ export class BrokerService {
     }
   }
 
-  /** A reserved lease whose limit was never applied: back out of the ledger and the journal. */
-  #undoGrant(id: string): void {
+  /** A reserved lease that never came into force: back out of the ledger (and the journal). */
+  #undoGrant(id: string, journaled: boolean): void {
     this.#ledger.release(id);
+    if (!journaled) return;
     try {
       this.deps.journal.recordRelease(id);
     } catch (err) {
@@ -180,7 +190,12 @@ export class BrokerService {
         applyLimit(target, limitBytes, this.deps.haveSysResource);
       } catch (err) {
         this.#ledger.resize(record.id, record.memoryBytes, before);
-        this.deps.journal.recordResize(record.id, record.memoryBytes, before);
+        try {
+          this.deps.journal.recordResize(record.id, record.memoryBytes, before);
+        } catch (journalErr) {
+          // The journal keeps claiming the larger limit: the safe side. The caller hears of err.
+          this.deps.log.warn({ err: journalErr, lease: record.id }, 'could not journal the undo of a failed raise');
+        }
         throw err;
       }
     } else {
@@ -267,7 +282,7 @@ export class BrokerService {
     return peer.pidfd !== undefined ? dupCloexec(peer.pidfd) : pidfdOpen(peer.pid);
   }
 
-  #toWire(r: LeaseRecord, usage: TargetUsage = readUsage(r.targetPid)): Lease {
+  #toWire(r: LeaseRecord, usage: TargetUsage = readTargetUsage(r.targetPid)): Lease {
     return {
       id: r.id, name: r.name, pid: r.targetPid, uid: r.targetUid, ownerUid: r.ownerUid,
       memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
@@ -290,17 +305,5 @@ export class BrokerService {
     this.deps.log.warn({
       audit: 'deny', action, peer: { uid: peer.uid, pid: peer.pid }, request, error: err.errorName, ...err.parameters,
     }, `deny ${action}: ${err.message}`);
-  }
-}
-
-function readUsage(pid: number): TargetUsage {
-  try {
-    const s = readProcStatus(pid);
-    return {
-      ...(s.vmPinBytes === undefined ? {} : { pinnedBytes: s.vmPinBytes }),
-      ...(s.vmLckBytes === undefined ? {} : { lockedBytes: s.vmLckBytes }),
-    };
-  } catch {
-    return {};
   }
 }

@@ -11,7 +11,7 @@
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { closeFd, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError } from '../../native/sys.ts';
 import type { Rlimit } from '../../native/binding.ts';
-import { CAP_IPC_LOCK, hasCapability, readProcStatus, readStartTime } from './procfs.ts';
+import { CAP_IPC_LOCK, hasCapability, readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
 
 export interface Target {
   pid: number;
@@ -38,14 +38,26 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     const startTime = readStartTime(pid);
     // The /proc reads above are for the pid; only a still-live pidfd proves they were about it.
     if (!pidfdIsAlive(pidfd)) throw gone(pid, 'the process exited while the broker looked at it');
-    const usage: TargetUsage = {
-      ...(status.vmPinBytes === undefined ? {} : { pinnedBytes: status.vmPinBytes }),
-      ...(status.vmLckBytes === undefined ? {} : { lockedBytes: status.vmLckBytes }),
-    };
-    return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK), usage };
+    return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK), usage: usageOf(status) };
   } catch (e) {
     closeFd(pidfd);
     throw toTargetError(e);
+  }
+}
+
+function usageOf(status: ProcStatus): TargetUsage {
+  return {
+    ...(status.vmPinBytes === undefined ? {} : { pinnedBytes: status.vmPinBytes }),
+    ...(status.vmLckBytes === undefined ? {} : { lockedBytes: status.vmLckBytes }),
+  };
+}
+
+/** A lease's target's memory usage now; {} if its /proc entry cannot be read (it may be gone). */
+export function readTargetUsage(pid: number): TargetUsage {
+  try {
+    return usageOf(readProcStatus(pid));
+  } catch {
+    return {};
   }
 }
 
