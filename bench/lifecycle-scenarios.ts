@@ -36,7 +36,7 @@ async function firstReplyMs(programs: Programs, socket: string, t0: bigint): Pro
 async function coldDirect(programs: Programs, dir: string): Promise<number> {
   const socket = join(dir, 'direct.sock');
   const t0 = process.hrtime.bigint();
-  const child = spawn(process.execPath, [DAEMON, '--socket', socket, '--state-dir', join(dir, 'state-direct'), '--device', 'simulated'],
+  const child = spawn(DAEMON, ['--socket', socket, '--state-dir', join(dir, 'state-direct'), '--device', 'simulated'],
     { stdio: 'ignore', cwd: REPO });
   try {
     return await firstReplyMs(programs, socket, t0);
@@ -53,7 +53,7 @@ async function coldDirect(programs: Programs, dir: string): Promise<number> {
  */
 async function coldActivated(programs: Programs, dir: string): Promise<number> {
   const socket = join(dir, 'activated.sock');
-  const child = spawn('systemd-socket-activate', ['-l', socket, '--fdname=broker', '--', process.execPath, DAEMON, '--socket', socket,
+  const child = spawn('systemd-socket-activate', ['-l', socket, '--fdname=broker', '--', DAEMON, '--socket', socket,
     '--state-dir', join(dir, 'state-activated'), '--device', join(dir, 'no-iommu')], { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO });
   try {
     const lines = createInterface({ input: child.stderr as NodeJS.ReadableStream });

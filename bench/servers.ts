@@ -100,7 +100,7 @@ export async function startDaemon(programs: Programs, dir: string, stateDir: str
   const socket = join(dir, 'broker.sock');
   const env = { ...process.env };
   for (const k of ['NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID', 'LISTEN_FDNAMES']) delete env[k];
-  const child = spawn(process.execPath, [DAEMON, '--socket', socket, '--state-dir', stateDir, '--device', 'simulated',
+  const child = spawn(DAEMON, ['--socket', socket, '--state-dir', stateDir, '--device', 'simulated',
     '--overhead', '1M', '--budget', '64G', ...extraArgs], { stdio: ['ignore', 'ignore', 'pipe'], env, cwd: REPO });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (c: string) => { stderr += c; });

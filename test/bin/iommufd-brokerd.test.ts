@@ -5,9 +5,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { BrokerProcess } from '../support/daemon.ts';
 
 const REPO = join(import.meta.dirname, '..', '..');
 const LAUNCHER = join(REPO, 'bin', 'iommufd-brokerd');
@@ -88,4 +89,18 @@ test('this checkout\'s bundle is current (npm test builds it) and is what the da
   assert.match(r.stdout, /usage: iommufd-brokerd/);
   assert.equal(r.stderr, '', 'no fallback note: the bundle ran');
   assert.match(execFileSync('node', ['-e', `import(${JSON.stringify(bundle)}).then((m) => console.log(typeof m.main))`], { encoding: 'utf8' }), /^function$/m);
+});
+
+test('started as a program (as systemd does), the daemon runs with the shebang\'s V8 flag', async () => {
+  const broker = await BrokerProcess.start();
+  try {
+    const pid = broker.child.pid;
+    assert.ok(pid !== undefined);
+    const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    assert.ok(argv.includes('--max-semi-space-size=2'), `daemon argv: ${argv.join(' ')}`);
+    assert.ok(argv.some((a) => a.endsWith('bin/iommufd-brokerd')));
+  } finally {
+    await broker.stop();
+    broker.cleanup();
+  }
 });

@@ -56,7 +56,7 @@ export class BrokerProcess {
     delete env['NOTIFY_SOCKET'];
     delete env['LISTEN_FDS'];
     delete env['LISTEN_PID'];
-    const child = spawn(process.execPath, [DAEMON, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const child = spawn(DAEMON, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     const broker = new BrokerProcess(child, dir, socket, stateDir);
     await broker.waitForLog((l) => l.msg === 'serving', 20_000);
     return broker;

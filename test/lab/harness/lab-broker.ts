@@ -62,11 +62,11 @@ export class LabBroker {
     this.#logs = [];
     this.#stderr = '';
     const args = [
-      DAEMON, '--socket', this.socket, '--socket-mode', '0666', '--state-dir', this.stateDir,
+      '--socket', this.socket, '--socket-mode', '0666', '--state-dir', this.stateDir,
       '--device', '/dev/iommu', '--overhead', String(this.opts.overheadBytes), '--budget', String(this.opts.budgetBytes),
     ];
     const env = { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp' };
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const child = spawn(DAEMON, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     this.#child = child;
     child.stderr?.setEncoding('utf8').on('data', (c: string) => { this.#stderr += c; });
     let buffered = '';

@@ -36,7 +36,7 @@ describe('broker on /dev/iommu under socket activation', () => {
     chmodSync(dir, 0o755);
     const socket = join(dir, 'broker.sock');
     activator = spawn('systemd-socket-activate', ['-l', socket, '--fdname=broker', '-E', 'PATH',
-      process.execPath, DAEMON, '--state-dir', join(dir, 'state'), '--device', '/dev/iommu',
+      DAEMON, '--state-dir', join(dir, 'state'), '--device', '/dev/iommu',
       '--overhead', String(OVERHEAD), '--budget', String(16 * MiB)], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     activator.stderr?.on('data', (c: Buffer) => { stderr += c.toString(); });
