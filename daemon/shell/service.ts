@@ -244,7 +244,7 @@ export class BrokerService {
           : 'no CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids',
       },
       budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used) },
-      leases: this.#ledger.all().length,
+      leases: this.#ledger.count(),
       overheadBytes: this.#policy.overheadBytes,
     };
   }
