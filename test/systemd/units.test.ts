@@ -143,11 +143,13 @@ test('systemd-sysusers and systemd-tmpfiles create the users, groups and directo
   assert.equal(run_.uid, 0);
 });
 
-test('the installed policy loads, naming the clients group created by sysusers.d', () => {
+test('the installed policy loads, naming the clients and admin groups created by sysusers.d', () => {
   const r = run('systemd-sysusers', [`--root=${root}`]);
   assert.equal(r.status, 0, r.stderr);
-  const gid = /^iommufd:x:(\d+):/m.exec(readFileSync(join(root, 'etc/group'), 'utf8'))?.[1];
-  assert.ok(gid !== undefined);
+  const groups = readFileSync(join(root, 'etc/group'), 'utf8');
+  const gid = /^iommufd:x:(\d+):/m.exec(groups)?.[1];
+  const adminGid = /^iommufd-admin:x:(\d+):/m.exec(groups)?.[1];
+  assert.ok(gid !== undefined && adminGid !== undefined);
   const policy = loadPolicy({
     configPath: join(root, 'etc/iommufd-broker/policy.toml'), memTotalBytes: 64 * 1024 ** 3,
     passwdFile: join(root, 'etc/passwd'), groupFile: join(root, 'etc/group'),
@@ -155,6 +157,7 @@ test('the installed policy loads, naming the clients group created by sysusers.d
   assert.deepEqual(policy.openGroups, [Number(gid)]);
   assert.deepEqual(policy.openUsers, []);
   assert.deepEqual(policy.managerUsers, [0]);
+  assert.deepEqual(policy.managerGroups, [Number(adminGid)], 'who can reach the admin socket passes its check');
   assert.equal(policy.overheadBytes, 1024 ** 3);
   assert.equal(policy.allowTargetsWithIpcLock, false);
 });
