@@ -111,7 +111,9 @@ export async function main(argv: string[]): Promise<void> {
 
   const reloadPolicy = (): void => service.replacePolicy(loadCurrentPolicy());
   const metrics = new Metrics();
-  const server = new VarlinkServer(withMetrics(makeDispatcher(service), metrics), log, { maxConnections: 1024, maxConnectionsPerUid: 64, idleTimeoutMs: flags.idleTimeoutMs });
+  const server = new VarlinkServer(withMetrics(makeDispatcher(service), metrics), log,
+    { maxConnections: 1024, maxConnectionsPerUid: 64, idleTimeoutMs: flags.idleTimeoutMs },
+    { refused: (r) => metrics.observeRefusal(r.stage, r.reason) });
   const brokerFd = activated.fds.get(BROKER_SOCKET_NAME);
   server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
     : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));

@@ -55,6 +55,8 @@ export class Metrics {
   readonly #requests = new Map<string, number>();
   /** api \0 method -> durations */
   readonly #durations = new Map<string, Histogram>();
+  /** stage \0 reason -> count */
+  readonly #refusals = new Map<string, number>();
 
   constructor(options: MetricsOptions = {}) {
     this.#now = options.now ?? (() => process.hrtime.bigint());
@@ -81,6 +83,15 @@ export class Metrics {
     if (bucket >= 0) h.counts[bucket] = (h.counts[bucket] ?? 0) + 1;
     h.sum += seconds;
     h.count += 1;
+  }
+
+  /**
+   * Records one refusal before dispatch (varlink-server.ts Refusal): `reason` is a fixed
+   * connection reason or a Varlink error name, so the label set stays bounded.
+   */
+  observeRefusal(stage: 'connection' | 'message', reason: string): void {
+    const key = `${stage}\0${reason}`;
+    this.#refusals.set(key, (this.#refusals.get(key) ?? 0) + 1);
   }
 
   /** Every family, in the text exposition format (ends with '\n'). */
@@ -110,6 +121,11 @@ export class Metrics {
       [...this.#requests].sort(byKey).map(([key, n]) => {
         const [api = '', method = '', outcome = ''] = key.split('\0');
         return [{ api, method, outcome }, n];
+      }));
+    family(out, 'refused_total', 'counter', 'Connections and messages turned away before any method ran, by stage and reason',
+      [...this.#refusals].sort(byKey).map(([key, n]) => {
+        const [stage = '', reason = ''] = key.split('\0');
+        return [{ stage, reason }, n];
       }));
     this.#renderDurations(out);
     return out.join('');

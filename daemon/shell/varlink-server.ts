@@ -30,6 +30,17 @@ export interface HandlerReply {
 }
 export type CallHandler = (call: DecodedCall, peer: Peer) => Promise<HandlerReply>;
 
+/** What the server turned away before any handler ran: a connection, or a message. */
+export type Refusal =
+  | { stage: 'connection'; reason: 'too-many-connections' | 'unidentified-peer' }
+  /** reason: the Varlink error name the message was (or, for a oneway call, would have been) answered with. */
+  | { stage: 'message'; reason: string };
+
+export interface ServerEvents {
+  /** Told of every refusal (e.g. to count it in /metrics); must not throw. */
+  refused?: (refusal: Refusal) => void;
+}
+
 export interface ServerLimits {
   maxConnections: number;
   maxConnectionsPerUid: number;
@@ -51,7 +62,7 @@ export class VarlinkServer {
   #closing = false;
 
   constructor(private readonly handle: CallHandler, private readonly log: Logger,
-    private readonly limits: ServerLimits) {}
+    private readonly limits: ServerLimits, private readonly events: ServerEvents = {}) {}
 
   /** Starts serving on a listening socket; the server takes ownership of it. */
   serve(listener: UnixServer): void {
@@ -78,19 +89,22 @@ export class VarlinkServer {
       peer = readPeer(socket);
     } catch (err) {
       this.log.warn({ err }, 'dropping a connection whose peer could not be identified');
+      this.events.refused?.({ stage: 'connection', reason: 'unidentified-peer' });
       socket.close();
       return;
     }
     const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
     if (this.#connections.size >= this.limits.maxConnections || sameUid >= this.limits.maxConnectionsPerUid) {
-      this.log.warn({ peer: { uid: peer.uid, pid: peer.pid }, total: this.#connections.size, sameUid },
-        'connection refused: too many connections');
+      this.log.warn({ audit: 'deny', action: 'connect', peer: { uid: peer.uid, pid: peer.pid }, total: this.#connections.size, sameUid,
+        maxConnections: this.limits.maxConnections, maxConnectionsPerUid: this.limits.maxConnectionsPerUid },
+      'connection refused: too many connections');
+      this.events.refused?.({ stage: 'connection', reason: 'too-many-connections' });
       if (peer.pidfd !== undefined) closeFd(peer.pidfd);
       socket.close();
       return;
     }
     const conn = new Connection(socket, peer, this.handle, this.log, this.limits.idleTimeoutMs,
-      () => this.#connections.delete(conn));
+      () => this.#connections.delete(conn), (r) => this.events.refused?.(r));
     this.#connections.add(conn);
   }
 }
@@ -107,7 +121,7 @@ class Connection {
 
   constructor(private readonly socket: UnixConnection, readonly peer: Peer,
     private readonly handle: CallHandler, private readonly log: Logger, private readonly idleTimeoutMs: number,
-    private readonly onClose: () => void) {
+    private readonly onClose: () => void, private readonly onRefused: (r: Refusal) => void) {
     this.#armIdleTimer();
     socket.on('data', (chunk: Buffer, fds: number[]) => this.#onData(chunk, fds));
     socket.on('end', () => this.#finish());
@@ -208,6 +222,7 @@ class Connection {
 
   /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
   #reject(rejection: Rejection): void {
+    this.onRefused({ stage: 'message', reason: rejection.error.name });
     rejection.fdsToClose.forEach(closeFd);
     if (rejection.reply) this.#send(encodeRejection(rejection), []);
     if (rejection.fatal) this.#stopReading();

@@ -112,6 +112,17 @@ test('the duration histogram is cumulative, a value on a bound falls in that buc
   assert.equal(bounds, DURATION_BUCKETS.length + 1);
 });
 
+test('refusals before dispatch are counted by stage and reason', () => {
+  const m = new Metrics();
+  m.observeRefusal('message', 'org.varlink.service.InvalidParameter');
+  m.observeRefusal('message', 'org.varlink.service.InvalidParameter');
+  m.observeRefusal('connection', 'too-many-connections');
+  const text = m.render(SNAPSHOT);
+  assert.equal(sample(text, 'iommufd_broker_refused_total{stage="message",reason="org.varlink.service.InvalidParameter"}'), '2');
+  assert.equal(sample(text, 'iommufd_broker_refused_total{stage="connection",reason="too-many-connections"}'), '1');
+  assert.doesNotMatch(new Metrics().render(SNAPSHOT), /^iommufd_broker_refused_total\{/m, 'no series before the first refusal');
+});
+
 test('a negative or non-finite duration is refused, not recorded', () => {
   const m = new Metrics();
   assert.throws(() => m.observeCall('varlink', 'x', 'ok', -1), RangeError);
@@ -170,6 +181,7 @@ test('promtool check metrics accepts the output: empty, and with leases, request
   m.observeCall('varlink', 'io.iommufd.Broker.Open', 'ok', 0.0002);
   m.observeCall('varlink', 'io.iommufd.Broker.Resize', 'KernelRefused', 0.3);
   m.observeCall('admin', 'GET /v1/status', 'PermissionDenied', 0);
+  m.observeRefusal('message', 'org.varlink.service.MethodNotFound');
   const full = promtool(m.render(SNAPSHOT));
   assert.deepEqual(full, { status: 0, output: '' });
 });

@@ -6,11 +6,11 @@
 // same calls with raises that succeed.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:http';
 import { join } from 'node:path';
 import { BrokerClient } from '../../../client/index.ts';
 import { closeFd, pidfdOpen } from '../../../native/sys.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
+import { sampleValue, scrape } from '../../support/metrics.ts';
 import { killTarget, memlockOf, spawnTarget, type Target } from '../../hostile/support/processes.ts';
 
 const MiB = 1024 ** 2;
@@ -25,22 +25,6 @@ async function openFor(client: BrokerClient, target: Target, memoryBytes: number
   } finally {
     closeFd(pidfd);
   }
-}
-
-function scrape(socketPath: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path: '/metrics', agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8').on('data', (c: string) => { body += c; }).on('end', () => resolve(body));
-    });
-    req.on('error', reject).end();
-  });
-}
-
-function counter(metrics: string, name: string): number {
-  const line = metrics.split('\n').find((l) => l.startsWith(`${name} `));
-  assert.ok(line !== undefined, `${name} missing from /metrics`);
-  return Number(line.slice(name.length + 1));
 }
 
 test('a raise and a lowering of one lease sent together: the kernel ends where the ledger says', async () => {
@@ -86,11 +70,11 @@ test('32 concurrent Opens share fdatasyncs; every answered lease survives a SIGK
   const targets = await Promise.all(Array.from({ length: OPENS }, () => spawnTarget()));
   const clients = await Promise.all(targets.map(() => BrokerClient.connect(broker.socket)));
   try {
-    const before = counter(await scrape(admin), 'iommufd_broker_journal_syncs_total');
+    const before = sampleValue(await scrape(admin), 'iommufd_broker_journal_syncs_total');
     const ids = await Promise.all(targets.map((t, i) => openFor(clients[i] as BrokerClient, t, 2 * MiB + i * PAGE)));
     const metrics = await scrape(admin);
-    const syncs = counter(metrics, 'iommufd_broker_journal_syncs_total') - before;
-    assert.ok(counter(metrics, 'iommufd_broker_journal_records_total') >= OPENS);
+    const syncs = sampleValue(metrics, 'iommufd_broker_journal_syncs_total') - before;
+    assert.ok(sampleValue(metrics, 'iommufd_broker_journal_records_total') >= OPENS);
     assert.ok(syncs >= 1 && syncs < OPENS, `${OPENS} Opens took ${syncs} fdatasyncs: some must have shared one`);
 
     for (const c of clients) c.close();
