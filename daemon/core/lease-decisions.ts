@@ -3,8 +3,8 @@
 // Invariants:
 // - Pure: values in, a decision out. Nothing here changes the ledger; the shell applies the
 //   decided limit with prlimit, journals it, then commits with ledger.resize / ledger.release.
-// - Visibility: a manager sees every lease; anyone else sees the leases they own and those
-//   whose target runs as their uid (a QEMU can look at its own lease).
+// - Visibility: a manager or an observer sees every lease; anyone else sees the leases they
+//   own and those whose target runs as their uid (a QEMU can look at its own lease).
 // - No existence oracle: an id that is unknown, or that names a lease the peer may not see,
 //   gets the same NoSuchLease. Only a peer that can see the lease learns why it is refused.
 // - No way out: only managers may Resize. A VM's own uid can never raise its limit, not even
@@ -19,7 +19,7 @@
 //   it) and the budget on the increase.
 import { BrokerError } from '../../protocol/errors.ts';
 import type { Ledger, LeaseRecord } from './ledger.ts';
-import { describePeer, isManager, type Peer, type Policy } from './policy.ts';
+import { describePeer, isManager, isObserver, type Peer, type Policy } from './policy.ts';
 import { checkBudget, checkOwnerBytes, checkPerVmMax, limitFor } from './quota.ts';
 
 export type ResizeDecision =
@@ -39,7 +39,7 @@ export type ReleaseDecision =
 
 /** May this peer see this lease (List, and learning why a Resize/Release is refused)? */
 export function mayView(policy: Policy, peer: Peer, lease: LeaseRecord): boolean {
-  return isManager(policy, peer) || lease.ownerUid === peer.uid || lease.targetUid === peer.uid;
+  return isObserver(policy, peer) || lease.ownerUid === peer.uid || lease.targetUid === peer.uid;
 }
 
 /** The leases List shows this peer, oldest first. */

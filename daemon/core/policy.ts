@@ -10,6 +10,8 @@
 // - Group membership means the peer's primary gid OR any supplementary group.
 // - A manager may always Open (managers name targets for the VMs they run); `openUsers` and
 //   `openGroups` only widen who may Open *for themselves*.
+// - Observers (e.g. a metrics scraper) may see every lease and read the admin API; they can
+//   change nothing. Every manager is an observer too.
 // - Byte fields are non-negative safe integers; null means "no cap".
 
 /** 1 GiB: what libvirt adds to guest RAM for VFIO when it sizes RLIMIT_MEMLOCK. */
@@ -24,6 +26,10 @@ export interface Policy {
   readonly managerUsers: readonly number[];
   /** Gids whose members are managers. */
   readonly managerGroups: readonly number[];
+  /** Uids that may see every lease and read (never change) through the admin API. */
+  readonly observerUsers: readonly number[];
+  /** Gids whose members are observers. */
+  readonly observerGroups: readonly number[];
   /** Largest limitBytes one lease may have; null = no cap. */
   readonly perVmMaxBytes: number | null;
   /** Most live leases one owner uid may hold; null = no cap. */
@@ -61,6 +67,8 @@ export function defaultPolicy(budgetBytes: number): Policy {
     openGroups: Object.freeze([]),
     managerUsers: Object.freeze([0]),
     managerGroups: Object.freeze([]),
+    observerUsers: Object.freeze([]),
+    observerGroups: Object.freeze([]),
     perVmMaxBytes: null,
     perUidMaxLeases: null,
     perUidMaxBytes: null,
@@ -78,6 +86,11 @@ function inAnyGroup(peer: Peer, gids: readonly number[]): boolean {
 /** Managers may name any target, and Resize, Release and see every lease. */
 export function isManager(policy: Policy, peer: Peer): boolean {
   return policy.managerUsers.includes(peer.uid) || inAnyGroup(peer, policy.managerGroups);
+}
+
+/** Observers see every lease and may read the admin API; managers are observers too. */
+export function isObserver(policy: Policy, peer: Peer): boolean {
+  return isManager(policy, peer) || policy.observerUsers.includes(peer.uid) || inAnyGroup(peer, policy.observerGroups);
 }
 
 /** May this peer call Open at all? (Whether it may name another target is a separate rule.) */

@@ -74,7 +74,7 @@ export class AdminApi {
 
     app.addHook('onRequest', async (request, reply) => {
       const peer = identify(request.raw.socket);
-      const refusal = adminRefusal(options.service.policy, peer);
+      const refusal = adminRefusal(options.service.policy, peer, request.method);
       if (refusal === undefined) {
         if (peer !== undefined) callers.set(request, peer);
         return;

@@ -6,7 +6,8 @@
 // - The decision is taken per request against the *current* policy, so a reload that drops a
 //   manager shuts them out on connections they already hold open.
 // - "Admins" are the policy's managers (isManager): the uids and groups that may already
-//   Resize and Release any lease over Varlink. The admin API grants nothing more.
+//   Resize and Release any lease over Varlink. The admin API grants nothing more. Observers
+//   (isObserver: e.g. a metrics scraper) pass for requests that read (GET, HEAD) only.
 // - A connection whose credentials cannot be read is destroyed unanswered.
 // - fds: a connection's fd belongs to Node's net.Socket; it is only read (getsockopt), never
 //   kept or closed here. Admin peers carry no pidfd (the admin API never opens a lease).
@@ -14,7 +15,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.ts';
 import { peerCred } from '../../native/sys.ts';
-import { describePeer, isManager, type Policy } from '../core/policy.ts';
+import { describePeer, isManager, isObserver, type Policy } from '../core/policy.ts';
 import { peerFromCred, type Peer } from './peer.ts';
 
 /** The fd under a Unix-socket net.Socket (libuv's pipe handle), or undefined if it has none. */
@@ -54,13 +55,21 @@ export class ConnectionPeers {
 }
 
 /** undefined if the peer may use the admin API under `policy`, else the refusal to send. */
-export function adminRefusal(policy: Readonly<Policy>, peer: Peer | undefined): BrokerError<'PermissionDenied'> | undefined {
+export function adminRefusal(policy: Readonly<Policy>, peer: Peer | undefined, method: string): BrokerError<'PermissionDenied'> | undefined {
   if (peer === undefined) {
     return new BrokerError('PermissionDenied', { rule: 'admin-peer', reason: 'the caller could not be identified (no peer credentials)' });
   }
   if (isManager(policy, peer)) return undefined;
+  const reads = method === 'GET' || method === 'HEAD';
+  if (isObserver(policy, peer)) {
+    if (reads) return undefined;
+    return new BrokerError('PermissionDenied', {
+      rule: 'admin-observers-read-only',
+      reason: `${describePeer(peer)} is an observer: it may read the admin API (GET), only managers may change anything (managers.users, managers.groups)`,
+    });
+  }
   return new BrokerError('PermissionDenied', {
     rule: 'admin-managers',
-    reason: `${describePeer(peer)} is not a manager: the admin API is only for the policy's managers (managers.users, managers.groups)`,
+    reason: `${describePeer(peer)} is neither a manager nor an observer: the admin API is for the policy's managers, and read-only for its observers (managers.*, observers.*)`,
   });
 }

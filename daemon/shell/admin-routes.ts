@@ -43,6 +43,7 @@ const capBytes = z.number().int().nonnegative().nullable();
 export const PolicyReply = z.object({
   policy: z.object({
     openUsers: z.union([z.literal('any'), ids]), openGroups: ids, managerUsers: ids, managerGroups: ids,
+    observerUsers: ids, observerGroups: ids,
     perVmMaxBytes: capBytes, perUidMaxLeases: z.number().int().positive().nullable(), perUidMaxBytes: capBytes,
     overheadBytes: z.number().int().nonnegative(), budgetBytes: z.number().int().nonnegative(),
     allowTargetsWithIpcLock: z.boolean(),
@@ -93,6 +94,7 @@ function policyToWire(p: Readonly<Policy>): z.infer<typeof PolicyReply>['policy'
   return {
     openUsers: p.openUsers === 'any' ? 'any' : [...p.openUsers], openGroups: [...p.openGroups],
     managerUsers: [...p.managerUsers], managerGroups: [...p.managerGroups],
+    observerUsers: [...p.observerUsers], observerGroups: [...p.observerGroups],
     perVmMaxBytes: p.perVmMaxBytes, perUidMaxLeases: p.perUidMaxLeases, perUidMaxBytes: p.perUidMaxBytes,
     overheadBytes: p.overheadBytes, budgetBytes: p.budgetBytes, allowTargetsWithIpcLock: p.allowTargetsWithIpcLock,
   };

@@ -59,6 +59,7 @@ const size = z.union([z.string(), z.number().int().nonnegative()]);
 const tables = {
   open: z.object({ users: z.union([z.literal('any'), principals]).optional(), groups: principals.optional() }).strict(),
   managers: z.object({ users: principals.optional(), groups: principals.optional() }).strict(),
+  observers: z.object({ users: principals.optional(), groups: principals.optional() }).strict(),
   limits: z.object({
     overhead: size.optional(), perVmMax: size.optional(), perUidLeases: z.number().int().min(1).optional(),
     perUidBytes: size.optional(), budget: size.optional(), reserve: size.optional(),
@@ -66,7 +67,7 @@ const tables = {
   targets: z.object({ allowIpcLock: z.boolean().optional() }).strict(),
 } as const;
 const PolicyFile = z.object({
-  open: tables.open.optional(), managers: tables.managers.optional(),
+  open: tables.open.optional(), managers: tables.managers.optional(), observers: tables.observers.optional(),
   limits: tables.limits.optional(), targets: tables.targets.optional(),
 }).strict();
 type PolicyFile = z.infer<typeof PolicyFile>;
@@ -78,6 +79,7 @@ const GROUPS_HELP = 'a list of group names and numeric gids, e.g. ["kvm", 107]';
 const KEY_HELP: Readonly<Record<string, string>> = {
   'open.users': `${USERS_HELP}, or "any"`, 'open.groups': GROUPS_HELP,
   'managers.users': USERS_HELP, 'managers.groups': GROUPS_HELP,
+  'observers.users': USERS_HELP, 'observers.groups': GROUPS_HELP,
   'limits.overhead': SIZE_HELP, 'limits.perVmMax': SIZE_HELP, 'limits.perUidBytes': SIZE_HELP,
   'limits.budget': SIZE_HELP, 'limits.reserve': SIZE_HELP,
   'limits.perUidLeases': 'a whole number >= 1', 'targets.allowIpcLock': 'true or false',
@@ -221,6 +223,8 @@ export function loadPolicy(options: LoadPolicyOptions): Readonly<Policy> {
     openGroups: ids(open?.groups ?? [], gid, source, 'open.groups'),
     managerUsers: managers === undefined ? Object.freeze([0]) : ids(managers.users ?? [], uid, source, 'managers.users'),
     managerGroups: ids(managers?.groups ?? [], gid, source, 'managers.groups'),
+    observerUsers: ids(file.observers?.users ?? [], uid, source, 'observers.users'),
+    observerGroups: ids(file.observers?.groups ?? [], gid, source, 'observers.groups'),
     perVmMaxBytes,
     perUidMaxLeases: limits.perUidLeases ?? null,
     perUidMaxBytes: limits.perUidBytes === undefined ? null : bytes(limits.perUidBytes, source, 'limits.perUidBytes'),

@@ -39,6 +39,13 @@ describe('visibleLeases / mayView', () => {
     assert.deepEqual(visibleLeases(p, sample(), manager).map((l) => l.id), ['l-self', 'l-managed', 'l-bob']);
   });
 
+  it('shows observers every lease, and lets them change none', () => {
+    const p = policy({ observerUsers: [alice.uid] });
+    assert.deepEqual(visibleLeases(p, sample(), alice).map((l) => l.id), ['l-self', 'l-managed', 'l-bob']);
+    denied(decideResize(p, sample(), alice, 'l-bob', GiB / 2, PAGE), 'PermissionDenied');
+    denied(decideRelease(p, sample(), alice, 'l-managed'), 'PermissionDenied');
+  });
+
   it('shows others what they own and what targets their uid', () => {
     const p = policy();
     assert.deepEqual(visibleLeases(p, sample(), alice).map((l) => l.id), ['l-self']);

@@ -40,6 +40,8 @@ const policyArb: fc.Arbitrary<Policy> = fc.record({
   openGroups: fc.subarray([KVM]),
   managerUsers: fc.constant([0]),
   managerGroups: fc.subarray([LIBVIRT]),
+  observerUsers: fc.subarray([1001]),
+  observerGroups: fc.subarray([KVM]),
   perVmMaxBytes: cap(fc.integer({ min: 0, max: 40 * GiB })),
   perUidMaxLeases: cap(fc.integer({ min: 0, max: 6 })),
   perUidMaxBytes: cap(fc.integer({ min: 0, max: 60 * GiB })),
@@ -79,12 +81,13 @@ function at<T>(items: readonly T[], index: number): T {
   return item;
 }
 
-/** The visibility rule, restated independently: managers see all, others what they own or what runs as them. */
+/** The visibility rule, restated independently: managers and observers see all, others what they own or what runs as them. */
 function hiddenFrom(policy: Policy, ledger: Ledger, peer: Peer, id: string): boolean {
   const lease = ledger.get(id);
-  const manager = policy.managerUsers.includes(peer.uid) ||
-    [peer.gid, ...peer.groups].some((g) => policy.managerGroups.includes(g));
-  const hidden = lease === undefined || (!manager && lease.ownerUid !== peer.uid && lease.targetUid !== peer.uid);
+  const gids = [peer.gid, ...peer.groups];
+  const seesAll = policy.managerUsers.includes(peer.uid) || gids.some((g) => policy.managerGroups.includes(g))
+    || policy.observerUsers.includes(peer.uid) || gids.some((g) => policy.observerGroups.includes(g));
+  const hidden = lease === undefined || (!seesAll && lease.ownerUid !== peer.uid && lease.targetUid !== peer.uid);
   assert.equal(visibleLeases(policy, ledger, peer).some((l) => l.id === id), !hidden, 'List shows exactly the visible leases');
   return hidden;
 }

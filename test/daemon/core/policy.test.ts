@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  DEFAULT_OVERHEAD_BYTES, defaultPolicy, describePeer, isManager, mayOpen, type Peer, type Policy,
+  DEFAULT_OVERHEAD_BYTES, defaultPolicy, describePeer, isManager, isObserver, mayOpen, type Peer, type Policy,
 } from '../../../daemon/core/policy.ts';
 
 const peer = (uid: number, gid = uid, groups: number[] = [], pid = 4242): Peer => ({ pid, uid, gid, groups });
@@ -18,6 +18,8 @@ describe('defaultPolicy', () => {
     assert.deepEqual(p.openGroups, []);
     assert.deepEqual(p.managerUsers, [0]);
     assert.deepEqual(p.managerGroups, []);
+    assert.deepEqual(p.observerUsers, []);
+    assert.deepEqual(p.observerGroups, []);
     assert.equal(p.perVmMaxBytes, null);
     assert.equal(p.perUidMaxLeases, null);
     assert.equal(p.perUidMaxBytes, null);
@@ -33,6 +35,8 @@ describe('defaultPolicy', () => {
     assert.ok(Object.isFrozen(p.managerUsers));
     assert.ok(Object.isFrozen(p.openGroups));
     assert.ok(Object.isFrozen(p.managerGroups));
+    assert.ok(Object.isFrozen(p.observerUsers));
+    assert.ok(Object.isFrozen(p.observerGroups));
     assert.throws(() => { (p.managerUsers as number[]).push(1000); }, TypeError);
     assert.throws(() => { (p as { budgetBytes: number }).budgetBytes = 1; }, TypeError);
   });
@@ -59,6 +63,23 @@ describe('isManager', () => {
     assert.equal(isManager(p, peer(1000, 1000, [27, 64055])), true);
     assert.equal(isManager(p, peer(1000, 1000, [27])), false);
     assert.equal(isManager(p, peer(0)), false, 'uid 0 is a manager only if the policy says so');
+  });
+});
+
+describe('isObserver', () => {
+  it('recognises observer uids and groups (primary and supplementary), and every manager', () => {
+    const p = policyWith({ managerUsers: [0], managerGroups: [64055], observerUsers: [998], observerGroups: [997] });
+    assert.equal(isObserver(p, peer(998)), true, 'observer uid');
+    assert.equal(isObserver(p, peer(1000, 997)), true, 'observer primary gid');
+    assert.equal(isObserver(p, peer(1000, 1000, [27, 997])), true, 'observer supplementary group');
+    assert.equal(isObserver(p, peer(0)), true, 'a manager uid is an observer');
+    assert.equal(isObserver(p, peer(1000, 1000, [64055])), true, 'a manager group is an observer');
+    assert.equal(isObserver(p, peer(1000, 1000, [27])), false);
+    assert.equal(isManager(p, peer(998)), false, 'observing makes no one a manager');
+  });
+
+  it('is nobody but the managers under the default policy', () => {
+    fc.assert(fc.property(fc.nat(), fc.nat(), (uid, gid) => isObserver(defaultPolicy(0), peer(uid, gid)) === isManager(defaultPolicy(0), peer(uid, gid))));
   });
 });
 

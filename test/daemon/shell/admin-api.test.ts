@@ -83,7 +83,7 @@ test('over the real socket, SO_PEERCRED decides: uid nobody gets 403, root (a ma
     const body = JSON.parse(denied.body) as { error: string; parameters: { rule: string; reason: string } };
     assert.equal(body.error, 'io.iommufd.Broker.PermissionDenied');
     assert.equal(body.parameters.rule, 'admin-managers');
-    assert.match(body.parameters.reason, /^uid 65534 \(pid \d+, gid 65534, groups none\) is not a manager/);
+    assert.match(body.parameters.reason, /^uid 65534 \(pid \d+, gid 65534, groups none\) is neither a manager nor an observer/);
     const deny = h.logs.find((l) => l['audit'] === 'deny' && l['action'] === 'admin');
     assert.equal((deny?.['peer'] as { uid: number } | undefined)?.uid, 65534);
     assert.equal((await get(path, '/v1/leases')).status, 200);

@@ -57,18 +57,35 @@ test('a socket with no fd has no peer: ConnectionPeers destroys it and says why'
 test('admins are the policy\'s managers: by uid, by primary gid, or by a supplementary group', () => {
   const policy = testPolicy({ managerUsers: [0], managerGroups: [107] });
   const peer = (uid: number, gid: number, groups: number[] = []) => ({ pid: 42, uid, gid, groups, pidfd: undefined });
-  assert.equal(adminRefusal(policy, peer(0, 0)), undefined);
-  assert.equal(adminRefusal(policy, peer(1000, 107)), undefined);
-  assert.equal(adminRefusal(policy, peer(1000, 1000, [27, 107])), undefined);
-  const refused = adminRefusal(policy, peer(1000, 1000, [27]));
+  for (const method of ['GET', 'PATCH', 'DELETE', 'POST']) {
+    assert.equal(adminRefusal(policy, peer(0, 0), method), undefined);
+    assert.equal(adminRefusal(policy, peer(1000, 107), method), undefined);
+    assert.equal(adminRefusal(policy, peer(1000, 1000, [27, 107]), method), undefined);
+  }
+  const refused = adminRefusal(policy, peer(1000, 1000, [27]), 'GET');
   assert.equal(refused?.errorName, 'PermissionDenied');
   assert.equal(refused?.parameters.rule, 'admin-managers');
-  assert.match(refused?.parameters.reason ?? '', /^uid 1000 \(pid 42, gid 1000, groups 27\) is not a manager/);
+  assert.match(refused?.parameters.reason ?? '', /^uid 1000 \(pid 42, gid 1000, groups 27\) is neither a manager nor an observer/);
   // An open-for-self user is still no admin.
-  assert.equal(adminRefusal(testPolicy({ openUsers: [1000], managerUsers: [0] }), peer(1000, 1000))?.errorName, 'PermissionDenied');
+  assert.equal(adminRefusal(testPolicy({ openUsers: [1000], managerUsers: [0] }), peer(1000, 1000), 'GET')?.errorName, 'PermissionDenied');
+});
+
+test('observers (by uid or group) may read the admin API, never change anything', () => {
+  const policy = testPolicy({ managerUsers: [0], observerUsers: [998], observerGroups: [997] });
+  const peer = (uid: number, gid: number, groups: number[] = []) => ({ pid: 42, uid, gid, groups, pidfd: undefined });
+  for (const observer of [peer(998, 998), peer(1000, 997), peer(1000, 1000, [997])]) {
+    assert.equal(adminRefusal(policy, observer, 'GET'), undefined);
+    assert.equal(adminRefusal(policy, observer, 'HEAD'), undefined);
+    for (const method of ['PATCH', 'DELETE', 'POST', 'PUT']) {
+      const refused = adminRefusal(policy, observer, method);
+      assert.equal(refused?.parameters.rule, 'admin-observers-read-only', `${method} by an observer`);
+      assert.match(refused?.parameters.reason ?? '', /is an observer: it may read the admin API \(GET\), only managers may change anything/);
+    }
+  }
+  assert.equal(adminRefusal(policy, peer(1000, 1000), 'GET')?.parameters.rule, 'admin-managers');
 });
 
 test('an unidentified caller is refused with its own rule', () => {
-  const refused = adminRefusal(testPolicy(), undefined);
+  const refused = adminRefusal(testPolicy(), undefined, 'GET');
   assert.equal(refused?.parameters.rule, 'admin-peer');
 });

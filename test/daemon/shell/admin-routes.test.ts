@@ -122,6 +122,32 @@ test('DELETE releases through the core: the budget comes back, the lease is gone
   }
 });
 
+test('an observer reads everything (every lease, /metrics) and changes nothing', async () => {
+  const h = await startHarness({ injectAs: NOBODY_PEER, policy: testPolicy({ observerUsers: [NOBODY_PEER.uid] }) });
+  try {
+    const { lease, target } = await h.lease('vm1', 2 * MiB);
+    const leases = answer(await h.api.app.inject({ method: 'GET', url: '/v1/leases' }));
+    assert.equal(leases.status, 200);
+    assert.deepEqual((leases.body['leases'] as Array<{ id: string }>).map((l) => l.id), [lease.id], 'a lease root opened');
+    assert.equal(answer(await h.api.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` })).status, 200);
+    const metrics = await h.api.app.inject({ method: 'GET', url: '/metrics' });
+    assert.equal(metrics.statusCode, 200);
+    assert.match(metrics.body, new RegExp(`iommufd_broker_lease_limit_bytes\\{lease="${lease.id}",name="vm1"\\} ${3 * MiB}`));
+    for (const req of [
+      { method: 'PATCH', url: `/v1/leases/${lease.id}`, payload: { memoryBytes: MiB } },
+      { method: 'DELETE', url: `/v1/leases/${lease.id}` }, { method: 'POST', url: '/v1/policy/reload' },
+    ] as const) {
+      const r = answer(await h.api.app.inject(req));
+      assert.equal(r.status, 403, `${req.method} ${req.url}`);
+      assert.equal((r.body['parameters'] as { rule: string }).rule, 'admin-observers-read-only');
+    }
+    assert.equal(memlockOf(target.pid ?? -1), 3 * MiB, 'the limit is untouched');
+    assert.equal(h.service.list(ROOT_PEER).leases.length, 1, 'the lease is still there');
+  } finally {
+    await h.close();
+  }
+});
+
 test('a non-manager gets 403 PermissionDenied on every path, and nothing runs', async () => {
   const h = await startHarness({ injectAs: NOBODY_PEER });
   try {
@@ -138,7 +164,7 @@ test('a non-manager gets 403 PermissionDenied on every path, and nothing runs', 
       assert.equal(r.body['error'], 'io.iommufd.Broker.PermissionDenied');
       const p = r.body['parameters'] as { rule: string; reason: string };
       assert.equal(p.rule, 'admin-managers');
-      assert.match(p.reason, /uid 65534 .* is not a manager/);
+      assert.match(p.reason, /uid 65534 .* is neither a manager nor an observer/);
     }
     assert.equal(memlockOf(target.pid ?? -1), 3 * MiB);
     assert.equal(h.service.list(ROOT_PEER).leases.length, 1);

@@ -16,7 +16,7 @@ const EXAMPLE = join(import.meta.dirname, '..', '..', '..', 'examples', 'policy.
 const dir = mkdtempSync(join(tmpdir(), 'config-test-'));
 const passwdFile = join(dir, 'passwd');
 const groupFile = join(dir, 'group');
-writeFileSync(passwdFile, 'root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\n');
+writeFileSync(passwdFile, 'root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\nbob:x:1001:1001::/home/bob:/bin/sh\nprometheus:x:998:998::/var/lib/prometheus:/usr/sbin/nologin\n');
 writeFileSync(groupFile, 'root:x:0:\nkvm:x:107:alice\nlibvirt:x:990:\n');
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
@@ -48,7 +48,7 @@ function rejects(text: string, key: string | null, reason: RegExp, ext = 'toml')
 
 test('without a file: anyone opens, root manages, 1 GiB overhead, budget = MemTotal - reserve', () => {
   assert.deepEqual(load(), {
-    openUsers: 'any', openGroups: [], managerUsers: [0], managerGroups: [],
+    openUsers: 'any', openGroups: [], managerUsers: [0], managerGroups: [], observerUsers: [], observerGroups: [],
     perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null,
     overheadBytes: DEFAULT_OVERHEAD_BYTES, budgetBytes: MEM - defaultReserveBytes(MEM),
     allowTargetsWithIpcLock: false,
@@ -62,7 +62,7 @@ test('without a file: anyone opens, root manages, 1 GiB overhead, budget = MemTo
 
 test('the shipped example loads to exactly what its comments say', () => {
   assert.deepEqual(load({ configPath: EXAMPLE }), {
-    openUsers: [1000], openGroups: [107], managerUsers: [0], managerGroups: [990],
+    openUsers: [1000], openGroups: [107], managerUsers: [0], managerGroups: [990], observerUsers: [998], observerGroups: [],
     perVmMaxBytes: 256 * GiB, perUidMaxLeases: 8, perUidMaxBytes: 512 * GiB,
     overheadBytes: GiB, budgetBytes: 200 * GiB, allowTargetsWithIpcLock: false,
   });
@@ -71,7 +71,7 @@ test('the shipped example loads to exactly what its comments say', () => {
 test('the result is deeply frozen', () => {
   const policy = load({ configPath: EXAMPLE });
   assert.ok(Object.isFrozen(policy));
-  for (const list of [policy.openUsers, policy.openGroups, policy.managerUsers, policy.managerGroups]) {
+  for (const list of [policy.openUsers, policy.openGroups, policy.managerUsers, policy.managerGroups, policy.observerUsers, policy.observerGroups]) {
     assert.ok(Object.isFrozen(list));
   }
   assert.throws(() => { (policy as { budgetBytes: number }).budgetBytes = 1; }, TypeError);
@@ -83,6 +83,7 @@ test('JSON with the same keys gives the same policy as TOML', () => {
   const json = policyFile(JSON.stringify({
     open: { users: ['alice', 1000], groups: ['kvm'] },
     managers: { users: ['root'], groups: ['libvirt'] },
+    observers: { users: ['prometheus'] },
     limits: { overhead: '1G', perVmMax: '256G', perUidLeases: 8, perUidBytes: '512G', budget: '200G' },
     targets: { allowIpcLock: false },
   }), 'json');
@@ -95,6 +96,8 @@ test('names and ids resolve, duplicates collapse, unknown names are errors namin
   assert.deepEqual(p.openGroups, [107]);
   rejects('[open]\nusers = ["mallory"]\n', 'open.users', /unknown user "mallory": not in .*passwd.*numeric uid/);
   rejects('[managers]\ngroups = ["kvmm"]\n', 'managers.groups', /unknown group "kvmm": not in .*group/);
+  rejects('[observers]\nusers = ["grafana"]\n', 'observers.users', /unknown user "grafana": not in .*passwd/);
+  assert.deepEqual(load({ configPath: policyFile('[observers]\ngroups = ["kvm", 990]\n') }).observerGroups, [107, 990]);
   rejects('[open]\nusers = ["1000"]\n', 'open.users', /write 1000 without quotes/);
 });
 
@@ -128,7 +131,7 @@ test('flags override the file; bad flags name the flag', () => {
 test('unknown tables and keys are refused with the key path and what is accepted', () => {
   rejects('[limits]\nperVmMx = "1G"\n', 'limits.perVmMx',
     /unknown key; accepted keys in \[limits\]: overhead, perVmMax, perUidLeases, perUidBytes, budget, reserve$/);
-  rejects('[quota]\nx = 1\n', 'quota', /unknown key; accepted tables: open, managers, limits, targets/);
+  rejects('[quota]\nx = 1\n', 'quota', /unknown key; accepted tables: open, managers, observers, limits, targets/);
   rejects('{"targets": {"allowIPCLock": true}}', 'targets.allowIPCLock', /accepted keys in \[targets\]: allowIpcLock/, 'json');
 });
 
