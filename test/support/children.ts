@@ -5,6 +5,7 @@
 //   CapEff 0) under our own uid, so the daemon (same uid, no CAP_SYS_RESOURCE here) may lower
 //   its limits — the host's stand-in for an unprivileged QEMU.
 // - An "other-uid" child runs as nobody (65534): a peer for permission checks.
+import { createInterface } from 'node:readline';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO } from './daemon.ts';
@@ -23,22 +24,18 @@ export function spawnStripped(script: string, args: string[], opts: ChildOptions
 
 /** Reads JSON lines from a child's stdout, one at a time. */
 export class LineReader {
-  #buffered = '';
   #lines: string[] = [];
   #wake: (() => void) | undefined;
   #ended = false;
   stderr = '';
 
   constructor(readonly child: ChildProcess) {
-    child.stdout?.setEncoding('utf8').on('data', (c: string) => {
-      this.#buffered += c;
-      let nl: number;
-      while ((nl = this.#buffered.indexOf('\n')) >= 0) {
-        this.#lines.push(this.#buffered.slice(0, nl));
-        this.#buffered = this.#buffered.slice(nl + 1);
-      }
-      this.#wake?.();
-    });
+    if (child.stdout !== null) {
+      createInterface({ input: child.stdout }).on('line', (line) => {
+        this.#lines.push(line);
+        this.#wake?.();
+      });
+    }
     child.stderr?.setEncoding('utf8').on('data', (c: string) => { this.stderr += c; });
     child.on('exit', () => { this.#ended = true; this.#wake?.(); });
   }

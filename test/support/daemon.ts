@@ -4,6 +4,7 @@
 // - Each BrokerProcess has its own temp dir (socket + state dir), removed by `cleanup()`.
 // - Readiness is the daemon's own "serving" log line, never a sleep.
 // - Every log line is kept (parsed pino JSON) so tests can assert on audit records.
+import { createInterface } from 'node:readline';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,16 +29,7 @@ export class BrokerProcess {
 
   private constructor(readonly child: ChildProcess, readonly dir: string, readonly socket: string,
     readonly stateDir: string) {
-    let buffered = '';
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      buffered += chunk;
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
-        this.#onLine(line);
-      }
-    });
+    if (child.stdout !== null) createInterface({ input: child.stdout }).on('line', (line) => this.#onLine(line));
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => { this.stderr += chunk; });
     this.#exit = new Promise((resolve) => child.on('exit', (code) => resolve(code)));
   }

@@ -7,6 +7,7 @@
 // - Every datagram is kept, in arrival order; take() hands them out one by one, so a test can
 //   assert an exact sequence (a message it did not expect shows up as the wrong next one).
 // - start() resolves only once the socket is bound: no message can be lost to a race.
+import { createInterface } from 'node:readline';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 
 const RECEIVER = String.raw`
@@ -33,21 +34,14 @@ export class NotifyReceiver {
     const receiver = new NotifyReceiver(address, child);
     child.stderr.setEncoding('utf8').on('data', (c: string) => { receiver.#stderr += c; });
     return new Promise((resolve, reject) => {
-      let buffered = '';
       let ready = false;
-      child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
-        buffered += chunk;
-        let nl: number;
-        while ((nl = buffered.indexOf('\n')) >= 0) {
-          const line = buffered.slice(0, nl);
-          buffered = buffered.slice(nl + 1);
-          if (!ready && line === 'ready') {
-            ready = true;
-            resolve(receiver);
-          } else {
-            receiver.messages.push(Buffer.from(line, 'hex').toString('utf8'));
-            receiver.#wake?.();
-          }
+      createInterface({ input: child.stdout }).on('line', (line) => {
+        if (!ready && line === 'ready') {
+          ready = true;
+          resolve(receiver);
+        } else {
+          receiver.messages.push(Buffer.from(line, 'hex').toString('utf8'));
+          receiver.#wake?.();
         }
       });
       child.on('exit', (code) => {

@@ -2,6 +2,7 @@
 // it binds the sockets, waits for the first connection, then execs our program with them as
 // LISTEN_FDS/LISTEN_FDNAMES. The program here is the activation probe, which adopts the sockets
 // with listenFdsFromEnv and answers on each with its name.
+import { createInterface } from 'node:readline';
 import { afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
@@ -25,18 +26,10 @@ afterEach(() => {
 function lines(stream: NodeJS.ReadableStream): { waitFor: (match: (l: string) => boolean) => Promise<string>; seen: string[] } {
   const seen: string[] = [];
   let waiters: Array<{ match: (l: string) => boolean; resolve: (l: string) => void }> = [];
-  let buffered = '';
-  stream.setEncoding('utf8');
-  stream.on('data', (chunk: string) => {
-    buffered += chunk;
-    let nl: number;
-    while ((nl = buffered.indexOf('\n')) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      seen.push(line);
-      for (const w of waiters.filter((x) => x.match(line))) w.resolve(line);
-      waiters = waiters.filter((x) => !x.match(line));
-    }
+  createInterface({ input: stream }).on('line', (line) => {
+    seen.push(line);
+    for (const w of waiters.filter((x) => x.match(line))) w.resolve(line);
+    waiters = waiters.filter((x) => !x.match(line));
   });
   return {
     seen,

@@ -8,6 +8,7 @@
 // - Small sizes (TCG is slow and the VM has 1 GiB): the overhead is set with --overhead so
 //   limits are a few MiB, and the budget with --budget so Status numbers are exact.
 // - The child's stdout (pino JSON) is kept line by line; stderr is kept for failure messages.
+import { createInterface } from 'node:readline';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
@@ -69,15 +70,10 @@ export class LabBroker {
     const child = spawn(DAEMON, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     this.#child = child;
     child.stderr?.setEncoding('utf8').on('data', (c: string) => { this.#stderr += c; });
-    let buffered = '';
     let resolveServing: (() => void) | undefined;
     const serving = new Promise<void>((resolve) => { resolveServing = resolve; });
-    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
-      buffered += chunk;
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
+    if (child.stdout !== null) {
+      createInterface({ input: child.stdout }).on('line', (line) => {
         try {
           const parsed = JSON.parse(line) as LogLine;
           this.#logs.push(parsed);
@@ -85,8 +81,8 @@ export class LabBroker {
         } catch {
           this.#stderr += `${line}\n`;
         }
-      }
-    });
+      });
+    }
     this.#exit = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
     const died = this.#exit.then(({ code, signal }) => {
       throw new Error(`iommufd-brokerd exited (code ${String(code)}, signal ${String(signal)}) before serving; stderr: ${this.#stderr.trim()}; log: ${JSON.stringify(this.#logs)}`);
