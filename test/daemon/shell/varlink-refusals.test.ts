@@ -8,23 +8,10 @@ import { join } from 'node:path';
 import { UnixConnection } from '../../../native/socket.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { sampleValue, scrape } from '../../support/metrics.ts';
+import { exchange } from '../../support/raw-varlink.ts';
 
 /** daemon/main.ts: VarlinkServer maxConnectionsPerUid. */
 const PER_UID = 64;
-
-/** Sends one chunk and waits until the daemon has answered or closed the connection. */
-function sendAndWait(socket: string, data: Buffer): Promise<string> {
-  const conn = UnixConnection.connect(socket);
-  let got = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { conn.close(); reject(new Error(`no answer; got ${got}`)); }, 10_000);
-    const done = (): void => { clearTimeout(timer); conn.close(); resolve(got); };
-    conn.on('data', (chunk: Buffer) => { got += chunk.toString('utf8'); if (got.includes('\0')) done(); });
-    conn.on('end', done);
-    conn.on('error', done);
-    conn.send(data, []);
-  });
-}
 
 const refused = (stage: string, reason: string): string => `iommufd_broker_refused_total{stage="${stage}",reason="${reason}"}`;
 
@@ -37,9 +24,9 @@ test('malformed frames, unknown methods and one connection too many are counted 
   try {
     assert.doesNotMatch(await scrape(admin), /^iommufd_broker_refused_total\{/m, 'nothing refused yet');
 
-    await sendAndWait(broker.socket, Buffer.from('not json\0'));
-    await sendAndWait(broker.socket, Buffer.from(`${JSON.stringify({ method: 'io.iommufd.Broker.Explode', parameters: {} })}\0`));
-    await sendAndWait(broker.socket, Buffer.from(`${JSON.stringify({ method: 'io.iommufd.Broker.Explode', parameters: {} })}\0`));
+    await exchange(broker.socket, Buffer.from('not json\0'), [], Infinity);
+    await exchange(broker.socket, Buffer.from(`${JSON.stringify({ method: 'io.iommufd.Broker.Explode', parameters: {} })}\0`), [], 1);
+    await exchange(broker.socket, Buffer.from(`${JSON.stringify({ method: 'io.iommufd.Broker.Explode', parameters: {} })}\0`), [], 1);
     let metrics = await scrape(admin);
     assert.equal(sampleValue(metrics, refused('message', 'org.varlink.service.InvalidParameter')), 1);
     assert.equal(sampleValue(metrics, refused('message', 'org.varlink.service.MethodNotFound')), 2);

@@ -1,40 +1,14 @@
 // The Varlink server under malformed and unexpected input, over the real socket.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { UnixConnection } from '../../../native/socket.ts';
 import { memfd } from '../../../native/sys.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { openFds, settledLeaks } from '../../support/fds.ts';
+import { exchange } from '../../support/raw-varlink.ts';
 
 let broker: BrokerProcess;
 before(async () => { broker = await BrokerProcess.start(); });
 after(async () => { await broker.stop(); broker.cleanup(); });
-
-interface Outcome { replies: Array<Record<string, unknown>>; closedByPeer: boolean }
-
-/** Sends raw bytes (and fds), collects NUL-separated replies until `expect` replies or the peer closes (Infinity: until it closes). */
-async function exchange(data: Buffer, fds: number[], expect: number): Promise<Outcome> {
-  const conn = UnixConnection.connect(broker.socket);
-  const replies: Array<Record<string, unknown>> = [];
-  let pending = Buffer.alloc(0);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { conn.close(); reject(new Error(`no answer; got ${JSON.stringify(replies)}`)); }, 10_000);
-    const done = (closedByPeer: boolean): void => { clearTimeout(timer); conn.close(); resolve({ replies, closedByPeer }); };
-    conn.on('data', (chunk: Buffer, got: number[]) => {
-      assert.equal(got.length, 0, 'no reply here carries fds');
-      pending = Buffer.concat([pending, chunk]);
-      let nul: number;
-      while ((nul = pending.indexOf(0)) >= 0) {
-        replies.push(JSON.parse(pending.subarray(0, nul).toString('utf8')) as Record<string, unknown>);
-        pending = pending.subarray(nul + 1);
-      }
-      if (replies.length >= expect) done(false);
-    });
-    conn.on('end', () => done(true));
-    conn.on('error', () => done(true));
-    conn.send(data, fds);
-  });
-}
 
 const frame = (v: unknown): Buffer => Buffer.from(`${JSON.stringify(v)}\0`);
 
@@ -44,14 +18,14 @@ function daemonPid(): number {
 }
 
 async function stillServes(): Promise<void> {
-  const r = await exchange(frame({ method: 'org.varlink.service.GetInfo' }), [], 1);
+  const r = await exchange(broker.socket, frame({ method: 'org.varlink.service.GetInfo' }), [], 1);
   assert.ok(Array.isArray((r.replies[0]?.['parameters'] as { interfaces?: unknown })?.interfaces));
 }
 
 test('garbage, bad UTF-8 and oversized frames close that connection only', async () => {
   const before = openFds(daemonPid());
   for (const bad of [Buffer.from('not json\0'), Buffer.from([0xff, 0xfe, 0x7b, 0x00]), Buffer.alloc(64 * 1024 + 2, 0x20)]) {
-    const r = await exchange(bad, [], Infinity);
+    const r = await exchange(broker.socket, bad, [], Infinity);
     assert.equal(r.closedByPeer, true);
     // At most a best-effort explanation before the close, never a normal reply.
     assert.ok(r.replies.length <= 1, JSON.stringify(r.replies));
@@ -62,7 +36,7 @@ test('garbage, bad UTF-8 and oversized frames close that connection only', async
 });
 
 test('unknown methods and bad parameters get Varlink errors and the connection stays usable', async () => {
-  const r = await exchange(Buffer.concat([
+  const r = await exchange(broker.socket, Buffer.concat([
     frame({ method: 'io.iommufd.Broker.Explode', parameters: {} }),
     frame({ method: 'com.example.Nope', parameters: {} }),
     frame({ method: 'io.iommufd.Broker.Open', parameters: { name: 'vm', memoryBytes: -1 } }),
@@ -84,13 +58,13 @@ test('unknown methods and bad parameters get Varlink errors and the connection s
 test('fds attached to a call that takes none are closed by the daemon and the call fails', async () => {
   const before = openFds(daemonPid());
   const fd = memfd('unexpected');
-  const r = await exchange(frame({ method: 'io.iommufd.Broker.Status' }), [fd], 1);
+  const r = await exchange(broker.socket, frame({ method: 'io.iommufd.Broker.Status' }), [fd], 1);
   assert.equal(r.replies[0]?.['error'], 'org.varlink.service.InvalidParameter');
   assert.deepEqual(await settledLeaks(before, daemonPid()), [], 'the unexpected fd did not stay in the daemon');
 });
 
 test('oneway calls get no reply; the next call does', async () => {
-  const r = await exchange(Buffer.concat([
+  const r = await exchange(broker.socket, Buffer.concat([
     frame({ method: 'io.iommufd.Broker.Status', oneway: true }),
     frame({ method: 'org.varlink.service.GetInterfaceDescription', parameters: { interface: 'io.iommufd.Broker' } }),
   ]), [], 1);
