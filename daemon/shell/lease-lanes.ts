@@ -22,7 +22,7 @@ export class LeaseLanes {
     return result;
   }
 
-  /** Keys with a call in flight (for tests and Status). */
+  /** Keys with a call in flight (for tests). */
   get busy(): number {
     return this.#tails.size;
   }
