@@ -150,7 +150,7 @@ error TargetAlreadyLeased (pid: int, lease: string)
 
 # The target holds a capability (CAP_IPC_LOCK) that exempts its pins from accounting,
 # so a limit would not bind.
-error TargetBypassesAccounting (pid: int, capability: string, reason: string)
+error TargetBypassesAccounting (pid: int, capability: string, set: string, reason: string)
 
 # The owner already holds a live lease opened with this requestId.
 error DuplicateRequest (requestId: string, lease: string)

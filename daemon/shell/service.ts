@@ -110,7 +110,7 @@ export class BrokerService {
     try {
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer,
-        targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.hasIpcLock,
+        targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
         name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
@@ -119,7 +119,7 @@ export class BrokerService {
       record = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
-        limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target),
+        limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target, this.deps.haveSysResource),
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       };
       // Reserve, then journal: a crash from here on leaves a lease that restore() re-applies or drops.

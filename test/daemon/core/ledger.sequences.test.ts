@@ -19,16 +19,16 @@ const PEERS: readonly Peer[] = [
   { pid: 14, uid: 107, gid: 107, groups: [] },
 ];
 /** Every process that may be named as a target: the peers themselves and some QEMUs. */
-const TARGETS: ReadonlyArray<{ pid: number; uid: number; ipcLock: boolean }> = [
-  ...PEERS.map((p) => ({ pid: p.pid, uid: p.uid, ipcLock: p.uid === 0 })),
-  { pid: 500, uid: 107, ipcLock: false },
-  { pid: 501, uid: 107, ipcLock: false },
-  { pid: 502, uid: 1000, ipcLock: false },
-  { pid: 503, uid: 107, ipcLock: true },
+const TARGETS: ReadonlyArray<{ pid: number; uid: number; ipcLock: string | undefined; noNewPrivs: boolean }> = [
+  ...PEERS.map((p) => ({ pid: p.pid, uid: p.uid, ipcLock: p.uid === 0 ? 'effective' : undefined, noNewPrivs: p.uid === 1000 })),
+  { pid: 500, uid: 107, ipcLock: undefined, noNewPrivs: true },
+  { pid: 501, uid: 107, ipcLock: undefined, noNewPrivs: false },
+  { pid: 502, uid: 1000, ipcLock: 'inheritable', noNewPrivs: false },
+  { pid: 503, uid: 107, ipcLock: 'permitted', noNewPrivs: true },
 ];
 
 /** A cap: absent half the time, so that sequences also grow large enough to meet the others. */
-function selfTarget(peer: Peer): { pid: number; uid: number; ipcLock: boolean } {
+function selfTarget(peer: Peer): { pid: number; uid: number; ipcLock: string | undefined; noNewPrivs: boolean } {
   const target = TARGETS.find((t) => t.pid === peer.pid);
   assert.ok(target !== undefined);
   return target;
@@ -48,6 +48,7 @@ const policyArb: fc.Arbitrary<Policy> = fc.record({
   overheadBytes: fc.constantFrom(0, 12345, GiB),
   budgetBytes: fc.integer({ min: 0, max: 200 * GiB }),
   allowTargetsWithIpcLock: fc.boolean(),
+  requireTargetNoNewPrivs: fc.boolean(),
 });
 
 const memoryArb = fc.oneof(
@@ -122,13 +123,14 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const peer = at(PEERS, step.peer);
       const target = step.target === undefined ? selfTarget(peer) : at(TARGETS, step.target);
       const decision = decideOpen(policy, ledger, {
-        peer, targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.ipcLock,
+        peer, targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLock, targetNoNewPrivs: target.noNewPrivs,
         name: 'vm', memoryBytes: step.memory, requestId: step.requestId, pageSize,
       });
       if (decision.ok) {
         assert.ok(mayOpen(policy, peer), 'only peers allowed to Open get a lease');
         assert.ok(target.pid === peer.pid || isManager(policy, peer), 'non-managers only lease themselves');
-        assert.ok(!target.ipcLock || policy.allowTargetsWithIpcLock, 'no CAP_IPC_LOCK target unless allowed');
+        assert.ok(target.ipcLock === undefined || policy.allowTargetsWithIpcLock, 'no CAP_IPC_LOCK target unless allowed');
+        assert.ok(target.noNewPrivs || !policy.requireTargetNoNewPrivs, 'NoNewPrivs when the policy requires it');
         assert.equal(decision.limitBytes, limitBytesFor(step.memory, policy.overheadBytes, pageSize));
         ledger.grant({
           id: `l-${nextId++}`, name: 'vm', targetPid: target.pid, targetUid: target.uid, targetStartTime: '1',
