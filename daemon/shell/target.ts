@@ -141,7 +141,10 @@ export function applyLimit(target: Target, limitBytes: number, haveSysResource: 
   return setLimit(target, { soft: limitBytes, hard: limitBytes }, haveSysResource);
 }
 
-/** Puts back the limits a released target had before its lease; false if the kernel refused. */
+/**
+ * Puts back the limits the target had before a grant that then failed (Open's undo; a Release
+ * never restores: see service.ts); false if the kernel refused.
+ */
 export function restoreLimit(target: Target, previous: Rlimit): boolean {
   try {
     setLimit(target, previous, true);
