@@ -64,8 +64,14 @@ export interface ProcStatus {
   capAmb: bigint;
   /** "NoNewPrivs: 1": no exec can grant it privileges (setuid, file capabilities) any more. */
   noNewPrivs: boolean;
-  /** The one-letter state of "State:" (R, S, D, Z, ...): Z is a zombie, exited but not reaped. */
+  /**
+   * The one-letter state of "State:" (R, S, D, Z, ...): Z is a zombie, exited but not reaped.
+   * For a process, that is the state of its thread group LEADER, which shows Z after it
+   * pthread_exit()s while other threads run on: see `threads`.
+   */
   state: string;
+  /** "Threads:": live threads of the thread group (a zombie leader still counts itself). */
+  threads: number;
   /** VmPin in bytes; undefined when the kernel omits it (kernel threads, zombies). */
   vmPinBytes: number | undefined;
   /** VmLck in bytes; undefined when the kernel omits it (kernel threads, zombies). */
@@ -178,6 +184,7 @@ function parseStatus(pid: Pid, text: string, path: string): ProcStatus {
     capAmb: capabilitySet(fields, 'CapAmb', path),
     noNewPrivs: flag(fields, 'NoNewPrivs', path),
     state: processState(fields, path),
+    threads: decimal(required(fields, 'Threads', path), path, 'Threads'),
     vmPinBytes: kibLine(fields, 'VmPin', path),
     vmLckBytes: kibLine(fields, 'VmLck', path),
   };

@@ -8,7 +8,8 @@
 // Invariants:
 // - A target outside the initial user namespace can never pass capable(CAP_IPC_LOCK), whatever
 //   its own sets say (its "root" only has capabilities inside its namespace, and no exec
-//   moves a process into an ancestor namespace): it has no set to report.
+//   moves a process into an ancestor namespace): it has no set to report, and counts as if it
+//   had NoNewPrivs (no exec can bring it the capability there either).
 // - Inside the initial namespace a target may hold CAP_IPC_LOCK when the bit is in:
 //     effective               it is not charged right now;
 //     permitted               capset(2) can make it effective at any time;
@@ -41,13 +42,14 @@ export function inInitialUserNamespace(pid: number): boolean {
 }
 
 /**
- * The first capability set (in the order above) from which `status`'s process holds or may
- * gain CAP_IPC_LOCK in the initial user namespace; undefined when it cannot.
+ * What the Open decision needs to know: the first capability set (in the order above) from
+ * which `status`'s process holds or may gain CAP_IPC_LOCK in the initial user namespace
+ * (undefined when it cannot), and whether no exec can give it that capability (NoNewPrivs, or
+ * another user namespace: the policy option requireNoNewPrivs guards only against the former).
  */
-export function ipcLockSet(pid: number, status: ProcStatus): string | undefined {
-  const set = ipcLockSetOf(status);
-  if (set === undefined || !inInitialUserNamespace(pid)) return undefined;
-  return set;
+export function capabilityFacts(pid: number, status: ProcStatus): { ipcLockSet: string | undefined; noNewPrivs: boolean } {
+  if (!inInitialUserNamespace(pid)) return { ipcLockSet: undefined, noNewPrivs: true };
+  return { ipcLockSet: ipcLockSetOf(status), noNewPrivs: status.noNewPrivs };
 }
 
 /** The capability-set half of ipcLockSet, for a process in the initial namespace. */

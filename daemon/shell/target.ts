@@ -19,7 +19,7 @@ import {
 } from '../../native/sys.ts';
 import type { Rlimit } from '../../native/binding.ts';
 import { readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
-import { ipcLockSet } from './target-caps.ts';
+import { capabilityFacts } from './target-caps.ts';
 
 export interface Target {
   pid: number;
@@ -29,7 +29,10 @@ export interface Target {
   startTime: string;
   /** The capability set from which the target holds or may gain CAP_IPC_LOCK (target-caps.ts). */
   ipcLockSet: string | undefined;
-  /** NoNewPrivs: no exec (setuid, file capabilities) can give the target privileges any more. */
+  /**
+   * No exec can give the target CAP_IPC_LOCK in the initial user namespace: NoNewPrivs is set,
+   * or it lives in another user namespace (target-caps.ts).
+   */
   noNewPrivs: boolean;
 }
 
@@ -48,13 +51,15 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     const status = readProcStatus(pid);
     if (pidfdIsThread(pidfd) || status.tgid !== pid) throw threadPidfd(pid, status.tgid);
     const startTime = readStartTime(pid);
-    const caps = ipcLockSet(pid, status);
+    const caps = capabilityFacts(pid, status);
     // The /proc reads above are for the pid; only a still-live pidfd proves they were about it.
     if (!pidfdIsAlive(pidfd)) throw gone(pid, 'the process exited while the broker looked at it');
-    if (status.state === 'Z' || status.state === 'X') {
+    // A zombie leader whose other threads still run is a live process (it still pins): only a
+    // zombie with no other thread has exited.
+    if ((status.state === 'Z' || status.state === 'X') && status.threads <= 1) {
       throw gone(pid, 'the process has exited (a zombie its parent has not reaped yet): it can pin nothing');
     }
-    return { pid, pidfd, uid: status.realUid, startTime, ipcLockSet: caps, noNewPrivs: status.noNewPrivs, usage: usageOf(status) };
+    return { pid, pidfd, uid: status.realUid, startTime, ...caps, usage: usageOf(status) };
   } catch (e) {
     closeFd(pidfd);
     throw toTargetError(e);

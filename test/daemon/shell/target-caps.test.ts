@@ -3,7 +3,7 @@
 // own user namespace (unshare --user --map-root-user), whose full CapEff does not reach the host.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { inInitialUserNamespace, ipcLockSet, ipcLockSetOf } from '../../../daemon/shell/target-caps.ts';
+import { capabilityFacts, inInitialUserNamespace, ipcLockSetOf } from '../../../daemon/shell/target-caps.ts';
 import { readProcStatus, type ProcStatus } from '../../../daemon/shell/procfs.ts';
 import { IPC_LOCK_BIT, STRIP_ALL_BUT_IPC_LOCK, capset, python, startChild, stopChild } from './target-helpers.ts';
 
@@ -32,7 +32,7 @@ test('a root process that dropped CAP_IPC_LOCK from its effective set only still
     const s = readProcStatus(child.pid);
     assert.equal(s.capEff, 0n, 'CapEff alone says it has no CAP_IPC_LOCK');
     assert.equal(s.capPrm, IPC);
-    assert.equal(ipcLockSet(child.pid, s), 'permitted');
+    assert.deepEqual(capabilityFacts(child.pid, s), { ipcLockSet: 'permitted', noNewPrivs: false });
   } finally {
     await stopChild(child);
   }
@@ -43,7 +43,7 @@ test('CAP_IPC_LOCK in inheritable only counts, unless NoNewPrivs is set', async 
   try {
     const s = readProcStatus(inheritable.pid);
     assert.deepEqual([s.capEff, s.capPrm, s.capInh, s.noNewPrivs], [0n, 0n, IPC, false]);
-    assert.equal(ipcLockSet(inheritable.pid, s), 'inheritable');
+    assert.deepEqual(capabilityFacts(inheritable.pid, s), { ipcLockSet: 'inheritable', noNewPrivs: false });
   } finally {
     await stopChild(inheritable);
   }
@@ -51,7 +51,7 @@ test('CAP_IPC_LOCK in inheritable only counts, unless NoNewPrivs is set', async 
   try {
     const s = readProcStatus(nnp.pid);
     assert.deepEqual([s.capInh, s.noNewPrivs], [IPC, true]);
-    assert.equal(ipcLockSet(nnp.pid, s), undefined);
+    assert.deepEqual(capabilityFacts(nnp.pid, s), { ipcLockSet: undefined, noNewPrivs: true });
   } finally {
     await stopChild(nnp);
   }
@@ -64,7 +64,8 @@ test('root only inside its own user namespace: full CapEff, yet not capable(CAP_
     const s = readProcStatus(child.pid);
     assert.equal(s.capEff & IPC, IPC, 'its own namespace gives it every capability');
     assert.equal(inInitialUserNamespace(child.pid), false);
-    assert.equal(ipcLockSet(child.pid, s), undefined);
+    assert.equal(s.noNewPrivs, false);
+    assert.deepEqual(capabilityFacts(child.pid, s), { ipcLockSet: undefined, noNewPrivs: true }, 'no exec brings it host capabilities');
   } finally {
     await stopChild(child);
   }

@@ -9,9 +9,19 @@ import { PIDFD_THREAD, SysError, closeFd, pidfdOpen } from '../../../native/sys.
 import { describeTarget, readLimit, setLimit, type LimitOps, type Target } from '../../../daemon/shell/target.ts';
 import { leakedSince, openFds } from '../../support/fds.ts';
 import { NOBODY } from '../../support/children.ts';
-import { IPC_LOCK_BIT, STRIP_ALL_BUT_IPC_LOCK, capset, python, startChild, stopChild } from './target-helpers.ts';
+import { readFileSync } from 'node:fs';
+import { IPC_LOCK_BIT, PYTHON, STRIP_ALL_BUT_IPC_LOCK, capset, python, startChild, stopChild } from './target-helpers.ts';
 
 const STRIP = ['--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all'];
+
+/** Polls /proc/PID/status until its State letter is `state` (a hang guard, not a timing assertion). */
+async function waitForState(pid: number, state: string): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (new RegExp(`^State:\\s+${state}`, 'm').test(readFileSync(`/proc/${pid}/status`, 'utf8'))) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`pid ${pid} never reached state ${state}`);
+}
 
 /** describeTarget must refuse this pidfd with `check`, and close it. */
 function refuses(pidfd: number, check: (e: unknown) => boolean): void {
@@ -59,6 +69,26 @@ test('a zombie is TargetGone, although its pidfd still answers signal 0', async 
     refuses(pidfdOpen(zombie), (e) => e instanceof BrokerError && e.errorName === 'TargetGone'
       && e.parameters.pid === zombie && /zombie/.test(e.parameters.reason));
   } finally {
+    await stopChild(child);
+  }
+});
+
+test('a process whose leader thread exited while another thread runs is live, not TargetGone', async () => {
+  // Its leader shows "State: Z", but the process keeps its fds and may pin: refusing it at Open
+  // is harmless, but after a broker restart it would drop a live lease and return its bytes.
+  const child = await startChild(['setpriv', ...STRIP, PYTHON, '-c', [
+    'import ctypes, threading, time',
+    'threading.Thread(target=lambda: time.sleep(3600)).start()',
+    "print('ready', flush=True)",
+    'ctypes.CDLL(None).pthread_exit(None)',
+  ].join('\n')]);
+  try {
+    await waitForState(child.pid, 'Z');
+    const target = describeTarget(pidfdOpen(child.pid));
+    assert.equal(target.pid, child.pid);
+    closeFd(target.pidfd);
+  } finally {
+    child.process.kill('SIGKILL');
     await stopChild(child);
   }
 });
