@@ -20,7 +20,8 @@ export const COMMAND_HELP: Readonly<Record<Topic, string>> = {
   resize: `resize LEASE --memory SIZE
     Change the lease's memory size: raise it before memory hotplug, lower it after unplug.`,
   release: `release LEASE
-    End the lease and restore the target's previous RLIMIT_MEMLOCK when possible.`,
+    Give up control of the lease (no more resize). The target keeps its RLIMIT_MEMLOCK, and the
+    lease stays listed and charged to the budget until the target exits.`,
   list: `list
     Show the leases you may see.`,
   status: `status

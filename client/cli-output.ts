@@ -40,6 +40,7 @@ export function formatLease(lease: Lease): string {
     ['accounting', `${lease.accountingMode} (${lease.deviceKind} device)`],
   ];
   if (lease.requestId !== undefined) lines.push(['request id', printable(lease.requestId)]);
+  if (lease.releasedAt !== undefined) lines.push(['released', `${printable(lease.releasedAt)} (charged until pid ${lease.pid} exits)`]);
   if (lease.pinnedBytes !== undefined || lease.lockedBytes !== undefined) {
     lines.push(['in use', `${size(lease.pinnedBytes)} pinned, ${size(lease.lockedBytes)} locked`]);
   }
@@ -96,7 +97,8 @@ export function formatResize(lease: Lease, previousLimitBytes: number): string {
 export function formatRelease(lease: string, limitRestored: boolean): string {
   return limitRestored
     ? `released ${lease}; the target's previous RLIMIT_MEMLOCK was restored\n`
-    : `released ${lease}; the target's previous RLIMIT_MEMLOCK was not restored (the target is gone, or the broker could not change it: see its log)\n`;
+    : `released ${lease}; the target's previous RLIMIT_MEMLOCK was not restored: a live target keeps the lease's limit, ` +
+      'and the lease stays charged to the budget until the target exits\n';
 }
 
 function keyValues(lines: readonly (readonly [string, string])[]): string {

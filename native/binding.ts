@@ -69,8 +69,8 @@ export interface NativeBinding {
   peerCred(fd: number): PeerCred | NegErrno;
   /** SO_PEERPIDFD (77); CLOEXEC pidfd of the peer. -ENOPROTOOPT on kernels < 6.5. */
   peerPidfd(fd: number): number | NegErrno;
-  /** pidfd_open(pid, 0). */
-  pidfdOpen(pid: number): number | NegErrno;
+  /** pidfd_open(pid, flags): flags 0 (the default) or PIDFD_THREAD; anything else throws RangeError. */
+  pidfdOpen(pid: number, flags?: number): number | NegErrno;
   /** pidfd_send_signal(pidfd, sig, NULL, 0); sig 0 probes liveness (-ESRCH once exited). */
   pidfdSendSignal(pidfd: number, sig: number): 0 | NegErrno;
   /** prlimit(pid, resource, new?, old): sets soft/hard when `set` is given; returns the old values. */

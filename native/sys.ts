@@ -8,7 +8,7 @@
 // - Every function that returns an fd hands its ownership to the caller; each fd is
 //   close-on-exec unless setCloexec(fd, false) was called on it deliberately.
 // - closeFd never retries: Linux releases the fd even when close() reports an error.
-import { readFileSync } from 'node:fs';
+import { constants as fsConstants, readFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 import { native, type NegErrno, type PeerCred, type Rlimit, type StatResult } from './binding.ts';
@@ -144,9 +144,15 @@ export function ioctl(fd: number, request: number, buf: Buffer, name?: string): 
 
 // --- processes ---
 
-/** pidfd_open(pid); the caller owns the (close-on-exec) pidfd. ESRCH if pid does not exist. */
-export function pidfdOpen(pid: number): number {
-  return sys('pidfd_open', native.pidfdOpen(pid), `pid ${pid}`);
+/** pidfd_open's flag for a pidfd naming one thread, not its process (Linux 6.9+): O_EXCL. */
+export const PIDFD_THREAD = fsConstants.O_EXCL;
+
+/**
+ * pidfd_open(pid, flags); the caller owns the (close-on-exec) pidfd. ESRCH if pid does not
+ * exist. flags: 0 or PIDFD_THREAD (the broker itself never asks for a thread pidfd).
+ */
+export function pidfdOpen(pid: number, flags = 0): number {
+  return sys('pidfd_open', flags === 0 ? native.pidfdOpen(pid) : native.pidfdOpen(pid, flags), `pid ${pid}`);
 }
 
 export function pidfdSendSignal(pidfd: number, signal: number): void {
@@ -182,6 +188,23 @@ export function pidOfPidfd(pidfd: number): number {
   const match = /^Pid:\s*(-?\d+)\s*$/m.exec(text);
   if (match?.[1] === undefined) throw new SysError('pidOfPidfd', constants.errno.EINVAL, `fd ${pidfd} is not a pidfd`);
   return Number(match[1]);
+}
+
+/**
+ * Whether pidfd names one thread (opened with PIDFD_THREAD) rather than a process: its file
+ * flags, the octal "flags:" line of /proc/self/fdinfo, hold O_EXCL. A thread pidfd may name
+ * the thread group leader (same pid as the process) or any other thread (its TID).
+ */
+export function pidfdIsThread(pidfd: number): boolean {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8');
+  } catch (error) {
+    throw fromNodeError('pidfdIsThread', error, `reading /proc/self/fdinfo/${pidfd}`);
+  }
+  const match = /^flags:\s*([0-7]+)\s*$/m.exec(text);
+  if (match?.[1] === undefined) throw new SysError('pidfdIsThread', constants.errno.EINVAL, `fd ${pidfd} has no flags line`);
+  return (Number.parseInt(match[1], 8) & PIDFD_THREAD) !== 0;
 }
 
 /** RLIMIT_MEMLOCK of pid (0 = ourselves): sets it when `set` is given; returns the previous values. */

@@ -21,7 +21,7 @@ export const brokerErrorParameters = {
   NoSuchLease: z.object({ lease: z.string() }),
   TargetGone: z.object({ pid: z.number().int(), reason: z.string() }),
   TargetAlreadyLeased: z.object({ pid: z.number().int(), lease: z.string() }),
-  TargetBypassesAccounting: z.object({ pid: z.number().int(), capability: z.string(), reason: z.string() }),
+  TargetBypassesAccounting: z.object({ pid: z.number().int(), capability: z.string(), set: z.string(), reason: z.string() }),
   DuplicateRequest: z.object({ requestId: z.string(), lease: z.string() }),
   DeviceUnavailable: z.object({ device: z.string(), reason: z.string(), errno: z.string().optional() }),
   KernelRefused: z.object({ operation: z.string(), errno: z.string(), reason: z.string() }),

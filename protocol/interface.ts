@@ -50,7 +50,11 @@ type Lease (
   # The target's VmPin from /proc/PID/status right now; absent if unreadable.
   pinnedBytes: ?int,
   # The target's VmLck from /proc/PID/status right now; absent if unreadable.
-  lockedBytes: ?int
+  lockedBytes: ?int,
+  # When the lease was released (ISO 8601, UTC); absent while it is not. A released lease
+  # can no longer be resized, but stays charged to the budget and its owner until its
+  # target exits: the target keeps its fd and its limit, and may still pin up to it.
+  releasedAt: ?string
 )
 
 # Opens a new iommufd fd for a VM and limits the target's RLIMIT_MEMLOCK.
@@ -87,13 +91,15 @@ method Resize(
   previousLimitBytes: int
 )
 
-# Ends a lease: its bytes return to the budget, and the target's earlier RLIMIT_MEMLOCK
-# is restored if the target still lives. The lease's owner or a manager may release it.
+# Ends the owner's and the managers' control of a lease: it can no longer be resized.
+# It never changes the target's limit, and the lease stays charged (releasedAt is set) until
+# its target exits. The lease's owner or a manager may release it; releasing again is a no-op.
 method Release(
   # The lease id, as in Lease.id.
   lease: string
 ) -> (
-  # Whether the target's earlier limit was put back.
+  # Whether the target's earlier limit was put back: always false (a Release never raises
+  # a live target's limit, so it keeps the lease's).
   limitRestored: bool
 )
 
@@ -121,8 +127,9 @@ method Status() -> (
     sysResource: bool,
     note: string
   ),
-  # limitBytes summed over all live leases, against the configured budget.
-  budget: (totalBytes: int, usedBytes: int, freeBytes: int),
+  # limitBytes summed over all leases whose targets live (released ones included), against
+  # the configured budget; releasedBytes is the part held by released leases.
+  budget: (totalBytes: int, usedBytes: int, freeBytes: int, releasedBytes: int),
   # How many leases are live.
   leases: int,
   # What the broker adds to memoryBytes before rounding to the page size.
@@ -150,7 +157,7 @@ error TargetAlreadyLeased (pid: int, lease: string)
 
 # The target holds a capability (CAP_IPC_LOCK) that exempts its pins from accounting,
 # so a limit would not bind.
-error TargetBypassesAccounting (pid: int, capability: string, reason: string)
+error TargetBypassesAccounting (pid: int, capability: string, set: string, reason: string)
 
 # The owner already holds a live lease opened with this requestId.
 error DuplicateRequest (requestId: string, lease: string)

@@ -43,6 +43,8 @@ export const Lease = z.object({
   /** VmPin / VmLck of the target right now, from /proc/PID/status (absent if unreadable). */
   pinnedBytes: byteCount.optional(),
   lockedBytes: byteCount.optional(),
+  /** When the lease was released; it stays charged until its target exits (absent: not released). */
+  releasedAt: z.string().optional(),
 }).strict();
 export type Lease = z.infer<typeof Lease>;
 
@@ -61,7 +63,7 @@ export const Status = z.object({
     sysResource: z.boolean(),
     note: z.string(),
   }).strict(),
-  budget: z.object({ totalBytes: byteCount, usedBytes: byteCount, freeBytes: byteCount }).strict(),
+  budget: z.object({ totalBytes: byteCount, usedBytes: byteCount, freeBytes: byteCount, releasedBytes: byteCount }).strict(),
   leases: z.number().int().nonnegative(),
   overheadBytes: byteCount,
 }).strict();

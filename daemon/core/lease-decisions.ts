@@ -8,11 +8,14 @@
 // - No existence oracle: an id that is unknown, or that names a lease the peer may not see,
 //   gets the same NoSuchLease. Only a peer that can see the lease learns why it is refused.
 // - No way out: only managers may Resize. A VM's own uid can never raise its limit, not even
-//   for a lease it opened itself (it may Release that lease, which restores its own earlier
-//   limit and gains it nothing).
-// - Release: the lease's owner uid or a manager. A target that is not the owner may not
-//   release a lease a manager opened for it, since release restores the target's previous,
-//   possibly higher, limit.
+//   for a lease it opened itself (it may Release that lease, which keeps its limit and gains it
+//   nothing).
+// - Release: the lease's owner uid or a manager. It ends the manager's control (a released
+//   lease is never resized: PermissionDenied 'lease-released') but never the charge, which
+//   lasts until the target exits (ledger.ts); it never changes the target's limit. Releasing a
+//   released lease again is allowed and changes nothing (a retried Release). A target that is
+//   not the owner may not release a lease a manager opened for it: that would take the lease
+//   out of its manager's hands.
 // - Resize checks caps on the delta: lowering (or keeping) the size is always allowed, even if
 //   the lease is above a cap the operator tightened later; raising checks the per-VM max on the
 //   new limit, and per-uid bytes (charged to the lease's owner, not to the manager resizing
@@ -71,6 +74,16 @@ export function decideResize(
       }),
     };
   }
+  if (lease.releasedAt !== undefined) {
+    return {
+      ok: false,
+      error: new BrokerError('PermissionDenied', {
+        rule: 'lease-released',
+        reason: `lease ${leaseId} was released at ${lease.releasedAt}; it stays charged until pid ${lease.targetPid} ` +
+          'exits, but can no longer be resized',
+      }),
+    };
+  }
 
   const sized = limitFor(policy, memoryBytes, pageSize);
   if ('error' in sized) return { ok: false, error: sized.error };
@@ -94,7 +107,7 @@ export function decideRelease(policy: Policy, ledger: Ledger, peer: Peer, leaseI
       error: new BrokerError('PermissionDenied', {
         rule: 'release-owner-or-manager',
         reason: `${describePeer(peer)} is neither the owner (uid ${lease.ownerUid}) of lease ${leaseId} nor a ` +
-          'manager; releasing would restore the target\'s earlier limit',
+          'manager; releasing would take the lease out of its owner\'s hands',
       }),
     };
   }

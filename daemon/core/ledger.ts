@@ -10,11 +10,18 @@
 //   LedgerError; the ledger is unchanged when anything throws.
 // - Budget and quotas are NOT enforced here: a restarted daemon must be able to replay every
 //   journaled lease even if the operator has since lowered a cap. Decisions enforce them.
-// - usedBytes() is maintained incrementally and always equals the sum of limitBytes over live
-//   leases; ownerUsage(uid) likewise per owner uid. Both stay <= Number.MAX_SAFE_INTEGER, so
-//   they are exact (a commit that would overflow throws).
+// - A lease stays in the ledger, charged, for as long as its target lives: Release only marks
+//   it released (markReleased: the manager's control ends, no more Resize), because the target
+//   keeps its FD and the limit the broker set, and may still pin up to limitBytes. Only the
+//   target's exit (or the undo of a grant that never came into force) removes it (release).
+//   So the budget and the per-uid caps never count less than what live targets may still pin.
+// - usedBytes() is maintained incrementally and always equals the sum of limitBytes over the
+//   leases in the ledger, released ones included; ownerUsage(uid) likewise per owner uid. Both
+//   stay <= Number.MAX_SAFE_INTEGER, so they are exact (a commit that would overflow throws).
+//   releasedBytes() is the part of usedBytes() held by released leases.
 // - Stored records are frozen copies: a caller mutating its object cannot change the ledger.
-// - At most one live lease per target pid, and per (ownerUid, requestId).
+// - At most one lease per target pid (released or not), and per (ownerUid, requestId).
+// - A released lease is never resized and never released twice (LedgerError).
 // - limitBytes >= memoryBytes for every lease (a lease never limits below the VM's RAM).
 // - This module is also the core's entry point for the shell: it re-exports the decisions
 //   (open-decision.ts, lease-decisions.ts), which import only types from here (no cycle at run
@@ -46,8 +53,10 @@ export interface LeaseRecord {
   readonly limitBytes: number;
   readonly requestId?: string | undefined;
   readonly createdAt: string;
-  /** The target's RLIMIT_MEMLOCK before the broker set it, restored on Release. */
+  /** The target's RLIMIT_MEMLOCK before the broker set it (kept for the record: Release never raises). */
   readonly previousLimit: PreviousLimit;
+  /** When its owner or a manager released it; the bytes stay charged until the target exits. */
+  readonly releasedAt?: string | undefined;
 }
 
 /** What one owner uid holds right now. */
@@ -90,6 +99,7 @@ export class Ledger {
   readonly #byRequest = new Map<string, string>();
   readonly #byOwner = new Map<number, OwnerUsage>();
   #used = 0;
+  #released = 0;
 
   /** A ledger holding exactly these leases (a restarted daemon's journal); throws LedgerError on conflicts. */
   static replay(leases: Iterable<LeaseRecord>): Ledger {
@@ -133,16 +143,19 @@ export class Ledger {
       ...(requestId === undefined ? {} : { requestId }),
       createdAt: lease.createdAt,
       previousLimit: Object.freeze({ soft: lease.previousLimit.soft, hard: lease.previousLimit.hard }),
+      ...(lease.releasedAt === undefined ? {} : { releasedAt: lease.releasedAt }),
     });
     this.#leases.set(id, record);
     this.#byPid.set(record.targetPid, id);
     if (requestId !== undefined) this.#byRequest.set(requestKey(record.ownerUid, requestId), id);
     this.#charge(record.ownerUid, 1, record.limitBytes);
+    if (record.releasedAt !== undefined) this.#released += record.limitBytes;
   }
 
   /** Records a new size for a live lease; returns the updated record. */
   resize(id: string, memoryBytes: number, limitBytes: number): LeaseRecord {
     const old = this.#mustGet(id);
+    if (old.releasedAt !== undefined) throw new LedgerError(`lease ${id} was released; it cannot be resized`);
     checkSizes(id, memoryBytes, limitBytes);
     this.#checkTotal(id, limitBytes - old.limitBytes);
     const record: LeaseRecord = Object.freeze({ ...old, memoryBytes, limitBytes });
@@ -151,9 +164,26 @@ export class Ledger {
     return record;
   }
 
-  /** Forgets a live lease (Release, or its target exited); returns the removed record. */
+  /**
+   * Marks a lease released (its owner or a manager let go of it) while its target lives: it
+   * stays charged until release(id). Returns the updated record.
+   */
+  markReleased(id: string, releasedAt: string): LeaseRecord {
+    const old = this.#mustGet(id);
+    if (old.releasedAt !== undefined) throw new LedgerError(`lease ${id} was already released at ${old.releasedAt}`);
+    const record: LeaseRecord = Object.freeze({ ...old, releasedAt });
+    this.#leases.set(id, record);
+    this.#released += record.limitBytes;
+    return record;
+  }
+
+  /**
+   * Forgets a lease and returns its bytes: its target exited, or its grant is being undone.
+   * Returns the removed record.
+   */
   release(id: string): LeaseRecord {
     const old = this.#mustGet(id);
+    if (old.releasedAt !== undefined) this.#released -= old.limitBytes;
     this.#leases.delete(id);
     this.#byPid.delete(old.targetPid);
     if (old.requestId !== undefined) this.#byRequest.delete(requestKey(old.ownerUid, old.requestId));
@@ -161,12 +191,17 @@ export class Ledger {
     return old;
   }
 
-  /** Sum of limitBytes over live leases. */
+  /** Sum of limitBytes over the leases in the ledger (released ones included). */
   usedBytes(): number {
     return this.#used;
   }
 
-  /** Number of live leases. */
+  /** The part of usedBytes() held by released leases (their targets still live). */
+  releasedBytes(): number {
+    return this.#released;
+  }
+
+  /** Number of leases in the ledger (released ones included). */
   count(): number {
     return this.#leases.size;
   }

@@ -10,6 +10,7 @@
 //     1. open-users        PermissionDenied       the peer may not Open at all
 //     2. target-not-self   PermissionDenied       a non-manager names a process other than itself
 //     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
+//    3b. NoNewPrivs        TargetBypassesAccounting, set 'exec' (if policy.requireTargetNoNewPrivs)
 //     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
 //     5. one lease per pid TargetAlreadyLeased
 //     6. representable     LimitExceeded 'limit-representable'
@@ -31,8 +32,14 @@ export interface OpenRequest {
   readonly targetPid: number;
   /** The target's real uid. */
   readonly targetUid: number;
-  /** CAP_IPC_LOCK in the target's effective set: iommufd never charges such a process. */
-  readonly targetHasIpcLock: boolean;
+  /**
+   * The set from which the target holds or may gain CAP_IPC_LOCK in the initial user namespace
+   * (effective, permitted, ambient, inheritable: see daemon/shell/target-caps.ts), or undefined.
+   * iommufd never charges a mapping made with it.
+   */
+  readonly targetIpcLockSet: string | undefined;
+  /** Whether the target has NoNewPrivs set, or (outside the initial user namespace) need not. */
+  readonly targetNoNewPrivs: boolean;
   readonly name: string;
   readonly memoryBytes: number;
   readonly requestId?: string | undefined;
@@ -64,12 +71,24 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
       reason: `${describePeer(peer)} is not a manager, so it may Open only for itself, not for pid ${targetPid}`,
     }));
   }
-  if (request.targetHasIpcLock && !policy.allowTargetsWithIpcLock) {
+  const set = request.targetIpcLockSet;
+  if (set !== undefined && !policy.allowTargetsWithIpcLock) {
     return deny(new BrokerError('TargetBypassesAccounting', {
       pid: targetPid,
       capability: 'CAP_IPC_LOCK',
-      reason: `pid ${targetPid} holds CAP_IPC_LOCK, so iommufd never charges its pinned pages and a memlock ` +
-        'limit would not bind; the policy refuses such targets (allowTargetsWithIpcLock is false)',
+      set,
+      reason: `pid ${targetPid} has CAP_IPC_LOCK in its ${set} capability set (${set === 'effective' ? 'it holds it' : 'it can gain it'}), ` +
+        'and iommufd never charges its pinned pages while it holds it, so a memlock limit would not bind; the policy ' +
+        'refuses such targets (allowTargetsWithIpcLock is false)',
+    }));
+  }
+  if (policy.requireTargetNoNewPrivs && !request.targetNoNewPrivs) {
+    return deny(new BrokerError('TargetBypassesAccounting', {
+      pid: targetPid,
+      capability: 'CAP_IPC_LOCK',
+      set: 'exec',
+      reason: `pid ${targetPid} does not have NoNewPrivs set, so a later exec of a setuid-root or file-capability ` +
+        'program could give it CAP_IPC_LOCK; the policy requires NoNewPrivs of targets (requireNoNewPrivs is true)',
     }));
   }
   // A retried Open (same owner, same requestId) is recognised before "target already leased",

@@ -42,6 +42,11 @@ export interface Policy {
   readonly budgetBytes: number;
   /** Whether a target holding CAP_IPC_LOCK (whose pins are never charged) may be leased. */
   readonly allowTargetsWithIpcLock: boolean;
+  /**
+   * Whether a target (in the initial user namespace) must have NoNewPrivs set, so that no later
+   * exec of a setuid-root or file-capability program can give it CAP_IPC_LOCK.
+   */
+  readonly requireTargetNoNewPrivs: boolean;
 }
 
 /** The process on the other end of a connection, as the kernel vouches for it. */
@@ -55,7 +60,7 @@ export interface Peer {
 
 /**
  * The policy with no config file: anyone may Open for itself, uid 0 is the only manager,
- * no per-VM or per-uid caps, 1 GiB overhead, CAP_IPC_LOCK targets refused.
+ * no per-VM or per-uid caps, 1 GiB overhead, CAP_IPC_LOCK targets refused, NoNewPrivs not required.
  * Throws RangeError unless budgetBytes is a non-negative safe integer.
  */
 export function defaultPolicy(budgetBytes: number): Policy {
@@ -75,6 +80,7 @@ export function defaultPolicy(budgetBytes: number): Policy {
     overheadBytes: DEFAULT_OVERHEAD_BYTES,
     budgetBytes,
     allowTargetsWithIpcLock: false,
+    requireTargetNoNewPrivs: false,
   });
 }
 

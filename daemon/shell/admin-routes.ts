@@ -46,7 +46,7 @@ export const PolicyReply = z.object({
     observerUsers: ids, observerGroups: ids,
     perVmMaxBytes: capBytes, perUidMaxLeases: z.number().int().positive().nullable(), perUidMaxBytes: capBytes,
     overheadBytes: z.number().int().nonnegative(), budgetBytes: z.number().int().nonnegative(),
-    allowTargetsWithIpcLock: z.boolean(),
+    allowTargetsWithIpcLock: z.boolean(), requireTargetNoNewPrivs: z.boolean(),
   }).strict(),
 }).strict();
 
@@ -97,5 +97,6 @@ function policyToWire(p: Readonly<Policy>): z.infer<typeof PolicyReply>['policy'
     observerUsers: [...p.observerUsers], observerGroups: [...p.observerGroups],
     perVmMaxBytes: p.perVmMaxBytes, perUidMaxLeases: p.perUidMaxLeases, perUidMaxBytes: p.perUidMaxBytes,
     overheadBytes: p.overheadBytes, budgetBytes: p.budgetBytes, allowTargetsWithIpcLock: p.allowTargetsWithIpcLock,
+    requireTargetNoNewPrivs: p.requireTargetNoNewPrivs,
   };
 }

@@ -64,7 +64,7 @@ const tables = {
     overhead: size.optional(), perVmMax: size.optional(), perUidLeases: z.number().int().min(1).optional(),
     perUidBytes: size.optional(), budget: size.optional(), reserve: size.optional(),
   }).strict(),
-  targets: z.object({ allowIpcLock: z.boolean().optional() }).strict(),
+  targets: z.object({ allowIpcLock: z.boolean().optional(), requireNoNewPrivs: z.boolean().optional() }).strict(),
 } as const;
 const PolicyFile = z.object({
   open: tables.open.optional(), managers: tables.managers.optional(), observers: tables.observers.optional(),
@@ -83,6 +83,7 @@ const KEY_HELP: Readonly<Record<string, string>> = {
   'limits.overhead': SIZE_HELP, 'limits.perVmMax': SIZE_HELP, 'limits.perUidBytes': SIZE_HELP,
   'limits.budget': SIZE_HELP, 'limits.reserve': SIZE_HELP,
   'limits.perUidLeases': 'a whole number >= 1', 'targets.allowIpcLock': 'true or false',
+  'targets.requireNoNewPrivs': 'true or false',
 };
 
 /** The keys of a table ('' = the top level: the table names). */
@@ -231,5 +232,6 @@ export function loadPolicy(options: LoadPolicyOptions): Readonly<Policy> {
     overheadBytes,
     budgetBytes,
     allowTargetsWithIpcLock: file.targets?.allowIpcLock ?? false,
+    requireTargetNoNewPrivs: file.targets?.requireNoNewPrivs ?? false,
   } satisfies Policy);
 }

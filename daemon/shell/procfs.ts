@@ -8,10 +8,10 @@
 // - Content that does not have the shape the kernel documents (proc(5)) is a ProcfsFormatError
 //   naming the file and the field: we never guess a uid, a capability set or a size.
 // - Sizes are bytes (the kernel's "kB" is KiB: multiplied by 1024). Capability sets are
-//   bigints (64 bits wide; CapEff is printed in hex).
+//   bigints (64 bits wide; CapInh/CapPrm/CapEff/CapBnd/CapAmb are printed in hex).
 // - Reading /proc/PID/* says nothing about *which* process owned that PID at the time; callers
 //   that hold a pidfd must check it is still alive afterwards (see target.ts).
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { endianness } from 'node:os';
 
 export const CAP_IPC_LOCK = 14;
@@ -57,6 +57,21 @@ export interface ProcStatus {
   groups: number[];
   /** Effective capability set (bit n = capability n). */
   capEff: bigint;
+  /** Permitted, inheritable, bounding and ambient sets: what the process may raise later. */
+  capPrm: bigint;
+  capInh: bigint;
+  capBnd: bigint;
+  capAmb: bigint;
+  /** "NoNewPrivs: 1": no exec can grant it privileges (setuid, file capabilities) any more. */
+  noNewPrivs: boolean;
+  /**
+   * The one-letter state of "State:" (R, S, D, Z, ...): Z is a zombie, exited but not reaped.
+   * For a process, that is the state of its thread group LEADER, which shows Z after it
+   * pthread_exit()s while other threads run on: see `threads`.
+   */
+  state: string;
+  /** "Threads:": live threads of the thread group (a zombie leader still counts itself). */
+  threads: number;
   /** VmPin in bytes; undefined when the kernel omits it (kernel threads, zombies). */
   vmPinBytes: number | undefined;
   /** VmLck in bytes; undefined when the kernel omits it (kernel threads, zombies). */
@@ -132,6 +147,21 @@ function capabilitySet(fields: Map<string, string>, key: string, path: string): 
   return BigInt(`0x${value}`);
 }
 
+/** "NoNewPrivs:\t0|1" (Linux 4.10+). */
+function flag(fields: Map<string, string>, key: string, path: string): boolean {
+  const value = required(fields, key, path);
+  if (value !== '0' && value !== '1') throw new ProcfsFormatError(path, `"${key}:" is not 0 or 1: "${value}"`);
+  return value === '1';
+}
+
+/** "State:\tS (sleeping)" -> "S". */
+function processState(fields: Map<string, string>, path: string): string {
+  const value = required(fields, 'State', path);
+  const m = /^([A-Za-z])\b/.exec(value);
+  if (m === null || m[1] === undefined) throw new ProcfsFormatError(path, `"State:" does not start with a state letter: "${value}"`);
+  return m[1];
+}
+
 function parseStatus(pid: Pid, text: string, path: string): ProcStatus {
   const fields = statusFields(text);
   const [realUid, effectiveUid, savedUid, fsUid] = idQuad(fields, 'Uid', path);
@@ -148,12 +178,19 @@ function parseStatus(pid: Pid, text: string, path: string): ProcStatus {
     realGid, effectiveGid, savedGid, fsGid,
     groups,
     capEff: capabilitySet(fields, 'CapEff', path),
+    capPrm: capabilitySet(fields, 'CapPrm', path),
+    capInh: capabilitySet(fields, 'CapInh', path),
+    capBnd: capabilitySet(fields, 'CapBnd', path),
+    capAmb: capabilitySet(fields, 'CapAmb', path),
+    noNewPrivs: flag(fields, 'NoNewPrivs', path),
+    state: processState(fields, path),
+    threads: decimal(required(fields, 'Threads', path), path, 'Threads'),
     vmPinBytes: kibLine(fields, 'VmPin', path),
     vmLckBytes: kibLine(fields, 'VmLck', path),
   };
 }
 
-/** /proc/PID/status: identity, effective capabilities, pinned and locked memory. */
+/** /proc/PID/status: identity, state, capability sets, NoNewPrivs, pinned and locked memory. */
 export function readProcStatus(pid: number): ProcStatus {
   return parseStatus(pid, readProcessFile(pid, 'status'), procPath(pid, 'status'));
 }
@@ -181,6 +218,22 @@ export function startTimeFromStat(text: string, path: string): string {
     throw new ProcfsFormatError(path, `field 22 (starttime) is missing or not a number: "${String(start)}"`);
   }
   return start;
+}
+
+/** A namespace's identity: the device and inode of its /proc/PID/ns/<type> file. */
+export interface NamespaceId { dev: number; ino: number }
+
+/** The user namespace of `pid` (stat of /proc/PID/ns/user; ProcessGone if it has exited). */
+export function userNamespaceOf(pid: Pid): NamespaceId {
+  const path = procPath(pid, 'ns/user');
+  try {
+    const st = statSync(path);
+    return { dev: st.dev, ino: st.ino };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') throw new ProcessGone(pid, path, code);
+    throw new ProcfsFormatError(path, `cannot be read (${code ?? String(e)})`, { cause: e });
+  }
 }
 
 /** MemTotal from /proc/meminfo, in bytes. */

@@ -13,6 +13,9 @@
 // - The calls that change one lease (Resize, Release, its target's exit, and the Open that
 //   creates it) run one at a time in its lane (lease-lanes.ts), so a lease's kernel limit,
 //   ledger entry and journal record change in the same order.
+// - Release never changes a target's limit and never returns bytes while the target lives: the
+//   lease stays in the ledger, charged and marked released, until TargetWatch sees the target
+//   exit (the budget never counts less than live targets may pin; see core/ledger.ts).
 // - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
 //   TargetWatch. The device fd returned by open() belongs to the caller (the server sends and
 //   closes it).
@@ -22,7 +25,7 @@ import { BrokerError } from '../../protocol/errors.ts';
 import type { BrokerParameters, Lease, Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec, pidfdOpen } from '../../native/sys.ts';
 import { Ledger, decideOpen, decideRelease, decideResize, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
-import { isManager, type Policy } from '../core/policy.ts';
+import type { Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import type { Peer } from './peer.ts';
@@ -110,7 +113,7 @@ export class BrokerService {
     try {
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer,
-        targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.hasIpcLock,
+        targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
         name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
@@ -119,7 +122,7 @@ export class BrokerService {
       record = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
-        limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target),
+        limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target, this.deps.haveSysResource),
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       };
       // Reserve, then journal: a crash from here on leaves a lease that restore() re-applies or drops.
@@ -217,13 +220,18 @@ export class BrokerService {
         this.#deny('release', peer, decision.error, { lease: p.lease });
         throw decision.error;
       }
-      // Only a manager's Release puts the target's earlier limits back. Restoring is usually a
-      // raise (often to unlimited), and a VM that opened its own lease still holds the FD: if its
-      // own Release restored them, it could pin without bound, past its per-VM cap and the budget.
-      const restore = isManager(this.#policy, peer);
-      const limitRestored = this.#endLease(p.lease, restore ? 'released' : 'released by its owner; limit kept', peer);
-      await this.deps.journal.flush();
-      return { limitRestored };
+      // The target keeps its FD and may still pin up to the limit the broker set, so Release
+      // never touches that limit (restoring the earlier one is usually a raise, often to
+      // unlimited) and never returns the bytes: the lease stays charged, marked released, until
+      // its target exits (#endLease). Not journaled: after a restart the lease is re-adopted
+      // as an ordinary one, still charged (the safe side).
+      const { lease } = decision;
+      if (lease.releasedAt === undefined) {
+        const released = this.#ledger.markReleased(lease.id, this.#now().toISOString());
+        this.#audit('release', peer, released, { reason: 'released; charged until the target exits', limitRestored: false });
+        this.deps.onLeasesChanged?.();
+      }
+      return { limitRestored: false };
     });
   }
 
@@ -243,7 +251,7 @@ export class BrokerService {
           ? 'CAP_SYS_RESOURCE held: limits can be set on any target and raised'
           : 'no CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids',
       },
-      budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used) },
+      budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used), releasedBytes: this.#ledger.releasedBytes() },
       leases: this.#ledger.count(),
       overheadBytes: this.#policy.overheadBytes,
     };
@@ -260,21 +268,17 @@ export class BrokerService {
   }
 
   /**
-   * Ends a lease: restore the target's old limits if it lives, journal, return the budget.
-   * Runs in the lease's lane; the record is durable after the next flush.
+   * Ends a lease whose target exited: journal, return the budget. Runs in the lease's lane;
+   * the record is durable after the next flush.
    */
-  #endLease(id: string, why: string, peer?: Peer): boolean {
+  #endLease(id: string, why: string): void {
     const record = this.#ledger.get(id);
-    if (record === undefined) return false;
-    const target = this.#targets.get(id);
-    const limitRestored = why === 'released' && target !== undefined && restoreLimit(target, record.previousLimit);
-    // A Release by a non-manager keeps soft = hard = the lease's limit (see release()).
+    if (record === undefined) return;
     this.deps.journal.recordRelease(id);
     this.#ledger.release(id);
     this.#targets.forget(id);
-    this.#audit('release', peer, record, { reason: why, limitRestored });
+    this.#audit('release', undefined, record, { reason: why, limitRestored: false });
     this.deps.onLeasesChanged?.();
-    return limitRestored;
   }
 
   #selfPidfd(peer: Peer): number {
@@ -290,6 +294,7 @@ export class BrokerService {
       deviceKind: this.deps.device.info.kind, createdAt: r.createdAt,
       ...(r.requestId === undefined ? {} : { requestId: r.requestId }),
       ...usage,
+      ...(r.releasedAt === undefined ? {} : { releasedAt: r.releasedAt }),
     };
   }
 

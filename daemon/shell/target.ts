@@ -7,11 +7,19 @@
 //   undone on the pid's new owner (if the process the pidfd names is alive after prlimit, its
 //   pid cannot have been recycled in between, so the limit landed on the right process).
 // - soft == hard == limit: the target cannot raise its own limit afterwards ("no way out").
-// - Kernel refusals become KernelRefused / TargetGone naming the cause and what to do.
+// - A target is a whole process: a pidfd naming one thread (PIDFD_THREAD, or a thread that is
+//   not its group's leader) is refused as InvalidParameter, so one process can never hold two
+//   leases under two names, and a lease never ends when one thread exits. A zombie (exited, not
+//   yet reaped: its pidfd still answers signal 0) is TargetGone, like a process that is gone.
+// - Kernel refusals (reading or setting a limit) become KernelRefused / TargetGone naming the
+//   operation, the cause and what to do; an error says a change was undone only if it was.
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
-import { closeFd, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError } from '../../native/sys.ts';
+import {
+  closeFd, pidfdIsAlive, pidfdIsThread, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError,
+} from '../../native/sys.ts';
 import type { Rlimit } from '../../native/binding.ts';
-import { CAP_IPC_LOCK, hasCapability, readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
+import { readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
+import { capabilityFacts } from './target-caps.ts';
 
 export interface Target {
   pid: number;
@@ -19,7 +27,13 @@ export interface Target {
   pidfd: number;
   uid: number;
   startTime: string;
-  hasIpcLock: boolean;
+  /** The capability set from which the target holds or may gain CAP_IPC_LOCK (target-caps.ts). */
+  ipcLockSet: string | undefined;
+  /**
+   * No exec can give the target CAP_IPC_LOCK in the initial user namespace: NoNewPrivs is set,
+   * or it lives in another user namespace (target-caps.ts).
+   */
+  noNewPrivs: boolean;
 }
 
 /** Pinned and locked memory from the same /proc read, for a reply (absent where unreadable). */
@@ -35,10 +49,17 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     const pid = pidOfPidfdParameter(pidfd);
     if (pid <= 0) throw gone(pid, 'the process named by the pidfd has exited');
     const status = readProcStatus(pid);
+    if (pidfdIsThread(pidfd) || status.tgid !== pid) throw threadPidfd(pid, status.tgid);
     const startTime = readStartTime(pid);
+    const caps = capabilityFacts(pid, status);
     // The /proc reads above are for the pid; only a still-live pidfd proves they were about it.
     if (!pidfdIsAlive(pidfd)) throw gone(pid, 'the process exited while the broker looked at it');
-    return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK), usage: usageOf(status) };
+    // A zombie leader whose other threads still run is a live process (it still pins): only a
+    // zombie with no other thread has exited.
+    if ((status.state === 'Z' || status.state === 'X') && status.threads <= 1) {
+      throw gone(pid, 'the process has exited (a zombie its parent has not reaped yet): it can pin nothing');
+    }
+    return { pid, pidfd, uid: status.realUid, startTime, ...caps, usage: usageOf(status) };
   } catch (e) {
     closeFd(pidfd);
     throw toTargetError(e);
@@ -59,6 +80,14 @@ export function readTargetUsage(pid: number): TargetUsage {
   } catch {
     return {};
   }
+}
+
+function threadPidfd(tid: number, tgid: number): VarlinkServiceError {
+  return new VarlinkServiceError('org.varlink.service.InvalidParameter', {
+    parameter: 'targetPidFileDescriptor',
+    reason: `the pidfd names thread ${tid} of process ${tgid}, not a process: a lease covers a whole process, ` +
+      `so send a pidfd from pidfd_open(${tgid}, 0) (without PIDFD_THREAD)`,
+  });
 }
 
 /** pidOfPidfd, with "that is not a pidfd" turned into the caller's mistake it is. */
@@ -95,10 +124,13 @@ export function reacquireTarget(pid: number, startTime: string): Target | undefi
 }
 
 /** The target's RLIMIT_MEMLOCK now (to restore when its lease ends). */
-export function readLimit(target: Target): Rlimit {
+export function readLimit(target: Target, haveSysResource: boolean): Rlimit {
   try {
     return prlimitMemlock(target.pid, null);
   } catch (e) {
+    if (e instanceof SysError && e.code !== 'ESRCH') {
+      throw prlimitRefused(e, `prlimit(${target.pid}, RLIMIT_MEMLOCK) (reading the current limit)`, target, haveSysResource);
+    }
     throw toTargetError(e);
   }
 }
@@ -114,7 +146,10 @@ export function applyLimit(target: Target, limitBytes: number, haveSysResource: 
   return setLimit(target, { soft: limitBytes, hard: limitBytes }, haveSysResource);
 }
 
-/** Puts back the limits a released target had before its lease; false if the kernel refused. */
+/**
+ * Puts back the limits the target had before a grant that then failed (Open's undo; a Release
+ * never restores: see service.ts); false if the kernel refused.
+ */
 export function restoreLimit(target: Target, previous: Rlimit): boolean {
   try {
     setLimit(target, previous, true);
@@ -125,19 +160,34 @@ export function restoreLimit(target: Target, previous: Rlimit): boolean {
   }
 }
 
-function setLimit(target: Target, limit: Rlimit, haveSysResource: boolean): Rlimit {
-  if (!pidfdIsAlive(target.pidfd)) throw gone(target.pid, 'the target has exited; its limit was not touched');
+/** The syscalls setLimit makes; a parameter so tests can play the race it guards against. */
+export interface LimitOps {
+  pidfdIsAlive(pidfd: number): boolean;
+  prlimitMemlock(pid: number, set: Rlimit | null): Rlimit;
+}
+
+const realOps: LimitOps = { pidfdIsAlive, prlimitMemlock };
+
+/** Exported for tests (with fake ops); everything else goes through applyLimit / restoreLimit. */
+export function setLimit(target: Target, limit: Rlimit, haveSysResource: boolean, ops: LimitOps = realOps): Rlimit {
+  if (!ops.pidfdIsAlive(target.pidfd)) throw gone(target.pid, 'the target has exited; its limit was not touched');
   let previous: Rlimit;
   try {
-    previous = prlimitMemlock(target.pid, limit);
+    previous = ops.prlimitMemlock(target.pid, limit);
   } catch (e) {
-    throw prlimitRefused(e, target, limit.hard, haveSysResource);
+    throw prlimitRefused(e, `prlimit(${target.pid}, RLIMIT_MEMLOCK, ${limit.hard})`, target, haveSysResource);
   }
-  if (!pidfdIsAlive(target.pidfd)) {
+  if (!ops.pidfdIsAlive(target.pidfd)) {
     try {
-      prlimitMemlock(target.pid, previous); // undo on the process that now holds the pid
-    } catch {
-      // It is gone as well, or the undo is a raise we may not make: nothing more can be done.
+      ops.prlimitMemlock(target.pid, previous); // undo on the process that now holds the pid
+    } catch (e) {
+      // It is gone as well (then nothing is left to undo), or the undo is a raise we may not make.
+      const code = e instanceof SysError ? e.code : String(e);
+      throw gone(target.pid, code === 'ESRCH'
+        ? 'the target exited while its limit was being set; no process holds its pid any more, so nothing was left to undo'
+        : `the target exited while its limit was being set, and undoing the change failed (${code}): the process that ` +
+          `now holds pid ${target.pid} may be left with RLIMIT_MEMLOCK soft ${limit.soft}, hard ${limit.hard} ` +
+          `instead of soft ${previous.soft}, hard ${previous.hard}`);
     }
     throw gone(target.pid, 'the target exited while its limit was being set; the change was undone');
   }
@@ -157,15 +207,14 @@ function toTargetError(e: unknown): unknown {
   return e;
 }
 
-function prlimitRefused(e: unknown, target: Target, limitBytes: number, haveSysResource: boolean): unknown {
+function prlimitRefused(e: unknown, operation: string, target: Target, haveSysResource: boolean): unknown {
   if (!(e instanceof SysError)) return e;
-  const operation = `prlimit(${target.pid}, RLIMIT_MEMLOCK, ${limitBytes})`;
   if (e.code === 'ESRCH') return gone(target.pid, 'the target exited before its limit could be set');
   if (e.code === 'EPERM') {
     const reason = haveSysResource
       ? 'the kernel refused although the broker holds CAP_SYS_RESOURCE (a security module?)'
       : 'the broker lacks CAP_SYS_RESOURCE: without it, it can only lower limits of processes whose '
-        + 'uids and gids all equal its own, and never raise a hard limit. Run it with '
+        + 'uids and gids all equal its own (reading one needs the same), and never raise a hard limit. Run it with '
         + 'AmbientCapabilities=CAP_SYS_RESOURCE (see systemd/iommufd-broker.service)';
     return new BrokerError('KernelRefused', { operation, errno: e.code, reason });
   }

@@ -10,6 +10,7 @@
 #include "exports.h"
 #include "values.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -27,11 +28,18 @@
 
 #define MAX_SAFE 9007199254740991.0
 
+/* pidfd_open(pid, flags): flags is 0 or PIDFD_THREAD (== O_EXCL, Linux 6.9+), nothing else. */
 napi_value js_pidfd_open(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
+  napi_value argv[2];
   double pid;
-  if (!get_args(env, info, 1, argv) || !arg_integer(env, argv[0], "pid", 1, 2147483647.0, &pid)) return NULL;
-  long r = syscall(SYS_pidfd_open, (pid_t)pid, 0u);
+  double flags = 0;
+  if (!get_args_opt(env, info, 1, 2, argv) || !arg_integer(env, argv[0], "pid", 1, 2147483647.0, &pid)) return NULL;
+  if (argv[1] != NULL && !arg_integer(env, argv[1], "flags", 0, (double)O_EXCL, &flags)) return NULL;
+  if (flags != 0 && flags != (double)O_EXCL) {
+    napi_throw_range_error(env, NULL, "pidfd_open flags must be 0 or PIDFD_THREAD (O_EXCL)");
+    return NULL;
+  }
+  long r = syscall(SYS_pidfd_open, (pid_t)pid, (unsigned int)flags);
   return make_number(env, (double)SYS_RESULT(r));
 }
 

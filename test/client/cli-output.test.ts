@@ -25,7 +25,8 @@ test('a lease block shows sizes in binary units and who is limited', () => {
   assert.match(text, /^request id: +req-1$/m);
   assert.match(text, /^in use: +512 MiB pinned, - locked$/m);
   assert.ok(text.endsWith('\n'));
-  assert.doesNotMatch(formatLease(lease()), /in use|request id/);
+  assert.doesNotMatch(formatLease(lease()), /in use|request id|released/);
+  assert.match(formatLease(lease({ releasedAt: '2026-01-01T00:00:00.000Z' })), /^released: +2026-01-01T00:00:00.000Z \(charged until pid 4242 exits\)$/m);
 });
 
 test('the lease table has a header, aligned columns, and - for unknown usage', () => {
@@ -50,7 +51,7 @@ test('status shows the budget in sizes and the capability plainly', () => {
     version: '0.1.0',
     device: { kind: 'iommufd', path: '/dev/iommu', rlimitModeSupported: true, perFdLimitOption: false, note: 'ok' },
     capabilities: { sysResource: false, note: 'no CAP_SYS_RESOURCE' },
-    budget: { totalBytes: 64 * GiB, usedBytes: 9 * GiB, freeBytes: 55 * GiB },
+    budget: { totalBytes: 64 * GiB, usedBytes: 9 * GiB, freeBytes: 55 * GiB, releasedBytes: 0 },
     leases: 1, overheadBytes: GiB,
   };
   const text = formatStatus(status);
@@ -67,7 +68,7 @@ test('status shows the budget in sizes and the capability plainly', () => {
 test('resize says from what to what; release says whether the limit came back', () => {
   assert.match(formatResize(lease({ limitBytes: 11 * GiB, memoryBytes: 10 * GiB }), 9 * GiB), /^limit of l-0123456789abcdef \(pid 4242\) changed from 9 GiB to 11 GiB$/m);
   assert.match(formatRelease('l-0123456789abcdef', true), /previous RLIMIT_MEMLOCK was restored/);
-  assert.match(formatRelease('l-0123456789abcdef', false), /was not restored/);
+  assert.match(formatRelease('l-0123456789abcdef', false), /was not restored: a live target keeps the lease's limit, and the lease stays charged/);
 });
 
 test('control characters from the broker are escaped, not printed', () => {

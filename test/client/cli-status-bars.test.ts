@@ -20,7 +20,7 @@ const STATUS: Status = {
   version: '0.1.0',
   device: { kind: 'iommufd', path: '/dev/iommu', rlimitModeSupported: true, perFdLimitOption: false, note: 'ok' },
   capabilities: { sysResource: true, note: 'c' },
-  budget: { totalBytes: 64 * GiB, usedBytes: 16 * GiB, freeBytes: 48 * GiB },
+  budget: { totalBytes: 64 * GiB, usedBytes: 16 * GiB, freeBytes: 48 * GiB, releasedBytes: 0 },
   leases: 3, overheadBytes: GiB,
 };
 
@@ -48,7 +48,7 @@ test('percentages round down, show a sliver as <1%, go past 100% when over, and 
   assert.equal(percent(10, 10), '100%');
   assert.equal(percent(4, 3), '133%');
   assert.equal(percent(0, 0), '-');
-  assert.equal(budgetBar({ totalBytes: 64 * GiB, usedBytes: 16 * GiB, freeBytes: 48 * GiB }), `[${'#'.repeat(7)}${'-'.repeat(23)}]  25%`);
+  assert.equal(budgetBar({ totalBytes: 64 * GiB, usedBytes: 16 * GiB, freeBytes: 48 * GiB, releasedBytes: 0 }), `[${'#'.repeat(7)}${'-'.repeat(23)}]  25%`);
 });
 
 test('lease rows: pinned against limit, ? when unreadable, OVER LIMIT when a target pinned more', () => {
@@ -79,7 +79,7 @@ test('the status block shows the budget bar, an aligned row per lease, and how m
 });
 
 test('with no visible leases the block says so; without a lease list it is the plain block', () => {
-  const none = formatStatus({ ...STATUS, leases: 0, budget: { totalBytes: 64 * GiB, usedBytes: 0, freeBytes: 64 * GiB } }, []);
+  const none = formatStatus({ ...STATUS, leases: 0, budget: { totalBytes: 64 * GiB, usedBytes: 0, freeBytes: 64 * GiB, releasedBytes: 0 } }, []);
   assert.match(none, /\nno leases you may see\n$/);
   assert.doesNotMatch(none, /more lease/);
   const plain = formatStatus(STATUS);

@@ -150,7 +150,7 @@ export function wireStatus(leases = 0): Record<string, unknown> {
     version: '0.1.0',
     device: { kind: 'simulated', path: 'simulated', rlimitModeSupported: null, perFdLimitOption: null, note: 'test' },
     capabilities: { sysResource: false, note: 'test' },
-    budget: { totalBytes: 8 * 1024 ** 3, usedBytes: 0, freeBytes: 8 * 1024 ** 3 },
+    budget: { totalBytes: 8 * 1024 ** 3, usedBytes: 0, freeBytes: 8 * 1024 ** 3, releasedBytes: 0 },
     leases, overheadBytes: 1024 ** 3,
   };
 }

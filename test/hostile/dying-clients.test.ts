@@ -84,6 +84,12 @@ test('a manager that dies after asking leaves a lease for the live target, which
     assert.equal(lease.requestId, 'retry-me', 'it is the dead manager\'s request');
     assert.equal(memlockOf(target.pid).hard, lease.limitBytes);
     await client.release(leaseId);
+    // A Release leaves a live target's lease listed and charged (issue #8 item 5): it ends
+    // when the target does.
+    const [released] = (await client.list()).leases.filter((l) => l.id === leaseId);
+    assert.ok(released?.releasedAt !== undefined, `lease ${leaseId} is marked released`);
+    await killTarget(target.child);
+    await broker.waitForLog((l) => l['audit'] === 'release' && l['lease'] === leaseId && l['reason'] === 'target exited');
     assert.deepEqual((await client.list()).leases, []);
   } finally {
     client.close();

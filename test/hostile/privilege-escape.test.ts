@@ -139,3 +139,47 @@ test('a manager cannot lease a target that holds CAP_IPC_LOCK, and the refusal i
     await manager.stop();
   }
 });
+
+test('CAP_IPC_LOCK held only in the permitted set is refused too, naming the set (issue #8 item 6)', async () => {
+  // The target could capset() it back into its effective set after the lease and pin uncharged.
+  const manager = await Actor.start(managerIds);
+  const program = [
+    'import ctypes, sys',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'class Hdr(ctypes.Structure): _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]',
+    'class Data(ctypes.Structure): _fields_ = [("e", ctypes.c_uint32), ("p", ctypes.c_uint32), ("i", ctypes.c_uint32)]',
+    'hdr = Hdr(0x20080522, 0); data = (Data * 2)(); data[0].p = 1 << 14',
+    'assert libc.capset(ctypes.byref(hdr), data) == 0, ctypes.get_errno()',
+    "print('\"ready\"', flush=True); sys.stdin.read()",
+  ].join('\n');
+  const target = spawn('setpriv', ['--inh-caps=-all', '--ambient-caps=-all', '--bounding-set=-all,+ipc_lock', '--',
+    '/usr/bin/python3', '-c', program], { stdio: ['pipe', 'pipe', 'pipe'] });
+  try {
+    assert.equal(await new LineReader(target).next<string>(), 'ready');
+    assert.ok(target.pid !== undefined);
+    const before = memlockOf(target.pid);
+    const r = await manager.do({ op: 'open', name: 'vm-permitted', memoryBytes: 1 * MiB, targetPid: target.pid });
+    assert.equal(r.error, 'TargetBypassesAccounting', JSON.stringify(r));
+    assert.equal(r.parameters?.['set'], 'permitted');
+    assert.deepEqual(memlockOf(target.pid), before, 'no limit was set on it');
+  } finally {
+    await killTarget(target);
+    await manager.stop();
+  }
+});
+
+test('root only inside its own user namespace is not capable(CAP_IPC_LOCK) on the host: leased (issue #8 item 13)', async () => {
+  const manager = await Actor.start(managerIds);
+  const target = spawn('unshare', ['--user', '--map-root-user', 'sleep', '3600'], { stdio: 'ignore' });
+  try {
+    assert.ok(target.pid !== undefined);
+    await waitForComm(target.pid, 'sleep');
+    const r = await manager.do({ op: 'open', name: 'vm-userns', memoryBytes: 1 * MiB, targetPid: target.pid });
+    const lease = r.ok as { id: string; limitBytes: number } | undefined;
+    assert.ok(lease !== undefined, `granted: ${JSON.stringify(r)}`);
+    assert.deepEqual(memlockOf(target.pid), { soft: lease.limitBytes, hard: lease.limitBytes });
+  } finally {
+    await killTarget(target);
+    await manager.stop();
+  }
+});

@@ -144,7 +144,7 @@ describe('decideRelease', () => {
     assert.ok(decideRelease(policy({ managerGroups: [libvirtGroup] }), sample(), manager, 'l-managed').ok);
   });
 
-  it('refuses the target uid of a lease a manager opened (release would restore its old limit)', () => {
+  it('refuses the target uid of a lease a manager opened (it would take the lease out of its owner\'s hands)', () => {
     const params = denied(decideRelease(policy(), sample(), qemu, 'l-managed'), 'PermissionDenied');
     assert.equal(params.rule, 'release-owner-or-manager');
     assert.match(String(params.reason), /neither the owner \(uid 0\) of lease l-managed nor a manager/);
@@ -153,5 +153,26 @@ describe('decideRelease', () => {
   it('NoSuchLease for unknown or invisible leases', () => {
     assert.deepEqual(denied(decideRelease(policy(), sample(), alice, 'l-bob'), 'NoSuchLease'), { lease: 'l-bob' });
     assert.deepEqual(denied(decideRelease(policy(), sample(), root, 'l-gone'), 'NoSuchLease'), { lease: 'l-gone' });
+  });
+});
+
+describe('released leases (issue #8 item 5)', () => {
+  function released(): Ledger {
+    const ledger = sample();
+    ledger.markReleased('l-managed', '2026-01-01T00:00:00.000Z');
+    return ledger;
+  }
+
+  it('a released lease can no longer be resized, not even lowered by a manager, and says why', () => {
+    const params = denied(decideResize(policy(), released(), root, 'l-managed', GiB, PAGE), 'PermissionDenied');
+    assert.equal(params.rule, 'lease-released');
+    assert.match(String(params.reason), /released at 2026-01-01T00:00:00.000Z; it stays charged until pid 700 exits/);
+    // a non-manager still learns the more fundamental reason first
+    assert.equal(denied(decideResize(policy(), released(), qemu, 'l-managed', GiB, PAGE), 'PermissionDenied').rule, 'resize-managers-only');
+  });
+
+  it('releasing a released lease again is allowed (a retried Release) and names the released lease', () => {
+    const again = decideRelease(policy(), released(), root, 'l-managed');
+    assert.ok(again.ok && again.lease.releasedAt === '2026-01-01T00:00:00.000Z');
   });
 });

@@ -1,6 +1,8 @@
 // Property tests over whole sequences: random policies, peers and targets; Open, Resize,
 // Release, target exit, daemon restart (journal replay) and policy reload, each decided by the
-// core and committed the way the shell does. After every step the invariants must hold.
+// core and committed the way the shell does. After every step the invariants must hold, among
+// them the budget's truth: usedBytes (and each owner's bytes) is never less than the limits of
+// the leases whose targets live and may still pin, whoever released what.
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
@@ -19,16 +21,16 @@ const PEERS: readonly Peer[] = [
   { pid: 14, uid: 107, gid: 107, groups: [] },
 ];
 /** Every process that may be named as a target: the peers themselves and some QEMUs. */
-const TARGETS: ReadonlyArray<{ pid: number; uid: number; ipcLock: boolean }> = [
-  ...PEERS.map((p) => ({ pid: p.pid, uid: p.uid, ipcLock: p.uid === 0 })),
-  { pid: 500, uid: 107, ipcLock: false },
-  { pid: 501, uid: 107, ipcLock: false },
-  { pid: 502, uid: 1000, ipcLock: false },
-  { pid: 503, uid: 107, ipcLock: true },
+const TARGETS: ReadonlyArray<{ pid: number; uid: number; ipcLock: string | undefined; noNewPrivs: boolean }> = [
+  ...PEERS.map((p) => ({ pid: p.pid, uid: p.uid, ipcLock: p.uid === 0 ? 'effective' : undefined, noNewPrivs: p.uid === 1000 })),
+  { pid: 500, uid: 107, ipcLock: undefined, noNewPrivs: true },
+  { pid: 501, uid: 107, ipcLock: undefined, noNewPrivs: false },
+  { pid: 502, uid: 1000, ipcLock: 'inheritable', noNewPrivs: false },
+  { pid: 503, uid: 107, ipcLock: 'permitted', noNewPrivs: true },
 ];
 
 /** A cap: absent half the time, so that sequences also grow large enough to meet the others. */
-function selfTarget(peer: Peer): { pid: number; uid: number; ipcLock: boolean } {
+function selfTarget(peer: Peer): { pid: number; uid: number; ipcLock: string | undefined; noNewPrivs: boolean } {
   const target = TARGETS.find((t) => t.pid === peer.pid);
   assert.ok(target !== undefined);
   return target;
@@ -48,6 +50,7 @@ const policyArb: fc.Arbitrary<Policy> = fc.record({
   overheadBytes: fc.constantFrom(0, 12345, GiB),
   budgetBytes: fc.integer({ min: 0, max: 200 * GiB }),
   allowTargetsWithIpcLock: fc.boolean(),
+  requireTargetNoNewPrivs: fc.boolean(),
 });
 
 const memoryArb = fc.oneof(
@@ -104,14 +107,17 @@ function totals(ledger: Ledger): Totals {
   return { used, owners };
 }
 
-/** Runs one sequence; returns how many grants and raises it made (for the coverage check). */
-function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grants: number; raises: number } {
+/** Runs one sequence; returns how many grants, raises and releases it made (for the coverage check). */
+function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grants: number; raises: number; releases: number } {
   let policy = initial;
   let ledger = new Ledger();
   let nextId = 0;
   let grants = 0;
   let raises = 0;
   let reloaded = false;
+  let releases = 0;
+  /** The model: what each leased target may still pin (the limit the broker last set), by target pid. */
+  const pinning = new Map<number, { owner: number; limit: number }>();
   for (const step of steps) {
     const before = totals(ledger);
     const limitsBefore = new Map(ledger.all().map((l) => [l.id, l.limitBytes]));
@@ -122,19 +128,21 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const peer = at(PEERS, step.peer);
       const target = step.target === undefined ? selfTarget(peer) : at(TARGETS, step.target);
       const decision = decideOpen(policy, ledger, {
-        peer, targetPid: target.pid, targetUid: target.uid, targetHasIpcLock: target.ipcLock,
+        peer, targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLock, targetNoNewPrivs: target.noNewPrivs,
         name: 'vm', memoryBytes: step.memory, requestId: step.requestId, pageSize,
       });
       if (decision.ok) {
         assert.ok(mayOpen(policy, peer), 'only peers allowed to Open get a lease');
         assert.ok(target.pid === peer.pid || isManager(policy, peer), 'non-managers only lease themselves');
-        assert.ok(!target.ipcLock || policy.allowTargetsWithIpcLock, 'no CAP_IPC_LOCK target unless allowed');
+        assert.ok(target.ipcLock === undefined || policy.allowTargetsWithIpcLock, 'no CAP_IPC_LOCK target unless allowed');
+        assert.ok(target.noNewPrivs || !policy.requireTargetNoNewPrivs, 'NoNewPrivs when the policy requires it');
         assert.equal(decision.limitBytes, limitBytesFor(step.memory, policy.overheadBytes, pageSize));
         ledger.grant({
           id: `l-${nextId++}`, name: 'vm', targetPid: target.pid, targetUid: target.uid, targetStartTime: '1',
           ownerUid: peer.uid, memoryBytes: step.memory, limitBytes: decision.limitBytes, requestId: step.requestId,
           createdAt: 't', previousLimit: { soft: -1, hard: -1 },
         });
+        pinning.set(target.pid, { owner: peer.uid, limit: decision.limitBytes });
         grants++;
       }
     } else if (step.op === 'resize') {
@@ -144,12 +152,14 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const decision = decideResize(policy, ledger, peer, id, step.memory, pageSize);
       if (decision.ok) {
         assert.ok(isManager(policy, peer), 'only managers resize: a VM never raises its own limit');
+        assert.equal(decision.lease.releasedAt, undefined, 'a released lease is never resized');
         ledger.resize(id, decision.memoryBytes, decision.limitBytes);
+        pinning.set(decision.lease.targetPid, { owner: decision.lease.ownerUid, limit: decision.limitBytes });
         if (decision.limitBytes > decision.previousLimitBytes) raises++;
       } else if (hidden) {
         assert.deepEqual([decision.error.errorName, decision.error.parameters], ['NoSuchLease', { lease: id }],
           'an invisible lease looks exactly like a missing one');
-      } else if (!isManager(policy, peer)) {
+      } else if (!isManager(policy, peer) || ledger.get(id)?.releasedAt !== undefined) {
         assert.equal(decision.error.errorName, 'PermissionDenied', 'a visible lease says why it is refused');
       }
     } else if (step.op === 'release') {
@@ -160,10 +170,16 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       if (!decision.ok && hidden) assert.equal(decision.error.errorName, 'NoSuchLease');
       if (decision.ok) {
         assert.ok(decision.lease.ownerUid === peer.uid || isManager(policy, peer), 'release: owner or manager');
-        ledger.release(id);
+        // As the shell does: mark it (once); the bytes stay charged while the target lives.
+        if (decision.lease.releasedAt === undefined) ledger.markReleased(id, `r${releases++}`);
       }
     } else if (step.op === 'exit') {
-      if (live.length > 0) ledger.release(at(live, step.lease).id);
+      // Only a target's exit takes a lease out of the ledger and returns its bytes.
+      if (live.length > 0) {
+        const exited = at(live, step.lease);
+        ledger.release(exited.id);
+        pinning.delete(exited.targetPid);
+      }
     } else if (step.op === 'restart') {
       const replayed = Ledger.replay(ledger.all());
       assert.deepEqual(replayed.all(), ledger.all());
@@ -175,6 +191,15 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
 
     // Invariants after every step.
     const after = totals(ledger);
+    // The budget's truth: never less than what live targets may still pin, released or not.
+    const mayPin = [...pinning.values()];
+    assert.ok(ledger.usedBytes() >= mayPin.reduce((sum, p) => sum + p.limit, 0), 'usedBytes covers every live target\'s limit');
+    for (const uid of new Set(mayPin.map((p) => p.owner))) {
+      const owed = mayPin.filter((p) => p.owner === uid).reduce((sum, p) => sum + p.limit, 0);
+      assert.ok(ledger.ownerUsage(uid).bytes >= owed, `uid ${uid}'s bytes cover its targets' limits`);
+    }
+    assert.equal(ledger.releasedBytes(), ledger.all().filter((l) => l.releasedAt !== undefined).reduce((sum, l) => sum + l.limitBytes, 0),
+      'releasedBytes is the released leases\' share');
     assert.equal(ledger.usedBytes(), after.used, 'incremental used == sum of live limits');
     assert.ok(after.used <= Math.max(policy.budgetBytes, before.used), 'usage never grows past the budget');
     for (const [uid, usage] of after.owners) {
@@ -198,20 +223,23 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       assert.ok(ledger.all().every((l) => policy.perVmMaxBytes === null || l.limitBytes <= policy.perVmMaxBytes));
     }
   }
-  return { grants, raises };
+  return { grants, raises, releases };
 }
 
 describe('ledger sequences', () => {
-  it('keep used == sum, stay within budget and quotas, and never let a VM raise itself', () => {
+  it('keep used == sum, stay within budget and quotas, count released leases until exit, and never let a VM raise itself', () => {
     let grants = 0;
     let raises = 0;
+    let releases = 0;
     fc.assert(fc.property(policyArb, fc.constantFrom(4096, 65536), fc.array(stepArb, { maxLength: 60, size: 'medium' }), (p, page, steps) => {
       const made = run(p, page, steps);
       grants += made.grants;
       raises += made.raises;
+      releases += made.releases;
     }), { numRuns: 400 });
     // The generators must actually exercise the paths whose invariants we check.
     assert.ok(grants > 300, `only ${grants} grants over all runs`);
     assert.ok(raises > 40, `only ${raises} raising resizes over all runs`);
+    assert.ok(releases > 100, `only ${releases} releases over all runs`);
   });
 });

@@ -224,3 +224,38 @@ describe('Ledger properties', () => {
     assert.deepEqual(ledger.get('l-a')?.previousLimit, { soft: -1, hard: -1 });
   });
 });
+
+describe('Ledger.markReleased (issue #8 item 5: the budget never counts less than live targets may pin)', () => {
+  it('keeps a released lease and its bytes charged, to the budget and its owner, until release()', () => {
+    const ledger = new Ledger();
+    ledger.grant(lease({ id: 'l-a', targetPid: 10, limitBytes: 5 * GiB }));
+    ledger.grant(lease({ id: 'l-b', targetPid: 11, memoryBytes: GiB, limitBytes: 2 * GiB, ownerUid: 7 }));
+    const marked = ledger.markReleased('l-a', 't1');
+    assert.equal(marked.releasedAt, 't1');
+    assert.ok(Object.isFrozen(marked));
+    assert.deepEqual(ledger.get('l-a'), marked);
+    assert.equal(ledger.usedBytes(), 7 * GiB, 'Release returns no bytes while the target lives');
+    assert.equal(ledger.releasedBytes(), 5 * GiB);
+    assert.deepEqual(ledger.ownerUsage(1000), { leases: 1, bytes: 5 * GiB });
+    assert.equal(ledger.count(), 2);
+    assert.equal(ledger.byTargetPid(10)?.id, 'l-a', 'still one lease per target: a new Open for it is refused');
+
+    assert.throws(() => ledger.markReleased('l-a', 't2'), /already released at t1/);
+    assert.throws(() => ledger.resize('l-a', GiB, 2 * GiB), /was released; it cannot be resized/);
+    assert.throws(() => ledger.markReleased('l-none', 't'), LedgerError);
+    assert.equal(ledger.usedBytes(), 7 * GiB, 'refused commits change nothing');
+
+    ledger.release('l-a'); // the target exited
+    assert.equal(ledger.usedBytes(), 2 * GiB);
+    assert.equal(ledger.releasedBytes(), 0);
+    assert.deepEqual(ledger.ownerUsage(1000), { leases: 0, bytes: 0 });
+  });
+
+  it('replays released leases as released', () => {
+    const ledger = Ledger.replay([lease({ id: 'l-a', releasedAt: 't1' }), lease({ id: 'l-b', targetPid: 2 })]);
+    assert.equal(ledger.get('l-a')?.releasedAt, 't1');
+    assert.equal(ledger.get('l-b')?.releasedAt, undefined);
+    assert.equal(ledger.releasedBytes(), 5 * GiB);
+    assert.equal(ledger.usedBytes(), 10 * GiB);
+  });
+});

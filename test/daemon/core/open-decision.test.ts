@@ -13,7 +13,8 @@ function request(fields: Partial<OpenRequest> & { peer: Peer }): OpenRequest {
   return {
     targetPid: fields.peer.pid,
     targetUid: fields.peer.uid,
-    targetHasIpcLock: false,
+    targetIpcLockSet: undefined,
+    targetNoNewPrivs: false,
     name: 'vm1',
     memoryBytes: 4 * GiB,
     pageSize: PAGE,
@@ -48,7 +49,7 @@ describe('decideOpen: grants', () => {
 
   it('allows a CAP_IPC_LOCK target when the policy says so', () => {
     const p = policy({ allowTargetsWithIpcLock: true });
-    assert.equal(granted(decideOpen(p, new Ledger(), request({ peer: alice, targetHasIpcLock: true }))), 5 * GiB);
+    assert.equal(granted(decideOpen(p, new Ledger(), request({ peer: alice, targetIpcLockSet: 'effective' }))), 5 * GiB);
   });
 
   it('lets another owner reuse a requestId, and the same owner reuse one after release', () => {
@@ -75,11 +76,29 @@ describe('decideOpen: each rule', () => {
   });
 
   it('CAP_IPC_LOCK: refused by default, with the pid and capability', () => {
-    const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetHasIpcLock: true })),
+    const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIpcLockSet: 'effective' })),
       'TargetBypassesAccounting');
     assert.equal(params.pid, alice.pid);
     assert.equal(params.capability, 'CAP_IPC_LOCK');
     assert.match(String(params.reason), /never charges its pinned pages/);
+  });
+
+  it('CAP_IPC_LOCK in a set the target can raise from: refused, naming the set (issue #8 item 6)', () => {
+    for (const set of ['permitted', 'ambient', 'inheritable']) {
+      const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIpcLockSet: set })), 'TargetBypassesAccounting');
+      assert.equal(params.set, set);
+      assert.equal(params.capability, 'CAP_IPC_LOCK');
+      assert.match(String(params.reason), new RegExp(`in its ${set} capability set \\(it can gain it\\)`));
+    }
+  });
+
+  it('requireTargetNoNewPrivs: a target without NoNewPrivs is refused (set "exec"); with it, granted', () => {
+    const p = policy({ requireTargetNoNewPrivs: true });
+    const params = denied(decideOpen(p, new Ledger(), request({ peer: alice })), 'TargetBypassesAccounting');
+    assert.equal(params.set, 'exec');
+    assert.match(String(params.reason), /does not have NoNewPrivs set.*setuid-root or file-capability/);
+    assert.equal(granted(decideOpen(p, new Ledger(), request({ peer: alice, targetNoNewPrivs: true }))), 5 * GiB);
+    assert.equal(granted(decideOpen(policy(), new Ledger(), request({ peer: alice }))), 5 * GiB, 'not required by default');
   });
 
   it('one lease per target pid, naming the lease that holds it', () => {
@@ -165,19 +184,19 @@ describe('decideOpen: rule order', () => {
   // A request that breaks every rule at once; relaxing them one by one must reveal each next rule.
   const ledger = new Ledger();
   ledger.grant(lease({ id: 'l-held', targetPid: 4242, ownerUid: 1000, requestId: 'dup', limitBytes: 5 * GiB }));
-  const base = request({ peer: alice, targetPid: 4242, targetHasIpcLock: true, requestId: 'dup', memoryBytes: Number.MAX_SAFE_INTEGER });
+  const base = request({ peer: alice, targetPid: 4242, targetIpcLockSet: 'effective', requestId: 'dup', memoryBytes: Number.MAX_SAFE_INTEGER });
   const strict: Policy = policy({ openUsers: [], perVmMaxBytes: GiB, perUidMaxLeases: 1, perUidMaxBytes: GiB, budgetBytes: GiB });
   const steps: Array<[string, Policy, OpenRequest]> = [
     ['open-users', strict, base],
     ['target-not-self', { ...strict, openUsers: 'any' }, base],
     ['CAP_IPC_LOCK', { ...strict, openUsers: 'any' }, { ...base, targetPid: alice.pid }],
-    ['DuplicateRequest', { ...strict, openUsers: 'any', managerUsers: [1000] }, { ...base, targetHasIpcLock: false }],
-    ['TargetAlreadyLeased', { ...strict, openUsers: 'any', managerUsers: [1000] }, { ...base, targetHasIpcLock: false, requestId: 'new' }],
-    ['limit-representable', { ...strict, openUsers: 'any' }, { ...base, targetHasIpcLock: false, targetPid: alice.pid, requestId: 'new' }],
-    ['per-vm-max', { ...strict, openUsers: 'any' }, { ...base, targetHasIpcLock: false, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
-    ['per-uid-leases', { ...strict, openUsers: 'any', perVmMaxBytes: null }, { ...base, targetHasIpcLock: false, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
-    ['per-uid-bytes', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null }, { ...base, targetHasIpcLock: false, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
-    ['budget', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null }, { ...base, targetHasIpcLock: false, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
+    ['DuplicateRequest', { ...strict, openUsers: 'any', managerUsers: [1000] }, { ...base, targetIpcLockSet: undefined }],
+    ['TargetAlreadyLeased', { ...strict, openUsers: 'any', managerUsers: [1000] }, { ...base, targetIpcLockSet: undefined, requestId: 'new' }],
+    ['limit-representable', { ...strict, openUsers: 'any' }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new' }],
+    ['per-vm-max', { ...strict, openUsers: 'any' }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
+    ['per-uid-leases', { ...strict, openUsers: 'any', perVmMaxBytes: null }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
+    ['per-uid-bytes', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
+    ['budget', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
   ];
   const expected: Record<string, [BrokerErrorName, string | undefined]> = {
     'open-users': ['PermissionDenied', 'open-users'],
@@ -202,7 +221,7 @@ describe('decideOpen: rule order', () => {
 
   it('grants once every rule is relaxed', () => {
     const p: Policy = { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null, budgetBytes: 100 * GiB };
-    assert.equal(granted(decideOpen(p, ledger, { ...base, targetHasIpcLock: false, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB })), 2 * GiB);
+    assert.equal(granted(decideOpen(p, ledger, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB })), 2 * GiB);
   });
 
   it('throws (a caller bug, not a denial) for a page size that is not a power of two', () => {

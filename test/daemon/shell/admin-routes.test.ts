@@ -3,11 +3,13 @@
 // errors carry the Varlink names, and only managers get past the first hook.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadPolicy } from '../../../daemon/shell/config.ts';
 import type { AdminService } from '../../../daemon/shell/admin-routes.ts';
 import { MiB, NOBODY_PEER, ROOT_PEER, memlockOf, startHarness, testPolicy } from './admin-fixtures.ts';
+import { eventually } from '../../hostile/support/processes.ts';
 
 interface Answer { status: number; body: Record<string, unknown> }
 
@@ -22,7 +24,7 @@ test('status, leases and one lease are the service\'s own answers', async () => 
     const status = answer(await h.api.app.inject({ method: 'GET', url: '/v1/status' }));
     assert.equal(status.status, 200);
     assert.deepEqual(status.body, h.service.status());
-    assert.deepEqual(status.body['budget'], { totalBytes: 64 * MiB, usedBytes: 3 * MiB, freeBytes: 61 * MiB });
+    assert.deepEqual(status.body['budget'], { totalBytes: 64 * MiB, usedBytes: 3 * MiB, freeBytes: 61 * MiB, releasedBytes: 0 });
     const list = answer(await h.api.app.inject({ method: 'GET', url: '/v1/leases' }));
     assert.equal(list.status, 200);
     assert.deepEqual(list.body, h.service.list(ROOT_PEER));
@@ -101,22 +103,31 @@ test('PATCH refusals keep their Varlink names: budget 409, kernel 502, bad bodie
   }
 });
 
-test('DELETE releases through the core: the budget comes back, the lease is gone, limitRestored is the truth', async () => {
+test('DELETE releases through the core: the limit is kept, the lease stays charged until its target exits', async () => {
+  // Issue #8 item 5 changed this: a Release no longer returns the bytes of a live target (it
+  // keeps its fd and its limit), and never restores the earlier limit (that is usually a raise).
   const h = await startHarness();
   try {
     const { lease, target } = await h.lease('vm1', 2 * MiB);
     const before = memlockOf(target.pid ?? -1);
     const r = answer(await h.api.app.inject({ method: 'DELETE', url: `/v1/leases/${lease.id}` }));
     assert.equal(r.status, 200);
-    // Restoring the old 8 MiB raises the hard limit: it works only with CAP_SYS_RESOURCE (not
-    // on these hosts). Either way the reply must tell the truth about the target.
-    const restored = memlockOf(target.pid ?? -1) === 8 * MiB;
-    assert.deepEqual(r.body, { limitRestored: restored });
-    if (!restored) assert.equal(memlockOf(target.pid ?? -1), before);
-    assert.deepEqual(h.service.list(ROOT_PEER), { leases: [] });
-    assert.equal(h.service.status().budget.usedBytes, 0);
+    assert.deepEqual(r.body, { limitRestored: false });
+    assert.equal(memlockOf(target.pid ?? -1), before, 'the limit is kept');
+    const listed = h.service.list(ROOT_PEER).leases;
+    assert.deepEqual(listed.map((l) => [l.id, l.releasedAt !== undefined]), [[lease.id, true]]);
+    assert.equal(h.service.status().budget.usedBytes, lease.limitBytes);
+    assert.equal(h.service.status().budget.releasedBytes, lease.limitBytes);
     const again = answer(await h.api.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` }));
-    assert.equal(again.status, 404);
+    assert.equal(again.status, 200);
+
+    const gone = once(target, 'exit');
+    target.kill('SIGKILL');
+    await gone;
+    await eventually('the exited target\'s lease ends', () => h.service.status().budget.usedBytes === 0);
+    assert.deepEqual(h.service.list(ROOT_PEER), { leases: [] });
+    const after = answer(await h.api.app.inject({ method: 'GET', url: `/v1/leases/${lease.id}` }));
+    assert.equal(after.status, 404);
   } finally {
     await h.close();
   }

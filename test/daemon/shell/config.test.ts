@@ -51,7 +51,7 @@ test('without a file: anyone opens, root manages, 1 GiB overhead, budget = MemTo
     openUsers: 'any', openGroups: [], managerUsers: [0], managerGroups: [], observerUsers: [], observerGroups: [],
     perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null,
     overheadBytes: DEFAULT_OVERHEAD_BYTES, budgetBytes: MEM - defaultReserveBytes(MEM),
-    allowTargetsWithIpcLock: false,
+    allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false,
   });
   assert.equal(defaultReserveBytes(MEM), Math.floor(MEM / 10), '10 % of 64 GiB');
   assert.equal(defaultReserveBytes(4 * GiB), GiB, 'at least 1 GiB');
@@ -64,7 +64,7 @@ test('the shipped example loads to exactly what its comments say', () => {
   assert.deepEqual(load({ configPath: EXAMPLE }), {
     openUsers: [1000], openGroups: [107], managerUsers: [0], managerGroups: [990], observerUsers: [998], observerGroups: [],
     perVmMaxBytes: 256 * GiB, perUidMaxLeases: 8, perUidMaxBytes: 512 * GiB,
-    overheadBytes: GiB, budgetBytes: 200 * GiB, allowTargetsWithIpcLock: false,
+    overheadBytes: GiB, budgetBytes: 200 * GiB, allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false,
   });
 });
 
@@ -167,6 +167,8 @@ test('unreadable, unparsable, misnamed and unsafe files are refused', () => {
 
   const writable = policyFile('[targets]\nallowIpcLock = true\n');
   assert.equal(load({ configPath: writable }).allowTargetsWithIpcLock, true);
+  assert.equal(load({ configPath: policyFile('[targets]\nrequireNoNewPrivs = true\n') }).requireTargetNoNewPrivs, true);
+  rejects('[targets]\nrequireNoNewPrivs = "yes"\n', 'targets.requireNoNewPrivs', /true or false/);
   chmodSync(writable, 0o666);
   assert.throws(() => load({ configPath: writable }), (e: unknown) => e instanceof PolicyError && /mode 666.*not group\/world-writable/.test(e.message));
   chmodSync(writable, 0o644);

@@ -24,7 +24,7 @@ function status(over: Partial<Status> = {}): Status {
     version: '0.1.0',
     device: { kind: 'simulated', path: 'simulated', rlimitModeSupported: null, perFdLimitOption: null, note: 'n' },
     capabilities: { sysResource: false, note: 'c' },
-    budget: { totalBytes: 64 * GiB, usedBytes: 11 * GiB, freeBytes: 53 * GiB },
+    budget: { totalBytes: 64 * GiB, usedBytes: 11 * GiB, freeBytes: 53 * GiB, releasedBytes: 0 },
     leases: 2, overheadBytes: GiB, ...over,
   };
 }
@@ -71,7 +71,7 @@ test('the gauges print the snapshot: budget, lease count, and each lease\'s limi
 
 test('byte counts up to 2^53 print as exact integers', () => {
   const big = Number.MAX_SAFE_INTEGER;
-  const text = new Metrics().render({ status: status({ budget: { totalBytes: big, usedBytes: 0, freeBytes: big } }), leases: [], journal: { records: 0, syncs: 0 } });
+  const text = new Metrics().render({ status: status({ budget: { totalBytes: big, usedBytes: 0, freeBytes: big, releasedBytes: 0 } }), leases: [], journal: { records: 0, syncs: 0 } });
   assert.equal(sample(text, 'iommufd_broker_budget_bytes'), '9007199254740991');
 });
 

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { BrokerClient } from '../../../client/index.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { LineReader, NOBODY, exited, spawnStripped } from '../../support/children.ts';
+import { eventually } from '../../hostile/support/processes.ts';
 
 const MiB = 1024 ** 2;
 
@@ -100,25 +101,46 @@ test('after SIGKILL a restarted daemon re-adopts live targets and drops dead one
   }
 });
 
-test('Release ends the lease at once and returns its budget', async () => {
+test('Release keeps a live target\'s lease charged, unresizable, until the target exits; then the budget returns', async () => {
+  // Issue #8 item 5: the target keeps its FD and its limit after a Release, so it may still pin
+  // up to limitBytes; the budget must go on counting them until it exits.
   const broker = await BrokerProcess.start({ extraArgs: ['--overhead', '1M'] });
-  const { holder, id } = await hold(broker, 'vm-released');
+  const { holder, id, pid, limitBytes } = await hold(broker, 'vm-released');
   const client = await BrokerClient.connect(broker.socket);
   try {
-    const reply = await client.release(id);
-    assert.equal(typeof reply.limitRestored, 'boolean');
-    assert.equal((await client.status()).budget.usedBytes, 0);
+    assert.deepEqual(await client.release(id), { limitRestored: false });
+    const status = await client.status();
+    assert.equal(status.budget.usedBytes, limitBytes, 'still charged while the target lives');
+    assert.equal(status.budget.releasedBytes, limitBytes);
+    assert.equal(status.leases, 1);
+    const listed = (await client.list()).leases.find((l) => l.id === id);
+    assert.ok(listed?.releasedAt !== undefined, `List says it was released: ${JSON.stringify(listed)}`);
+    assert.equal(listed.pid, pid);
+    await assert.rejects(client.resize(id, MiB), (e: { errorName?: string; parameters?: { rule?: string } }) =>
+      e.errorName === 'PermissionDenied' && e.parameters?.rule === 'lease-released');
+    assert.deepEqual(await client.release(id), { limitRestored: false }, 'a retried Release changes nothing');
+    holder.send('limits');
+    assert.deepEqual(await holder.next(), { soft: String(limitBytes), hard: String(limitBytes) }, 'the limit is kept');
+
+    holder.send('exit');
+    await exited(holder.child);
+    await eventually('the exited target\'s lease ends', () => broker.audits('release').some((l) => l['lease'] === id && l['reason'] === 'target exited'));
+    const after = await client.status();
+    assert.equal(after.budget.usedBytes, 0);
+    assert.equal(after.budget.releasedBytes, 0);
     await assert.rejects(client.release(id), (e: { errorName?: string }) => e.errorName === 'NoSuchLease');
   } finally {
     client.close();
-    holder.send('exit');
-    await exited(holder.child);
+    if (holder.child.exitCode === null && holder.child.signalCode === null) {
+      holder.send('exit');
+      await exited(holder.child);
+    }
     await broker.stop();
     broker.cleanup();
   }
 });
 
-test('a VM that releases its own lease keeps the lease\'s limit: only a manager\'s Release restores', async () => {
+test('a VM that releases its own lease keeps the lease\'s limit (no Release ever restores one)', async () => {
   const broker0 = await BrokerProcess.start();
   const config = join(broker0.dir, 'policy.json');
   await broker0.stop();
@@ -130,7 +152,8 @@ test('a VM that releases its own lease keeps the lease\'s limit: only a manager\
     holder.send('release');
     assert.deepEqual(await holder.next(), { ok: { limitRestored: false } });
     const audit = await broker.waitForLog((l) => l['audit'] === 'release' && l['lease'] === id);
-    assert.equal(audit['reason'], 'released by its owner; limit kept');
+    assert.equal(audit['reason'], 'released; charged until the target exits');
+    assert.equal(audit['limitRestored'], false);
     holder.send('limits');
     assert.deepEqual(await holder.next(), { soft: String(limitBytes), hard: String(limitBytes) });
   } finally {

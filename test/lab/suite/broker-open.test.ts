@@ -45,7 +45,7 @@ describe('broker on /dev/iommu: Status, Open, limits, refusal of CAP_IPC_LOCK', 
     assert.equal(status.device.rlimitModeSupported, true);
     assert.equal(status.device.perFdLimitOption, false, 'the probe of an unknown option id gave EOPNOTSUPP');
     assert.equal(status.capabilities.sysResource, true, 'root in the VM has CAP_SYS_RESOURCE');
-    assert.deepEqual(status.budget, { totalBytes: BUDGET, usedBytes: 0, freeBytes: BUDGET });
+    assert.deepEqual(status.budget, { totalBytes: BUDGET, usedBytes: 0, freeBytes: BUDGET, releasedBytes: 0 });
     assert.equal(status.leases, 0);
     assert.equal(status.overheadBytes, OVERHEAD);
   });
