@@ -171,9 +171,31 @@ export class BrokerClient {
     return (await this.#call('io.iommufd.Broker.Release', { lease }, [], options)).parameters;
   }
 
-  /** The leases this caller may see. */
-  async list(options: CallOptions = {}): Promise<BrokerReply<'List'>> {
-    return (await this.#call('io.iommufd.Broker.List', {}, [], options)).parameters;
+  /**
+   * Every lease this caller may see, oldest first: follows List's `next` page by page (each
+   * page its own call, with its own timeout). A broker that hands back a cursor without
+   * progress (an empty page, or the same cursor twice) is a ProtocolViolation, not a loop.
+   */
+  async list(options: CallOptions = {}): Promise<{ leases: Lease[] }> {
+    const leases: Lease[] = [];
+    let cursor: string | undefined;
+    for (;;) {
+      const page = await this.listPage(cursor === undefined ? {} : { cursor }, options);
+      leases.push(...page.leases);
+      if (page.next === undefined) return { leases };
+      if (page.leases.length === 0 || page.next === cursor) {
+        const error = new BrokerClientError('ProtocolViolation', this.socketPath,
+          `the broker's List reply names a next page but makes no progress (${page.leases.length} leases, cursor ${JSON.stringify(page.next)})`);
+        this.#fail(error);
+        throw error;
+      }
+      cursor = page.next;
+    }
+  }
+
+  /** One page of List: at most `limit` leases after `cursor` (the `next` of the page before). */
+  async listPage(page: ParametersOf<'io.iommufd.Broker.List'> = {}, options: CallOptions = {}): Promise<BrokerReply<'List'>> {
+    return (await this.#call('io.iommufd.Broker.List', page, [], options)).parameters;
   }
 
   async status(options: CallOptions = {}): Promise<Status> {

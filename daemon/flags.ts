@@ -9,6 +9,16 @@ import { parseArgs } from 'node:util';
 export const DEFAULT_SOCKET = '/run/iommufd-broker/broker.sock';
 export const DEFAULT_STATE_DIR = '/var/lib/iommufd-broker';
 export const DEFAULT_DEVICE = '/dev/iommu';
+/** Varlink connections at once, all peers together (each costs two fds: socket and peer pidfd). */
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+/** Varlink connections one uid may hold at once. */
+export const DEFAULT_MAX_CONNECTIONS_PER_UID = 64;
+/** Of the connections, how many are kept for managers and root (others share the rest). */
+export const DEFAULT_RESERVED_CONNECTIONS = 64;
+/** Seconds a message may take from its first byte to its NUL. */
+export const DEFAULT_FRAME_TIMEOUT_SECONDS = 10;
+/** Seconds a connection may stay silent with nothing in flight. */
+export const DEFAULT_IDLE_TIMEOUT_SECONDS = 300;
 
 export const USAGE = `usage: iommufd-brokerd [options]
   --socket PATH        Varlink socket to bind when systemd passes none (default ${DEFAULT_SOCKET})
@@ -19,7 +29,15 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
   --overhead SIZE      limit = VM memory + overhead (default 1G, like libvirt); overrides the file
   --budget SIZE        host-wide sum of limits (default MemTotal minus a reserve); overrides the file
-  --idle-timeout SECS  close a client connection idle this long with nothing in flight (default 300, 0 = never)
+  --idle-timeout SECS  close a client connection idle this long with nothing in flight (default ${DEFAULT_IDLE_TIMEOUT_SECONDS}, 0 = never)
+  --frame-timeout SECS close a connection whose message is still unfinished this long after its
+                       first byte, however slowly bytes keep coming (default ${DEFAULT_FRAME_TIMEOUT_SECONDS}, 0 = never)
+  --max-connections N  Varlink connections at once, all clients together (default ${DEFAULT_MAX_CONNECTIONS})
+  --max-connections-per-uid N
+                       Varlink connections one uid may hold (default ${DEFAULT_MAX_CONNECTIONS_PER_UID})
+  --reserved-connections N
+                       of --max-connections, how many only managers and root may use: all other
+                       clients together get at most max - reserved (default ${DEFAULT_RESERVED_CONNECTIONS})
   --log-level LEVEL    pino level: fatal error warn info debug trace (default info)
   --help               this text`;
 
@@ -38,6 +56,10 @@ export interface Flags {
   readonly budget: string | undefined;
   readonly logLevel: string;
   readonly idleTimeoutMs: number;
+  readonly frameTimeoutMs: number;
+  readonly maxConnections: number;
+  readonly maxConnectionsPerUid: number;
+  readonly reservedConnections: number;
   readonly help: boolean;
 }
 
@@ -52,7 +74,9 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
         socket: { type: 'string' }, 'admin-socket': { type: 'string' }, 'socket-mode': { type: 'string' },
         'state-dir': { type: 'string' }, config: { type: 'string' }, device: { type: 'string' },
         overhead: { type: 'string' }, budget: { type: 'string' }, 'log-level': { type: 'string' },
-        'idle-timeout': { type: 'string' },
+        'idle-timeout': { type: 'string' }, 'frame-timeout': { type: 'string' },
+        'max-connections': { type: 'string' }, 'max-connections-per-uid': { type: 'string' },
+        'reserved-connections': { type: 'string' },
         help: { type: 'boolean' },
       },
     }));
@@ -63,10 +87,14 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
   if (!/^0?[0-7]{3}$/.test(modeText)) throw new UsageError(`--socket-mode must be octal like 0660, got "${modeText}"`);
   const logLevel = values['log-level'] ?? 'info';
   if (!LOG_LEVELS.includes(logLevel)) throw new UsageError(`--log-level must be one of ${LOG_LEVELS.join(', ')}, got "${logLevel}"`);
-  const idleText = values['idle-timeout'] ?? '300';
-  const idleMatch = /^(\d+(?:\.\d+)?)(s|ms)?$/.exec(idleText);
-  if (idleMatch?.[1] === undefined) throw new UsageError(`--idle-timeout takes seconds like 300, 1.5 or 250ms, got "${idleText}"`);
-  const idleTimeoutMs = Math.round(Number(idleMatch[1]) * (idleMatch[2] === 'ms' ? 1 : 1000));
+  const idleTimeoutMs = durationMs('--idle-timeout', values['idle-timeout'] ?? String(DEFAULT_IDLE_TIMEOUT_SECONDS));
+  const frameTimeoutMs = durationMs('--frame-timeout', values['frame-timeout'] ?? String(DEFAULT_FRAME_TIMEOUT_SECONDS));
+  const maxConnections = count('--max-connections', values['max-connections'], DEFAULT_MAX_CONNECTIONS, 1);
+  const maxConnectionsPerUid = count('--max-connections-per-uid', values['max-connections-per-uid'], DEFAULT_MAX_CONNECTIONS_PER_UID, 1);
+  const reservedConnections = count('--reserved-connections', values['reserved-connections'], DEFAULT_RESERVED_CONNECTIONS, 0);
+  if (reservedConnections >= maxConnections) {
+    throw new UsageError(`--reserved-connections (${reservedConnections}) must be less than --max-connections (${maxConnections}), or no client but a manager could connect`);
+  }
   return Object.freeze({
     socket: values.socket ?? DEFAULT_SOCKET,
     adminSocket: values['admin-socket'],
@@ -78,6 +106,25 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
     budget: values.budget,
     logLevel,
     idleTimeoutMs,
+    frameTimeoutMs,
+    maxConnections,
+    maxConnectionsPerUid,
+    reservedConnections,
     help: values.help === true,
   });
+}
+
+/** Seconds ("300", "1.5") or milliseconds ("250ms") as whole milliseconds. */
+function durationMs(flag: string, text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(s|ms)?$/.exec(text);
+  if (match?.[1] === undefined) throw new UsageError(`${flag} takes seconds like 300, 1.5 or 250ms, got "${text}"`);
+  return Math.round(Number(match[1]) * (match[2] === 'ms' ? 1 : 1000));
+}
+
+/** A whole number >= min, or the default when the flag is absent. */
+function count(flag: string, text: string | undefined, fallback: number, min: number): number {
+  if (text === undefined) return fallback;
+  const n = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  if (!(n >= min)) throw new UsageError(`${flag} takes a whole number >= ${min}, got "${text}"`);
+  return n;
 }

@@ -27,6 +27,7 @@ import { memTotalBytes, ownCapabilities } from './shell/procfs.ts';
 import { BrokerService } from './shell/service.ts';
 import { VarlinkServer } from './shell/varlink-server.ts';
 import { makeDispatcher } from './shell/dispatch.ts';
+import { isManager } from './core/policy.ts';
 import type { AdminApi } from './shell/admin-api.ts';
 import { Metrics, withMetrics } from './shell/metrics.ts';
 
@@ -111,9 +112,14 @@ export async function main(argv: string[]): Promise<void> {
 
   const reloadPolicy = (): void => service.replacePolicy(loadCurrentPolicy());
   const metrics = new Metrics();
+  const { maxConnections, maxConnectionsPerUid, reservedConnections, idleTimeoutMs, frameTimeoutMs } = flags;
   const server = new VarlinkServer(withMetrics(makeDispatcher(service), metrics), log,
-    { maxConnections: 1024, maxConnectionsPerUid: 64, idleTimeoutMs: flags.idleTimeoutMs },
-    { refused: (r) => metrics.observeRefusal(r.stage, r.reason) });
+    { maxConnections, maxConnectionsPerUid, reservedConnections, idleTimeoutMs, frameTimeoutMs },
+    {
+      refused: (r) => metrics.observeRefusal(r.stage, r.reason),
+      // The policy in force now (SIGHUP may change it), with the identity the kernel gave at accept.
+      mayUseReserve: (peer) => peer.uid === 0 || isManager(service.policy, peer),
+    });
   const brokerFd = activated.fds.get(BROKER_SOCKET_NAME);
   server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
     : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));

@@ -104,8 +104,18 @@ method Release(
 )
 
 # The leases the caller may see: managers see all, others the leases they own or whose
-# target runs as their uid. Oldest first.
-method List() -> (leases: []Lease)
+# target runs as their uid. Oldest first (grant time, then id), one page per call: call
+# again with cursor set to next until a reply has no next.
+method List(
+  # Most leases in this reply: 1-1000 (default 1000).
+  limit: ?int,
+  # The next of the previous reply, passed back unchanged (opaque); absent: from the start.
+  cursor: ?string
+) -> (
+  leases: []Lease,
+  # Present when more leases follow: the cursor for the next call.
+  next: ?string
+)
 
 # The broker's state: device, capabilities, budget.
 method Status() -> (

@@ -6,6 +6,9 @@
 // - Parameter objects are strict: an unknown field is an InvalidParameter, never ignored.
 // - Byte counts are integers in [0, 2^53); fd references are indexes into the fds that came
 //   with the same message (systemd's convention), resolved by the decoder.
+// - Every string a reply can carry many times over (a Lease's) has a bounded length here, so a
+//   List page of MAX_LIST_LIMIT leases provably fits MAX_REPLY_FRAME_BYTES (the bound is
+//   computed from these schemas in test/protocol/list-page-bound.test.ts).
 import { z } from 'zod';
 import { BROKER_INTERFACE, SERVICE_INTERFACE } from './errors.ts';
 
@@ -15,18 +18,39 @@ export const MAX_BYTES = Number.MAX_SAFE_INTEGER;
 export const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}$/;
 /** Lease ids are made by the daemon: "l-" and 16 hex digits. */
 export const LEASE_ID_PATTERN = /^l-[0-9a-f]{16}$/;
+/** Open's requestId: 1-128 UTF-16 code units (JSON escapes a control character to 6 bytes). */
+export const MAX_REQUEST_ID_LENGTH = 128;
+/** Lease.createdAt: ISO 8601, UTC, with milliseconds (what Date.toISOString() writes). */
+export const CREATED_AT_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
+/**
+ * List paging. A page holds at most MAX_LIST_LIMIT leases (DEFAULT_LIST_LIMIT when the call
+ * names no limit): small enough that a page of the longest leases the schemas allow fits the
+ * reply cap with room to spare, and that one call reads at most this many /proc files.
+ */
+export const MAX_LIST_LIMIT = 1000;
+export const DEFAULT_LIST_LIMIT = 1000;
+/**
+ * A List cursor, as the broker hands it out in `next`: opaque to clients (they pass it back
+ * unchanged). It names a position in the broker's lease order (grant time in ms, then id), so
+ * it stays valid when the lease it came from has ended meanwhile. At most 15 digits: every
+ * cursor that matches names a safe integer (years 0000-9999 need at most 15).
+ */
+export const LIST_CURSOR_PATTERN = /^-?[0-9]{1,15}\/l-[0-9a-f]{16}$/;
 
 const byteCount = z.number().int().min(0).max(MAX_BYTES);
 const positiveBytes = z.number().int().min(1).max(MAX_BYTES);
 const fdIndex = z.number().int().min(0).max(15);
 const leaseId = z.string().regex(LEASE_ID_PATTERN, 'a lease id looks like l-0123456789abcdef');
+const vmName = z.string().regex(NAME_PATTERN, 'names are 1-128 chars of [A-Za-z0-9._:@+-], starting alphanumeric');
+const requestId = z.string().min(1).max(MAX_REQUEST_ID_LENGTH);
+const listCursor = z.string().regex(LIST_CURSOR_PATTERN, 'a cursor is the `next` of an earlier List reply, passed back unchanged');
 
 export const deviceKinds = ['iommufd', 'simulated'] as const;
 export const accountingModes = ['process', 'none'] as const;
 
 export const Lease = z.object({
-  id: z.string(),
-  name: z.string(),
+  id: leaseId,
+  name: vmName,
   /** The target process whose RLIMIT_MEMLOCK the broker set. */
   pid: z.number().int(),
   /** The target's real uid (from /proc/PID/status). */
@@ -38,8 +62,9 @@ export const Lease = z.object({
   /** "process": iommufd RLIMIT_MODE=1, pins charged to the target's own mm; "none": simulated device. */
   accountingMode: z.enum(accountingModes),
   deviceKind: z.enum(deviceKinds),
-  requestId: z.string().optional(),
-  createdAt: z.string(),
+  requestId: requestId.optional(),
+  /** Always 24 characters (CREATED_AT_PATTERN). */
+  createdAt: z.string().regex(CREATED_AT_PATTERN, 'an ISO 8601 UTC time with milliseconds, as Date.toISOString() writes it'),
   /** VmPin / VmLck of the target right now, from /proc/PID/status (absent if unreadable). */
   pinnedBytes: byteCount.optional(),
   lockedBytes: byteCount.optional(),
@@ -72,10 +97,10 @@ export type Status = z.infer<typeof Status>;
 export const brokerMethods = {
   Open: {
     parameters: z.object({
-      name: z.string().regex(NAME_PATTERN, 'names are 1-128 chars of [A-Za-z0-9._:@+-], starting alphanumeric'),
+      name: vmName,
       memoryBytes: positiveBytes,
       targetPidFileDescriptor: fdIndex.optional(),
-      requestId: z.string().min(1).max(128).optional(),
+      requestId: requestId.optional(),
     }).strict(),
     reply: z.object({ lease: Lease, fileDescriptor: fdIndex }).strict(),
     /** How many fds a call may carry. */
@@ -92,8 +117,14 @@ export const brokerMethods = {
     maxFds: 0,
   },
   List: {
-    parameters: z.object({}).strict(),
-    reply: z.object({ leases: z.array(Lease) }).strict(),
+    parameters: z.object({
+      /** Most leases in this reply (default DEFAULT_LIST_LIMIT). */
+      limit: z.number().int().min(1).max(MAX_LIST_LIMIT).optional(),
+      /** Continue after this position: the `next` of the previous page. */
+      cursor: listCursor.optional(),
+    }).strict(),
+    /** `next` is present exactly when more leases follow this page. */
+    reply: z.object({ leases: z.array(Lease), next: listCursor.optional() }).strict(),
     maxFds: 0,
   },
   Status: {

@@ -25,7 +25,7 @@ import type { BrokerService } from './service.ts';
 export type AdminApp = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, ZodTypeProvider>;
 
 /** The part of BrokerService the admin API calls. */
-export type AdminService = Pick<BrokerService, 'status' | 'list' | 'resize' | 'release' | 'policy' | 'journalStats'>;
+export type AdminService = Pick<BrokerService, 'status' | 'list' | 'visibleLease' | 'allVisible' | 'resize' | 'release' | 'policy' | 'journalStats'>;
 
 export interface AdminRouteDeps {
   service: AdminService;
@@ -51,6 +51,11 @@ export const PolicyReply = z.object({
 }).strict();
 
 const LeaseParams = z.object({ id: brokerMethods.Release.parameters.shape.lease }).strict();
+/** List's paging as a query string (?limit=100&cursor=...): the same bounds and cursor as Varlink. */
+const ListQuery = z.object({
+  limit: z.coerce.number().pipe(brokerMethods.List.parameters.shape.limit.unwrap()).optional(),
+  cursor: brokerMethods.List.parameters.shape.cursor,
+}).strict();
 const ResizeBody = brokerMethods.Resize.parameters.omit({ lease: true });
 const Health = z.object({ status: z.literal('ok') }).strict();
 const failures = { '4xx': AdminErrorBody, '5xx': AdminErrorBody } as const;
@@ -62,11 +67,14 @@ export function registerAdminRoutes(app: AdminApp, deps: AdminRouteDeps): void {
 
   app.get('/v1/status', { schema: { response: { 200: Status, ...failures } } }, () => service.status());
 
-  app.get('/v1/leases', { schema: { response: { 200: brokerMethods.List.reply, ...failures } } },
-    (request) => service.list(callerOf(request)));
+  app.get('/v1/leases', { schema: { querystring: ListQuery, response: { 200: brokerMethods.List.reply, ...failures } } },
+    (request) => service.list(callerOf(request), {
+      ...(request.query.limit === undefined ? {} : { limit: request.query.limit }),
+      ...(request.query.cursor === undefined ? {} : { cursor: request.query.cursor }),
+    }));
 
   app.get('/v1/leases/:id', { schema: { params: LeaseParams, response: { 200: Lease, ...failures } } }, (request) => {
-    const found = service.list(callerOf(request)).leases.find((l) => l.id === request.params.id);
+    const found = service.visibleLease(callerOf(request), request.params.id);
     if (found === undefined) throw new BrokerError('NoSuchLease', { lease: request.params.id });
     return found;
   });
@@ -85,7 +93,7 @@ export function registerAdminRoutes(app: AdminApp, deps: AdminRouteDeps): void {
   });
 
   app.get('/metrics', async (request, reply) => {
-    const text = metrics.render({ status: service.status(), leases: service.list(callerOf(request)).leases, journal: service.journalStats() });
+    const text = metrics.render({ status: service.status(), leases: service.allVisible(callerOf(request)), journal: service.journalStats() });
     return reply.type(PROMETHEUS_CONTENT_TYPE).send(text);
   });
 }

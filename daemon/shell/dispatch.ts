@@ -22,7 +22,7 @@ export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer
       case 'io.iommufd.Broker.Release':
         return { parameters: await service.release(peer, call.parameters) };
       case 'io.iommufd.Broker.List':
-        return { parameters: service.list(peer) };
+        return { parameters: service.list(peer, call.parameters) };
       case 'io.iommufd.Broker.Status':
         return { parameters: service.status() };
       case 'org.varlink.service.GetInfo':

@@ -21,10 +21,11 @@
 //   closes it).
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { BrokerError } from '../../protocol/errors.ts';
-import type { BrokerParameters, Lease, Status } from '../../protocol/methods.ts';
+import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
+import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec, pidfdOpen } from '../../native/sys.ts';
-import { Ledger, decideOpen, decideRelease, decideResize, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
+import { Ledger, decideOpen, decideRelease, decideResize, mayView, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
+import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
@@ -235,8 +236,29 @@ export class BrokerService {
     });
   }
 
-  list(peer: Peer): { leases: Lease[] } {
-    return { leases: visibleLeases(this.#policy, this.#ledger, peer).map((r) => this.#toWire(r)) };
+  /**
+   * One page of the leases this peer may see (List). Only the page's leases are read from
+   * /proc and put on the wire, so a call costs at most MAX_LIST_LIMIT of each.
+   */
+  list(peer: Peer, page: BrokerParameters<'List'> = {}): BrokerReply<'List'> {
+    const after = page.cursor === undefined ? undefined : parseCursor(page.cursor);
+    if (page.cursor !== undefined && after === undefined) {
+      throw new VarlinkServiceError('org.varlink.service.InvalidParameter', { parameter: 'cursor', reason: 'not a cursor this broker handed out' });
+    }
+    const found = leasePage(visibleLeases(this.#policy, this.#ledger, peer), page.limit ?? DEFAULT_LIST_LIMIT, after);
+    const leases = found.leases.map((r) => this.#toWire(r));
+    return found.next === undefined ? { leases } : { leases, next: formatCursor(found.next) };
+  }
+
+  /** The lease with this id if this peer may see it (List's visibility), else undefined. */
+  visibleLease(peer: Peer, id: string): Lease | undefined {
+    const record = this.#ledger.get(id);
+    return record !== undefined && mayView(this.#policy, peer, record) ? this.#toWire(record) : undefined;
+  }
+
+  /** Every lease this peer may see, unpaged: for /metrics, never for a reply with a size cap. */
+  allVisible(peer: Peer): Lease[] {
+    return visibleLeases(this.#policy, this.#ledger, peer).map((r) => this.#toWire(r));
   }
 
   status(): Status {
@@ -291,7 +313,9 @@ export class BrokerService {
       id: r.id, name: r.name, pid: r.targetPid, uid: r.targetUid, ownerUid: r.ownerUid,
       memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
       accountingMode: this.deps.device.info.kind === 'simulated' ? 'none' : 'process',
-      deviceKind: this.deps.device.info.kind, createdAt: r.createdAt,
+      // The wire's createdAt is Date.toISOString()'s form (always 24 chars); a journaled time
+      // written with another precision is shown in that form too.
+      deviceKind: this.deps.device.info.kind, createdAt: new Date(grantedAtMs(r)).toISOString(),
       ...(r.requestId === undefined ? {} : { requestId: r.requestId }),
       ...usage,
       ...(r.releasedAt === undefined ? {} : { releasedAt: r.releasedAt }),

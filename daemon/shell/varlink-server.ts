@@ -11,8 +11,11 @@
 //   here. Reply fds are handed to UnixConnection.send, which closes them once sent.
 // - Peer identity is read once per connection (SO_PEERCRED + SO_PEERPIDFD); the pidfd is owned
 //   by the connection and closed with it.
+// - No reply can take the daemon down: a reply that cannot be encoded (over MAX_REPLY_FRAME_BYTES,
+//   or not matching the registry) is answered with InternalError instead, and any other failure
+//   while serving a connection is logged and closes that connection only (#pump never rejects).
 import type { Logger } from 'pino';
-import { FrameDecoder, FramingError, type Frame } from '../../protocol/framing.ts';
+import { FrameDecoder, FramingError, MAX_REPLY_FRAME_BYTES, type Frame } from '../../protocol/framing.ts';
 import {
   decodeCall, encodeBrokerError, encodeError, encodeRejection, encodeReply, framingRejection,
   type DecodedCall, type Rejection,
@@ -32,20 +35,38 @@ export type CallHandler = (call: DecodedCall, peer: Peer) => Promise<HandlerRepl
 
 /** What the server turned away before any handler ran: a connection, or a message. */
 export type Refusal =
-  | { stage: 'connection'; reason: 'too-many-connections' | 'unidentified-peer' }
+  | { stage: 'connection'; reason: 'too-many-connections' | 'reserved-for-managers' | 'unidentified-peer' | 'frame-timeout' }
   /** reason: the Varlink error name the message was (or, for a oneway call, would have been) answered with. */
   | { stage: 'message'; reason: string };
 
 export interface ServerEvents {
   /** Told of every refusal (e.g. to count it in /metrics); must not throw. */
   refused?: (refusal: Refusal) => void;
+  /**
+   * Whether a peer may use the reserved connections (managers and root), judged once at accept
+   * with the kernel's identity of the peer; must not throw. Absent: nobody may.
+   */
+  mayUseReserve?: (peer: Peer) => boolean;
 }
 
 export interface ServerLimits {
+  /** Most connections at once, all peers together. */
   maxConnections: number;
+  /** Most connections one uid may hold at once (managers and root too). */
   maxConnectionsPerUid: number;
+  /**
+   * Of maxConnections, how many only peers that mayUseReserve can take: everyone else together
+   * holds at most maxConnections - reservedConnections, so clients can never lock managers out.
+   */
+  reservedConnections: number;
   /** A connection that sends nothing for this long, with no call in flight, is closed (0: never). */
   idleTimeoutMs: number;
+  /**
+   * A message whose first byte arrived this long ago and that is still unfinished closes its
+   * connection, however many bytes keep trickling in (0: never). Not counted while the server
+   * itself has stopped reading (back-pressure).
+   */
+  frameTimeoutMs: number;
 }
 
 /** Decoded calls one connection may have waiting; past it the daemon stops reading that socket. */
@@ -93,19 +114,33 @@ export class VarlinkServer {
       socket.close();
       return;
     }
-    const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
-    if (this.#connections.size >= this.limits.maxConnections || sameUid >= this.limits.maxConnectionsPerUid) {
-      this.log.warn({ audit: 'deny', action: 'connect', peer: { uid: peer.uid, pid: peer.pid }, total: this.#connections.size, sameUid,
-        maxConnections: this.limits.maxConnections, maxConnectionsPerUid: this.limits.maxConnectionsPerUid },
-      'connection refused: too many connections');
-      this.events.refused?.({ stage: 'connection', reason: 'too-many-connections' });
+    const refusal = this.#admission(peer);
+    if (refusal !== undefined) {
+      const { maxConnections, maxConnectionsPerUid, reservedConnections } = this.limits;
+      this.log.warn({ audit: 'deny', action: 'connect', peer: { uid: peer.uid, pid: peer.pid }, ...refusal.counts,
+        maxConnections, maxConnectionsPerUid, reservedConnections }, refusal.message);
+      this.events.refused?.({ stage: 'connection', reason: refusal.reason });
       if (peer.pidfd !== undefined) closeFd(peer.pidfd);
       socket.close();
       return;
     }
-    const conn = new Connection(socket, peer, this.handle, this.log, this.limits.idleTimeoutMs,
+    const conn = new Connection(socket, peer, this.handle, this.log, this.limits,
       () => this.#connections.delete(conn), (r) => this.events.refused?.(r));
     this.#connections.add(conn);
+  }
+
+  /** Why this peer may not have another connection now, or undefined if it may. */
+  #admission(peer: Peer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
+    const total = this.#connections.size;
+    const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
+    const counts = { total, sameUid };
+    if (total >= this.limits.maxConnections || sameUid >= this.limits.maxConnectionsPerUid) {
+      return { reason: 'too-many-connections', message: 'connection refused: too many connections', counts };
+    }
+    if (total >= this.limits.maxConnections - this.limits.reservedConnections && this.events.mayUseReserve?.(peer) !== true) {
+      return { reason: 'reserved-for-managers', message: 'connection refused: the remaining connections are reserved for managers', counts };
+    }
+    return undefined;
   }
 }
 
@@ -118,10 +153,16 @@ class Connection {
   #paused = false;
   #idle: (() => void) | undefined;
   #idleTimer: NodeJS.Timeout | undefined;
+  /** Runs while the decoder holds an unfinished frame: started by its first byte, not by later ones. */
+  #frameTimer: NodeJS.Timeout | undefined;
+  private readonly idleTimeoutMs: number;
+  private readonly frameTimeoutMs: number;
 
   constructor(private readonly socket: UnixConnection, readonly peer: Peer,
-    private readonly handle: CallHandler, private readonly log: Logger, private readonly idleTimeoutMs: number,
+    private readonly handle: CallHandler, private readonly log: Logger, limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>,
     private readonly onClose: () => void, private readonly onRefused: (r: Refusal) => void) {
+    this.idleTimeoutMs = limits.idleTimeoutMs;
+    this.frameTimeoutMs = limits.frameTimeoutMs;
     this.#armIdleTimer();
     socket.on('data', (chunk: Buffer, fds: number[]) => this.#onData(chunk, fds));
     socket.on('end', () => this.#finish());
@@ -144,6 +185,24 @@ class Connection {
       this.log.info({ peer: this.#who(), idleTimeoutMs: this.idleTimeoutMs }, 'closing an idle connection');
       this.close();
     }, this.idleTimeoutMs).unref();
+  }
+
+  /**
+   * Starts the frame clock when an unfinished frame begins (a running clock is left alone, so
+   * trickling bytes never extend it). It fires only if the frame is still unfinished; while
+   * the server itself is not reading (paused), it waits another period instead.
+   */
+  #armFrameTimer(): void {
+    if (this.frameTimeoutMs <= 0 || this.#frameTimer !== undefined) return;
+    this.#frameTimer = setTimeout(() => {
+      this.#frameTimer = undefined;
+      if (this.#closed || !this.#decoder.hasPartialFrame) return;
+      if (this.#paused) { this.#armFrameTimer(); return; }
+      this.log.warn({ audit: 'deny', action: 'receive', peer: this.#who(), frameTimeoutMs: this.frameTimeoutMs },
+        'connection closed: a message did not complete in time');
+      this.onRefused({ stage: 'connection', reason: 'frame-timeout' });
+      this.close();
+    }, this.frameTimeoutMs).unref();
   }
 
   /** Stops reading while too much is waiting (calls to run, replies to send); resumes below. */
@@ -177,11 +236,18 @@ class Connection {
       this.#reject(rejection);
       return;
     }
+    if (frames.length > 0) {
+      // A frame completed: whatever follows it is a new frame with its own clock.
+      clearTimeout(this.#frameTimer);
+      this.#frameTimer = undefined;
+    }
+    if (this.#decoder.hasPartialFrame) this.#armFrameTimer();
     this.#queue.push(...frames);
     this.#throttle();
     void this.#pump();
   }
 
+  /** Runs queued calls in order. Never rejects: a failure it did not expect closes this connection only. */
   async #pump(): Promise<void> {
     if (this.#busy) return;
     this.#busy = true;
@@ -191,6 +257,9 @@ class Connection {
         await this.#drained();
         this.#throttle();
       }
+    } catch (err) {
+      this.log.error({ err, peer: this.#who() }, 'unexpected failure while serving a connection: closing it');
+      this.close();
     } finally {
       this.#busy = false;
       this.#idle?.();
@@ -208,7 +277,7 @@ class Connection {
     try {
       reply = await this.handle(decoded, this.peer);
     } catch (err) {
-      if (!decoded.oneway) this.#send(errorReply(err, this.log), []);
+      if (!decoded.oneway) this.#reply(() => errorReply(err, this.log), []);
       return;
     } finally {
       decoded.unusedFds.forEach(closeFd);
@@ -217,15 +286,33 @@ class Connection {
       (reply.fds ?? []).forEach(closeFd);
       return;
     }
-    this.#send(encodeReply(reply.parameters), reply.fds ?? []);
+    this.#reply(() => encodeReply(reply.parameters), reply.fds ?? []);
   }
 
   /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
   #reject(rejection: Rejection): void {
     this.onRefused({ stage: 'message', reason: rejection.error.name });
     rejection.fdsToClose.forEach(closeFd);
-    if (rejection.reply) this.#send(encodeRejection(rejection), []);
+    if (rejection.reply) this.#reply(() => encodeRejection(rejection), []);
     if (rejection.fatal) this.#stopReading();
+  }
+
+  /**
+   * Encodes and sends one reply; never throws. A reply that cannot be encoded (larger than the
+   * reply cap, or not matching the registry: a daemon bug either way) is answered with
+   * InternalError instead, its fds closed, so the peer still gets one reply per call.
+   */
+  #reply(encode: () => Buffer, fds: number[]): void {
+    let frame: Buffer;
+    try {
+      frame = encode();
+    } catch (err) {
+      fds.forEach(closeFd);
+      this.log.error({ err, peer: this.#who() }, 'a reply could not be encoded; answering InternalError instead');
+      this.#send(encodeBrokerError(new BrokerError('InternalError', { reason: unsendableReason(err) })), []);
+      return;
+    }
+    this.#send(frame, fds);
   }
 
   /** Nothing more is read or run on this connection; queued replies still go out, then close. */
@@ -259,12 +346,21 @@ class Connection {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#idleTimer);
+    clearTimeout(this.#frameTimer);
     this.#decoder.takeHeldFds().forEach(closeFd);
     for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
     if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
     closeSocket();
     this.onClose();
   }
+}
+
+/** Why a reply could not be sent, for the InternalError that replaces it (no internals). */
+function unsendableReason(err: unknown): string {
+  if (err instanceof FramingError && err.problem === 'frame-too-large') {
+    return `the reply would be larger than the ${MAX_REPLY_FRAME_BYTES}-byte reply limit; the broker log has the details`;
+  }
+  return 'the reply could not be encoded; the broker log has the details';
 }
 
 /** Turns what a handler threw into a Varlink error reply; unexpected errors are logged in full. */

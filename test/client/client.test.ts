@@ -240,3 +240,31 @@ test('GetInfo and GetInterfaceDescription go to org.varlink.service', async () =
     ]);
   });
 });
+
+test('list follows next page by page, passing each cursor back unchanged, and returns every lease', async () => {
+  const ids = ['l-0000000000000001', 'l-0000000000000002', 'l-0000000000000003'];
+  const cursors = ['1/l-0000000000000001', '2/l-0000000000000002'];
+  await withFake((_call, i) => ({
+    reply: {
+      leases: [wireLease({ id: ids[i % 3] })],
+      ...(i < 2 ? { next: cursors[i] } : {}),
+    },
+  }), async (client, fake) => {
+    const { leases } = await client.list();
+    assert.deepEqual(leases.map((l) => l.id), ids);
+    assert.deepEqual(fake.calls.map((c) => c.parameters), [{}, { cursor: cursors[0] }, { cursor: cursors[1] }]);
+    const one = await client.listPage({ limit: 1 });
+    assert.deepEqual(fake.calls.at(-1)?.parameters, { limit: 1 });
+    assert.equal(one.leases.length, 1);
+  });
+});
+
+test('a broker whose next makes no progress is a protocol violation, not an endless walk', async () => {
+  await withFake(() => ({ reply: { leases: [], next: '1/l-0000000000000001' } }), async (client) => {
+    await assert.rejects(client.list(), clientError('ProtocolViolation', /makes no progress/));
+  });
+  await withFake(() => ({ reply: { leases: [wireLease()], next: '1/l-0000000000000001' } }), async (client, fake) => {
+    await assert.rejects(client.list(), clientError('ProtocolViolation', /makes no progress/));
+    assert.equal(fake.calls.length, 2, 'the same cursor twice ends the walk');
+  });
+});

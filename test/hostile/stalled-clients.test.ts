@@ -1,19 +1,28 @@
 // Clients that hold on without playing along: half-open sockets, one-byte dribblers, clients
-// that pipeline calls and never read a reply, clients that never say anything, and one uid
-// holding as many connections as it can. Each must cost the daemon a bounded amount, and none
-// may starve another uid.
+// that pipeline calls and never read a reply, clients that never say anything, one uid holding
+// as many connections as it can, and many uids together filling every connection they may.
+// Each must cost the daemon a bounded amount, none may starve another uid, and no crowd of
+// clients may lock out the managers (the reserved connections); a frame that never completes
+// is closed by the frame timeout, however slowly its bytes keep coming.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildC } from '../../bench/c-build.ts';
+import { DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_RESERVED_CONNECTIONS } from '../../daemon/flags.ts';
 import { memfd } from '../../native/sys.ts';
-import { BrokerProcess } from '../support/daemon.ts';
+import { BrokerProcess, REPO } from '../support/daemon.ts';
 import { LineReader, NOBODY, exited, spawnStripped } from '../support/children.ts';
 import { openFds, settledLeaks } from '../support/fds.ts';
+import { sampleValue, scrape } from '../support/metrics.ts';
 import { GET_INFO, RawPeer, call, isGetInfoReply } from './support/raw-peer.ts';
 import { rssBytes } from './support/processes.ts';
 
 const MiB = 1024 ** 2;
-/** daemon/main.ts: VarlinkServer maxConnectionsPerUid. */
-const PER_UID = 64;
+/** daemon/flags.ts: the default --max-connections-per-uid. */
+const PER_UID = DEFAULT_MAX_CONNECTIONS_PER_UID;
 let broker: BrokerProcess;
 
 before(async () => { broker = await BrokerProcess.start(); });
@@ -154,5 +163,113 @@ test('a client that connects and never sends a byte is closed after the idle tim
   } finally {
     await idle.stop();
     idle.cleanup();
+  }
+});
+
+interface Held { answered: number; refused: number; failed: number; release: () => Promise<void> }
+
+let holdConnections: string | undefined;
+
+/** `n` connections held by one process running as `uid` (test/hostile/fixtures/hold-connections.c). */
+async function holdAs(uid: number, socket: string, n: number): Promise<Held> {
+  holdConnections ??= buildC(join(REPO, 'test/hostile/fixtures/hold-connections.c'));
+  const child = spawn('setpriv', [`--reuid=${uid}`, `--regid=${uid}`, '--clear-groups', '--inh-caps=-all', '--ambient-caps=-all',
+    '--bounding-set=-all', '--', holdConnections, socket, String(n)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const counts = await new LineReader(child).next<{ answered: number; refused: number; failed: number }>();
+  return { ...counts, release: async () => { child.stdin?.end(); await exited(child); } };
+}
+
+/** A probe connection from this process (root, a manager): answered, or turned away. */
+async function rootAnswered(socket: string): Promise<boolean> {
+  const peer = RawPeer.connect(socket);
+  peer.send(GET_INFO);
+  await peer.until(1); // a reply, or the daemon's close
+  peer.close();
+  return isGetInfoReply(peer.replies[0]);
+}
+
+const refusedSeries = (reason: string): string => `iommufd_broker_refused_total{stage="connection",reason="${reason}"}`;
+
+test('the last reserved connections are for managers and root: clients filling every other slot cannot lock them out', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iommufd-reserve-'));
+  chmodSync(dir, 0o755);
+  const policy = join(dir, 'policy.toml');
+  const MANAGER = 60_001;
+  writeFileSync(policy, `[managers]\nusers = ["root", ${MANAGER}]\n`);
+  const admin = join(dir, 'admin.sock');
+  // 10 in all, 4 per uid, 3 kept back: clients together get 7.
+  const broker = await BrokerProcess.start({ dir, extraArgs: ['--config', policy, '--admin-socket', admin,
+    '--max-connections', '10', '--max-connections-per-uid', '4', '--reserved-connections', '3'] });
+  const held: Held[] = [];
+  try {
+    held.push(await holdAs(NOBODY, broker.socket, 4));
+    assert.deepEqual([held[0]?.answered, held[0]?.refused], [4, 0]);
+    held.push(await holdAs(60_002, broker.socket, 4));
+    assert.deepEqual([held[1]?.answered, held[1]?.refused], [3, 1], 'the 8th client connection would eat into the reserve');
+    const line = await broker.waitForLog((l) => l.msg === 'connection refused: the remaining connections are reserved for managers');
+    assert.deepEqual([line['audit'], line['action'], (line['peer'] as { uid: number }).uid, line['reservedConnections']], ['deny', 'connect', 60_002, 3]);
+    held.push(await holdAs(60_003, broker.socket, 1));
+    assert.deepEqual([held[2]?.answered, held[2]?.refused], [0, 1], 'another uid, well under its own cap, is refused too');
+
+    held.push(await holdAs(MANAGER, broker.socket, 2));
+    assert.deepEqual([held[3]?.answered, held[3]?.refused], [2, 0], 'a manager (by policy, not root) uses the reserve');
+    assert.equal(await rootAnswered(broker.socket), true, 'root uses the last reserved connection');
+    const metrics = await scrape(admin);
+    assert.equal(sampleValue(metrics, refusedSeries('reserved-for-managers')), 2);
+  } finally {
+    for (const h of held) await h.release();
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test(`at the real defaults (${DEFAULT_MAX_CONNECTIONS} connections, ${PER_UID} per uid, ${DEFAULT_RESERVED_CONNECTIONS} reserved), many uids filling their caps leave room for root`, async () => {
+  const clientShare = DEFAULT_MAX_CONNECTIONS - DEFAULT_RESERVED_CONNECTIONS;
+  const uids = Math.ceil(clientShare / PER_UID) + 2; // more client uids than the client share holds
+  const broker = await BrokerProcess.start();
+  const held: Held[] = [];
+  try {
+    for (let i = 0; i < uids; i++) held.push(await holdAs(61_000 + i, broker.socket, PER_UID));
+    const answered = held.reduce((sum, h) => sum + h.answered, 0);
+    assert.equal(held.reduce((sum, h) => sum + h.failed, 0), 0, 'every connection was either answered or turned away');
+    assert.equal(answered, clientShare, `clients together hold exactly ${clientShare} connections`);
+    assert.equal(await rootAnswered(broker.socket), true, 'root still gets in');
+  } finally {
+    for (const h of held) await h.release();
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test('a frame dribbled one byte at a time, never finished, is closed by the frame timeout; the idle timeout would never fire', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iommufd-frame-timeout-'));
+  chmodSync(dir, 0o755);
+  const admin = join(dir, 'admin.sock');
+  const broker = await BrokerProcess.start({ dir, extraArgs: ['--frame-timeout', '1s', '--idle-timeout', '30s', '--admin-socket', admin] });
+  const dripper = RawPeer.connect(broker.socket);
+  const bytes = call('io.iommufd.Broker.Status');
+  const patient = RawPeer.connect(broker.socket);
+  try {
+    // One byte every 100 ms: far inside the idle timeout each time, never the whole frame
+    // (the NUL is held back), until the daemon closes the connection or 20 s have passed.
+    for (let i = 0; i < 200 && !dripper.ended; i++) {
+      dripper.send(Buffer.from([bytes[i % (bytes.length - 1)] ?? 0x20]));
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(dripper.ended, true, 'the daemon closed the dripping connection');
+    assert.deepEqual(dripper.replies, [], 'an unfinished frame is never answered');
+    const line = await broker.waitForLog((l) => l.msg === 'connection closed: a message did not complete in time');
+    assert.deepEqual([line['audit'], line['action'], line['frameTimeoutMs']], ['deny', 'receive', 1000]);
+    assert.equal(sampleValue(await scrape(admin), refusedSeries('frame-timeout')), 1);
+    // A connection that completes its frames is not touched by the frame clock.
+    patient.send(GET_INFO);
+    await patient.until(1);
+    assert.ok(isGetInfoReply(patient.replies[0]));
+    assert.equal(patient.ended, false);
+  } finally {
+    dripper.close();
+    patient.close();
+    await broker.stop();
+    broker.cleanup();
   }
 });

@@ -124,7 +124,11 @@ test('InvalidParameter names the first bad field and says why', () => {
     [open({ name: 'vm', memoryBytes: 1, colour: 'red' }), 'colour', /unknown field \(accepted: name, memoryBytes, targetPidFileDescriptor, requestId\)/],
     [open({ name: 'vm', memoryBytes: 1, targetPidFileDescriptor: -1 }), 'targetPidFileDescriptor', />=0/],
     [{ method: 'io.iommufd.Broker.Resize', parameters: { lease: 'l-xyz', memoryBytes: 1 } }, 'lease', /l-0123456789abcdef/],
-    [{ method: 'io.iommufd.Broker.List', parameters: { all: true } }, 'all', /unknown field \(none are accepted\)/],
+    [{ method: 'io.iommufd.Broker.Status', parameters: { all: true } }, 'all', /unknown field \(none are accepted\)/],
+    [{ method: 'io.iommufd.Broker.List', parameters: { all: true } }, 'all', /unknown field \(accepted: limit, cursor\)/],
+    [{ method: 'io.iommufd.Broker.List', parameters: { limit: 1001 } }, 'limit', /<=1000/],
+    [{ method: 'io.iommufd.Broker.List', parameters: { limit: 0 } }, 'limit', />=1/],
+    [{ method: 'io.iommufd.Broker.List', parameters: { cursor: 'l-0123456789abcdef' } }, 'cursor', /the `next` of an earlier List reply/],
   ];
   for (const [call, parameter, reason] of cases) {
     const r = rejected(decodeCall(frame(call)));

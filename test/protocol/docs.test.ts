@@ -11,6 +11,10 @@ import { decodeCall } from '../../protocol/decode.ts';
 import { decodeReply } from '../../protocol/reply.ts';
 import { qualifiedMethodNames, type QualifiedMethod } from '../../protocol/method-table.ts';
 import { formatSize } from '../../protocol/sizes.ts';
+import {
+  DEFAULT_FRAME_TIMEOUT_SECONDS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
+  DEFAULT_RESERVED_CONNECTIONS,
+} from '../../daemon/flags.ts';
 
 const doc = readFileSync(new URL('../../docs/PROTOCOL.md', import.meta.url), 'utf8');
 
@@ -101,6 +105,11 @@ test('the documented limits are the code\'s', () => {
   assert.match(row('Request size'), new RegExp(`\\b${MAX_FRAME_BYTES} bytes \\(${formatSize(MAX_FRAME_BYTES)}\\)`));
   assert.match(row('fds per request message'), new RegExp(`\\| ${MAX_FDS_PER_FRAME} `));
   assert.match(row('Reply size'), new RegExp(formatSize(MAX_REPLY_FRAME_BYTES)));
+  assert.match(row('Time to send one request'), new RegExp(`\\| ${DEFAULT_FRAME_TIMEOUT_SECONDS} s from its first byte`));
+  const transport = doc.slice(doc.indexOf('## Transport'), doc.indexOf('## Framing'));
+  assert.match(transport, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS} connections, ${DEFAULT_MAX_CONNECTIONS_PER_UID} per uid, and keeps the last ${DEFAULT_RESERVED_CONNECTIONS}`));
+  assert.match(transport, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS - DEFAULT_RESERVED_CONNECTIONS},`));
+  assert.match(transport, new RegExp(`silent for\\s+${DEFAULT_IDLE_TIMEOUT_SECONDS} s`));
   const withFds = Object.entries(brokerMethods).filter(([, s]) => s.maxFds > 0);
   assert.ok(Object.values(serviceMethods).every((s) => s.maxFds === 0));
   for (const [method, spec] of withFds) assert.match(doc, new RegExp(`\`${method}\`: ${spec.maxFds}, all others: 0`));

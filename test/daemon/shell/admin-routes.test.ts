@@ -40,6 +40,31 @@ test('status, leases and one lease are the service\'s own answers', async () => 
   }
 });
 
+test('GET /v1/leases is paged like Varlink List: limit, next, cursor; bounds are 400 InvalidParameter', async () => {
+  const h = await startHarness();
+  try {
+    const a = (await h.lease('vm1', MiB)).lease;
+    const b = (await h.lease('vm2', MiB)).lease;
+    const first = answer(await h.api.app.inject({ method: 'GET', url: '/v1/leases?limit=1' }));
+    assert.equal(first.status, 200);
+    assert.deepEqual((first.body['leases'] as { id: string }[]).map((l) => l.id), [a.id]);
+    const next = first.body['next'];
+    assert.equal(typeof next, 'string');
+    const second = answer(await h.api.app.inject({ method: 'GET', url: `/v1/leases?limit=1&cursor=${encodeURIComponent(String(next))}` }));
+    assert.equal(second.status, 200);
+    assert.deepEqual((second.body['leases'] as { id: string }[]).map((l) => l.id), [b.id]);
+    assert.equal(second.body['next'], undefined, 'the last page has no next');
+    for (const [query, parameter] of [['limit=1001', 'limit'], ['limit=0', 'limit'], ['limit=x', 'limit'], ['cursor=l-0000000000000000', 'cursor']]) {
+      const bad = answer(await h.api.app.inject({ method: 'GET', url: `/v1/leases?${query}` }));
+      assert.equal(bad.status, 400, query);
+      assert.equal(bad.body['error'], 'org.varlink.service.InvalidParameter', query);
+      assert.match(String((bad.body['parameters'] as { parameter: string }).parameter), new RegExp(parameter ?? ''), query);
+    }
+  } finally {
+    await h.close();
+  }
+});
+
 test('a lease that does not exist is 404 NoSuchLease; a malformed id is 400 InvalidParameter', async () => {
   const h = await startHarness();
   try {
@@ -252,7 +277,7 @@ test('an unexpected failure is 500 InternalError with no internals, and is logge
   const broken: AdminService = {
     get policy() { return testPolicy(); },
     status: () => { throw new TypeError('secret detail'); },
-    list: () => ({ leases: [] }), resize: () => Promise.reject(new Error('unused')), release: () => Promise.resolve({ limitRestored: false }),
+    list: () => ({ leases: [] }), visibleLease: () => undefined, allVisible: () => [], resize: () => Promise.reject(new Error('unused')), release: () => Promise.resolve({ limitRestored: false }),
     journalStats: () => ({ records: 0, syncs: 0 }),
   };
   const h = await startHarness({ apiOptions: { service: broken } });

@@ -5,13 +5,14 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DEFAULT_MAX_CONNECTIONS_PER_UID } from '../../../daemon/flags.ts';
 import { UnixConnection } from '../../../native/socket.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { sampleValue, scrape } from '../../support/metrics.ts';
 import { exchange } from '../../support/raw-varlink.ts';
 
-/** daemon/main.ts: VarlinkServer maxConnectionsPerUid. */
-const PER_UID = 64;
+/** daemon/flags.ts: the default --max-connections-per-uid. */
+const PER_UID = DEFAULT_MAX_CONNECTIONS_PER_UID;
 
 const refused = (stage: string, reason: string): string => `iommufd_broker_refused_total{stage="${stage}",reason="${reason}"}`;
 
