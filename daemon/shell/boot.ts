@@ -6,7 +6,9 @@
 // - The boot's start is `btime` of /proc/stat (wall-clock seconds): it is compared only with a
 //   file's mtime, which is wall clock too.
 import { readFileSync } from 'node:fs';
-import { BOOT_ID_PATTERN } from './journal-format.ts';
+
+/** What /proc/sys/kernel/random/boot_id holds: a lowercase UUID. */
+export const BOOT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 export interface Boot {
   id: string;

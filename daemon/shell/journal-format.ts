@@ -26,13 +26,13 @@
 // - Pure: bytes in, leases out; the file I/O lives in journal-files.ts and journal.ts.
 import { z } from 'zod';
 import { LEASE_ID_PATTERN, MAX_BYTES, NAME_PATTERN } from '../../protocol/methods.ts';
+import { BOOT_ID_PATTERN } from './boot.ts'; // a constant only: this module does no I/O
 
 export const JOURNAL_FILE = 'leases.journal';
 /** The version written; READABLE_VERSIONS are read. */
 export const JOURNAL_FORMAT_VERSION = 2;
 export const READABLE_VERSIONS: readonly number[] = [1, 2];
 export const MAX_LINE_BYTES = 64 * 1024;
-export const BOOT_ID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 const byteCount = z.number().int().min(0).max(MAX_BYTES);
 const leaseId = z.string().regex(LEASE_ID_PATTERN);
