@@ -3,9 +3,9 @@
 //
 // Op 2i grants lease i; op 2i+1 resizes lease i to twice its memory.
 import { currentBoot } from '../../../daemon/shell/boot.ts';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { JOURNAL_FILE, Replayer } from '../../../daemon/shell/journal-format.ts';
-import { streamJournal } from '../../../daemon/shell/journal-files.ts';
+import { JOURNAL_FILE, replay } from '../../../daemon/shell/journal-format.ts';
 import type { JournaledLease, LeaseJournal } from '../../../daemon/shell/journal.ts';
 
 const GiB = 1024 ** 3;
@@ -39,9 +39,8 @@ export function resized<L extends JournaledLease>(lease: L): L {
  * (for a test that looks at a journal another LeaseJournal still holds open).
  */
 export function peekLeases(dir: string): JournaledLease[] {
-  const replayer = new Replayer(join(dir, JOURNAL_FILE));
-  streamJournal(join(dir, JOURNAL_FILE), (chunk) => replayer.push(chunk));
-  return [...replayer.finish().leases.values()];
+  const file = join(dir, JOURNAL_FILE);
+  return [...replay(file, readFileSync(file)).leases.values()];
 }
 
 /** Journals operation `op`. */
