@@ -34,6 +34,8 @@ export const BROKER_ERROR_EXPLANATIONS: Readonly<Record<BrokerErrorName, string>
   DeviceUnavailable: 'the broker cannot open the iommufd device (/dev/iommu): is the kernel built with CONFIG_IOMMUFD?',
   KernelRefused: 'the kernel refused an operation the broker needed',
   ShuttingDown: 'the broker is stopping; retry once it is back',
+  JournalUnavailable: 'the broker cannot write its lease journal (full or failing disk under its state dir): '
+    + 'free space there; it recovers by itself and takes changes again',
   InternalError: 'the broker hit a bug or an unexpected OS failure; its log has the details',
 };
 

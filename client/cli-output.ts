@@ -62,6 +62,12 @@ function yesNo(v: boolean | null): string {
   return v === null ? 'not probed' : v ? 'yes' : 'no';
 }
 
+function journalState(journal: Status['journal']): string {
+  if (journal === undefined) return 'not reported by this broker';
+  if (journal.healthy) return 'healthy';
+  return `DEGRADED since ${printable(journal.degradedSince ?? '?')}: changes are refused until it recovers (${printable(journal.reason ?? '?')})`;
+}
+
 /**
  * The status block, with the budget drawn as a bar; given the leases the caller may see, also
  * one bar per lease of its target's pinned memory against its limit (cli-status-bars.ts).
@@ -80,6 +86,7 @@ export function formatStatus(status: Status, leases?: readonly Lease[]): string 
     ['budget use', budgetBar(budget)],
     ['leases', String(status.leases)],
     ['overhead', `${formatSize(status.overheadBytes)} per lease`],
+    ['journal', journalState(status.journal)],
   ]);
   if (leases === undefined) return block;
   const hidden = status.leases - leases.length;

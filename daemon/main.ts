@@ -4,9 +4,13 @@
 // - Start order: flags -> policy -> device -> journal restore -> sockets -> READY=1. Nothing is
 //   served before every journaled lease is re-adopted or dropped, so the budget is exact from
 //   the first call, and systemd hears READY=1 only then.
-// - A bad flag, policy file or set of passed sockets stops the start with one line that says
-//   what to fix (exit 2); nothing falls back silently (the simulated device is only ever chosen
-//   by its flag, and is refused under systemd).
+// - A bad flag, policy file or set of passed sockets, an unusable, locked or corrupt state
+//   dir or journal, a journal the ledger refuses, or a socket path that cannot be bound stops
+//   the start with one line on stderr that says what to fix (exit 2), never a stack trace (the
+//   details go to the log); nothing falls back silently (the simulated device is only ever
+//   chosen by its flag, and is refused under systemd).
+// - After the start the daemon exits non-zero only when BrokerService says it cannot vouch for
+//   its state (deps.fatal, exit 1): a failing disk degrades the journal instead (journal.ts).
 // - Sockets come from systemd by name (LISTEN_FDNAMES) when activated; otherwise the daemon
 //   binds its own paths with their final permissions from the start.
 // - SIGTERM/SIGINT: STOPPING=1, stop accepting, finish in-flight calls, close the journal,
@@ -39,6 +43,12 @@ function version(): string {
 function fail(message: string): never {
   process.stderr.write(`iommufd-brokerd: ${message}\n`);
   process.exit(2);
+}
+
+/** A start-up step failed: the details to the log, one line to stderr, exit 2. */
+function startFailed(log: Logger, e: unknown, prefix = ''): never {
+  log.error({ err: e }, 'start-up failed');
+  fail(`${prefix}${e instanceof Error ? e.message : String(e)}`.replace(/\s*\n\s*/g, ' '));
 }
 
 function policyLoader(flags: Flags): () => ReturnType<typeof loadPolicy> {
@@ -100,14 +110,29 @@ export async function main(argv: string[]): Promise<void> {
     log.warn('running without CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids; raises will fail with KernelRefused (EPERM)');
   }
 
-  const { journal, leases } = LeaseJournal.open(flags.stateDir, { log });
-  // The notifier hears about every lease change, so systemctl status shows the current summary.
-  const service: BrokerService = new BrokerService({
-    policy, device, journal, log, haveSysResource, version: version(),
-    onLeasesChanged: () => notifier.status(summary(service)),
-  });
-  const restored = service.restore(leases);
-  await journal.flush(); // the dropped leases' releases, before anything is served
+  let opened: ReturnType<typeof LeaseJournal.open>;
+  let restored: ReturnType<BrokerService['restore']>;
+  let service: BrokerService;
+  try {
+    opened = LeaseJournal.open(flags.stateDir, { log });
+    const { journal } = opened;
+    // The notifier hears about every lease change, so systemctl status shows the current summary.
+    service = new BrokerService({
+      policy, device, journal, log, haveSysResource, version: version(),
+      onLeasesChanged: () => notifier.status(summary(service)),
+      fatal: (err, why) => {
+        log.fatal({ err }, `giving up: ${why}; exiting for a restart that replays the journal`);
+        process.exit(1);
+      },
+    });
+    restored = service.restore(opened.leases, opened.earlierBoot);
+  } catch (e) {
+    startFailed(log, e);
+  }
+  const { journal } = opened;
+  // The dropped leases' releases, before anything is served. If the disk fails here the journal
+  // is degraded and recovers by itself, as at any other time.
+  await journal.flush().catch((err: unknown) => log.error({ err }, 'journal: the releases of dropped leases are not durable yet'));
   log.info({ ...restored, stateDir: flags.stateDir }, 'journal restored');
 
   const reloadPolicy = (): void => service.replacePolicy(loadCurrentPolicy());
@@ -121,8 +146,12 @@ export async function main(argv: string[]): Promise<void> {
       mayUseReserve: (peer) => peer.uid === 0 || isManager(service.policy, peer),
     });
   const brokerFd = activated.fds.get(BROKER_SOCKET_NAME);
-  server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
-    : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));
+  try {
+    server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
+      : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));
+  } catch (e) {
+    startFailed(log, e, `socket ${flags.socket}: `);
+  }
   const adminFd = activated.fds.get(ADMIN_SOCKET_NAME);
   const adminWhere = adminFd !== undefined ? { fd: adminFd }
     : flags.adminSocket !== undefined ? { path: flags.adminSocket, mode: 0o600 } : undefined;

@@ -95,6 +95,8 @@ export interface NativeBinding {
   close(fd: number): 0 | NegErrno;
   /** fsync(fd). */
   fsync(fd: number): 0 | NegErrno;
+  /** flock(fd, operation): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; -EWOULDBLOCK when LOCK_NB meets a holder. */
+  flock(fd: number, operation: number): 0 | NegErrno;
   /** ioctl(fd, request, buf): buf is read and written in place (struct in, struct out). */
   ioctl(fd: number, request: number, buf: Buffer): number | NegErrno;
   /** execve(path, argv, envp): returns only on failure. */

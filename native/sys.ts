@@ -137,6 +137,14 @@ export function fsyncFd(fd: number): void {
   sys('fsync', native.fsync(fd), `fd ${fd}`);
 }
 
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+
+/** flock(fd, operation); EWOULDBLOCK (as 'EAGAIN') when LOCK_NB meets another holder. */
+export function flockFd(fd: number, operation: number): void {
+  sys('flock', native.flock(fd, operation), `fd ${fd}`);
+}
+
 /** ioctl(fd, request, buf) with buf read and written in place; `name` names the command in errors. */
 export function ioctl(fd: number, request: number, buf: Buffer, name?: string): number {
   return sys(`ioctl(${name ?? `0x${request.toString(16)}`})`, native.ioctl(fd, request, buf), `fd ${fd}`);

@@ -5,7 +5,7 @@
 //   (a test checks both directions).
 // - Every error carries parameters that say why: which rule, what was requested, what was
 //   available. An errno appears only as its symbolic name inside KernelRefused /
-//   DeviceUnavailable, never as the contract.
+//   DeviceUnavailable / JournalUnavailable, never as the contract.
 import { z } from 'zod';
 
 export const BROKER_INTERFACE = 'io.iommufd.Broker';
@@ -26,6 +26,8 @@ export const brokerErrorParameters = {
   DeviceUnavailable: z.object({ device: z.string(), reason: z.string(), errno: z.string().optional() }),
   KernelRefused: z.object({ operation: z.string(), errno: z.string(), reason: z.string() }),
   ShuttingDown: z.object({ reason: z.string() }),
+  /** The lease journal cannot make records durable (e.g. a full disk); `since` is ISO 8601. */
+  JournalUnavailable: z.object({ reason: z.string(), errno: z.string(), since: z.string() }),
   /** A bug or an unexpected OS failure; the broker log has the details. */
   InternalError: z.object({ reason: z.string() }),
 } as const;

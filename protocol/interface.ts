@@ -143,7 +143,9 @@ method Status() -> (
   # How many leases are live.
   leases: int,
   # What the broker adds to memoryBytes before rounding to the page size.
-  overheadBytes: int
+  overheadBytes: int,
+  # Whether lease changes can be made durable; while not, since when (ISO 8601) and why.
+  journal: ?(healthy: bool, degradedSince: ?string, reason: ?string)
 )
 
 # The policy does not allow this caller to do this (rule names which rule).
@@ -180,6 +182,10 @@ error KernelRefused (operation: string, errno: string, reason: string)
 
 # The broker is stopping and takes no new work.
 error ShuttingDown (reason: string)
+
+# The lease journal cannot make records durable (full or failing disk); the change was
+# refused. The broker retries by itself; errno is its symbolic name, since is ISO 8601.
+error JournalUnavailable (reason: string, errno: string, since: string)
 
 # A bug or an unexpected failure; the broker log has the details.
 error InternalError (reason: string)

@@ -91,6 +91,12 @@ export const Status = z.object({
   budget: z.object({ totalBytes: byteCount, usedBytes: byteCount, freeBytes: byteCount, releasedBytes: byteCount }).strict(),
   leases: z.number().int().nonnegative(),
   overheadBytes: byteCount,
+  /** Whether lease changes can be made durable; while not, since when and why (absent from older brokers). */
+  journal: z.object({
+    healthy: z.boolean(),
+    degradedSince: z.string().optional(),
+    reason: z.string().optional(),
+  }).strict().optional(),
 }).strict();
 export type Status = z.infer<typeof Status>;
 

@@ -23,8 +23,8 @@ export type RequestApi = 'varlink' | 'admin';
 export interface BrokerSnapshot {
   status: Status;
   leases: readonly Lease[];
-  /** The journal's records and fdatasyncs since the daemon started (group commit's effect). */
-  journal: { records: number; syncs: number };
+  /** The journal's records, fdatasyncs and compactions since the daemon started, and whether it is degraded. */
+  journal: { records: number; syncs: number; compactions: number; degraded: boolean };
 }
 
 /** Upper bounds (seconds) of the request duration histogram; a call takes ~0.1 ms on these hosts. */
@@ -117,6 +117,10 @@ export class Metrics {
     family(out, 'journal_records_total', 'counter', 'Lease journal records written since start', [[{}, snapshot.journal.records]]);
     family(out, 'journal_syncs_total', 'counter', 'fdatasyncs of the lease journal since start (records / syncs = group-commit batch)',
       [[{}, snapshot.journal.syncs]]);
+    family(out, 'journal_compactions_total', 'counter', 'Rewrites of the lease journal as its live leases since start (bounds its size)',
+      [[{}, snapshot.journal.compactions]]);
+    family(out, 'journal_degraded', 'gauge', '1 while the lease journal cannot make records durable (changes are refused), else 0',
+      [[{}, snapshot.journal.degraded ? 1 : 0]]);
     family(out, 'requests_total', 'counter', 'Requests answered, by API, method and outcome (ok or the error name)',
       [...this.#requests].sort(byKey).map(([key, n]) => {
         const [api = '', method = '', outcome = ''] = key.split('\0');

@@ -16,6 +16,14 @@
 // - Release never changes a target's limit and never returns bytes while the target lives: the
 //   lease stays in the ledger, charged and marked released, until TargetWatch sees the target
 //   exit (the budget never counts less than live targets may pin; see core/ledger.ts).
+// - A degraded journal (journal.ts): Open, Resize and Release are JournalUnavailable before any
+//   side effect (or after undoing their reservation if it degrades under them); List and
+//   Status work. A target's exit still ends its lease in memory; the journal makes that durable
+//   when it recovers. Nothing is raised while degraded, so the journal on disk never claims
+//   less than the kernel enforces: a failing disk is no reason to exit. The daemon gives up
+//   (deps.fatal: exit 1, systemd restarts it and replays) only if ending an exited target's
+//   lease throws, a bug after which only a replay can settle what the broker holds.
+// - restore() validates the leases it will re-adopt (journal-guard.ts) before touching any limit.
 // - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
 //   TargetWatch. The device fd returned by open() belongs to the caller (the server sends and
 //   closes it).
@@ -29,6 +37,7 @@ import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease
 import type { Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
+import { checkRestorable, durable, journalReady } from './journal-guard.ts';
 import type { Peer } from './peer.ts';
 import { pageSize } from './procfs.ts';
 import {
@@ -47,6 +56,8 @@ export interface ServiceDeps {
   now?: () => Date;
   /** Called after every grant, resize and release (e.g. to update systemd's STATUS=). */
   onLeasesChanged?: () => void;
+  /** The broker can no longer vouch for its state (see the module comment): log and exit non-zero. */
+  fatal?: (err: unknown, why: string) => void;
 }
 
 export class BrokerService {
@@ -55,6 +66,7 @@ export class BrokerService {
   readonly #targets = new TargetWatch((id) => {
     void this.#lanes.run(id, async () => this.#endLease(id, 'target exited')).catch((err: unknown) => {
       this.deps.log.error({ err, lease: id }, 'could not end the lease of an exited target');
+      this.deps.fatal?.(err, `could not end lease ${id} of an exited target`);
     });
   });
   #policy: Readonly<Policy>;
@@ -75,15 +87,23 @@ export class BrokerService {
     this.#policy = policy;
   }
 
-  /** Re-adopts journaled leases whose targets still live; drops (and journals) the rest. */
-  restore(journaled: readonly LeaseRecord[]): { adopted: number; dropped: number } {
+  /**
+   * Re-adopts journaled leases whose targets still live; drops (and journals) the rest and
+   * those granted in another boot. Throws RestoreRefused, touching nothing, if the ledger
+   * refuses the leases it would re-adopt.
+   */
+  restore(journaled: readonly LeaseRecord[], earlierBoot: ReadonlySet<string> = new Set()): { adopted: number; dropped: number } {
+    // Caps are not checked: replay must accept leases over caps tightened since.
+    checkRestorable(this.deps.journal.file, journaled.filter((r) => !earlierBoot.has(r.id)));
     let adopted = 0;
     let dropped = 0;
     for (const record of journaled) {
-      const target = reacquireTarget(record.targetPid, record.targetStartTime);
+      const target = earlierBoot.has(record.id) ? undefined : reacquireTarget(record.targetPid, record.targetStartTime);
       if (target === undefined) {
         this.deps.journal.recordRelease(record.id);
-        this.#audit('release', undefined, record, { reason: 'target exited while the broker was down' });
+        this.#audit('release', undefined, record, {
+          reason: earlierBoot.has(record.id) ? 'granted in an earlier boot' : 'target exited while the broker was down',
+        });
         dropped++;
         continue;
       }
@@ -119,6 +139,7 @@ export class BrokerService {
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
       if (!decision.ok) throw decision.error;
+      journalReady(this.deps.journal);
       deviceFd = this.deps.device.openForLease();
       record = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
@@ -133,7 +154,7 @@ export class BrokerService {
       await this.#lanes.run(id, async () => {
         this.deps.journal.recordGrant(granted);
         journaled = true;
-        await this.deps.journal.flush();
+        await durable(this.deps.journal);
         applyLimit(target, decision.limitBytes, this.deps.haveSysResource);
         applied = true;
         this.#targets.watch(id, target);
@@ -180,6 +201,7 @@ export class BrokerService {
   async #resizeNow(peer: Peer, p: BrokerParameters<'Resize'>): Promise<{ lease: Lease; previousLimitBytes: number }> {
     const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize);
     if (!decision.ok) throw decision.error;
+    journalReady(this.deps.journal);
     const record = this.#ledger.get(p.lease);
     const target = this.#targets.get(p.lease);
     if (record === undefined || target === undefined) throw new BrokerError('NoSuchLease', { lease: p.lease });
@@ -190,7 +212,7 @@ export class BrokerService {
       this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
       this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
       try {
-        await this.deps.journal.flush();
+        await durable(this.deps.journal);
         applyLimit(target, limitBytes, this.deps.haveSysResource);
       } catch (err) {
         this.#ledger.resize(record.id, record.memoryBytes, before);
@@ -206,7 +228,7 @@ export class BrokerService {
       applyLimit(target, limitBytes, this.deps.haveSysResource);
       this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
       this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
-      await this.deps.journal.flush();
+      await durable(this.deps.journal); // if this fails, the lowering stays and is journaled when the journal recovers
     }
     const updated = this.#ledger.get(record.id) ?? record;
     this.#audit('resize', peer, updated, { previousLimitBytes: before });
@@ -276,12 +298,20 @@ export class BrokerService {
       budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used), releasedBytes: this.#ledger.releasedBytes() },
       leases: this.#ledger.count(),
       overheadBytes: this.#policy.overheadBytes,
+      journal: this.#journalStatus(),
     };
   }
 
-  /** The journal's records and fdatasyncs so far (for /metrics). */
-  journalStats(): { records: number; syncs: number } {
-    return this.deps.journal.stats;
+  #journalStatus(): NonNullable<Status['journal']> {
+    const degraded = this.deps.journal.degraded;
+    if (degraded === null) return { healthy: true };
+    return { healthy: false, degradedSince: degraded.since.toISOString(), reason: degraded.error.message };
+  }
+
+  /** The journal's records, fdatasyncs and compactions so far, and whether it is degraded (for /metrics). */
+  journalStats(): { records: number; syncs: number; compactions: number; degraded: boolean } {
+    const { journal } = this.deps;
+    return { ...journal.stats, compactions: journal.compactions, degraded: journal.degraded !== null };
   }
 
   /** Stops watching targets (leases stay journaled for the next start). */

@@ -3,14 +3,17 @@
 // Invariants:
 // - One entry per live lease; it owns the target's pidfd and its poll handle. `forget` stops
 //   the poll before closing the pidfd (never close an fd libuv still polls).
-// - The exit callback runs at most once per entry.
+// - The exit callback runs at most once per entry: the poll is level-triggered (an exited
+//   pidfd stays readable), so it is stopped before the callback runs, and whatever the
+//   callback does (or fails to do) can never make it fire again.
 import { native, POLL_READABLE, type PollHandle } from '../../native/binding.ts';
 import { closeFd } from '../../native/sys.ts';
 import type { Target } from './target.ts';
 
 interface Watched {
   target: Target;
-  poll: PollHandle;
+  /** null once the target exited (the poll was stopped then). */
+  poll: PollHandle | null;
 }
 
 export class TargetWatch {
@@ -21,7 +24,11 @@ export class TargetWatch {
   /** Takes ownership of target.pidfd on success; on failure the caller still owns it. */
   watch(leaseId: string, target: Target): void {
     const poll = native.startPoll(target.pidfd, POLL_READABLE, () => {
-      if (this.#byLease.get(leaseId)?.poll === poll) this.onExit(leaseId);
+      const w = this.#byLease.get(leaseId);
+      if (w?.poll === undefined || w.poll === null || w.poll !== poll) return;
+      native.stopPoll(w.poll);
+      w.poll = null;
+      this.onExit(leaseId);
     });
     if (typeof poll === 'number') {
       throw new Error(`cannot watch pid ${target.pid} for exit: uv_poll_start failed (${poll})`);
@@ -38,7 +45,7 @@ export class TargetWatch {
     const w = this.#byLease.get(leaseId);
     if (w === undefined) return;
     this.#byLease.delete(leaseId);
-    native.stopPoll(w.poll);
+    if (w.poll !== null) native.stopPoll(w.poll);
     closeFd(w.target.pidfd);
   }
 

@@ -37,6 +37,7 @@ DECLARE_EXPORT(js_dup_cloexec);
 DECLARE_EXPORT(js_set_cloexec);
 DECLARE_EXPORT(js_close);
 DECLARE_EXPORT(js_fsync);
+DECLARE_EXPORT(js_flock);
 DECLARE_EXPORT(js_ioctl);
 /* memory.c */
 DECLARE_EXPORT(js_mmap_anon);

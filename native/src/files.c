@@ -1,5 +1,5 @@
 /*
- * Plain file descriptors: open, memfd, fstat, dup, FD_CLOEXEC, close, fsync, ioctl.
+ * Plain file descriptors: open, memfd, fstat, dup, FD_CLOEXEC, close, fsync, flock, ioctl.
  *
  * Invariants:
  * - Every fd created here is close-on-exec (O_CLOEXEC, MFD_CLOEXEC, F_DUPFD_CLOEXEC); only
@@ -15,6 +15,7 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -94,6 +95,16 @@ napi_value js_fsync(napi_env env, napi_callback_info info) {
   int fd;
   if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
   int r = fsync(fd);
+  return make_number(env, (double)SYS_RESULT(r));
+}
+
+napi_value js_flock(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int32_t operation;
+  if (!get_args(env, info, 2, argv) || !arg_fd(env, argv[0], "fd", &fd) || !arg_int32(env, argv[1], "operation", &operation))
+    return NULL;
+  int r = flock(fd, operation);
   return make_number(env, (double)SYS_RESULT(r));
 }
 

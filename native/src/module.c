@@ -34,6 +34,7 @@ static const export_t exports_table[] = {
     {"setCloexec", js_set_cloexec},
     {"close", js_close},
     {"fsync", js_fsync},
+    {"flock", js_flock},
     {"ioctl", js_ioctl},
     {"mmapAnon", js_mmap_anon},
     {"munmap", js_munmap},

@@ -63,6 +63,10 @@ test('status shows the budget in sizes and the capability plainly', () => {
   assert.match(text, /^overhead: +1 GiB per lease$/m);
   const unprobed = formatStatus({ ...status, device: { ...status.device, rlimitModeSupported: null } });
   assert.match(unprobed, /^rlimit mode: +not probed$/m);
+  assert.match(text, /^journal: +not reported by this broker$/m);
+  assert.match(formatStatus({ ...status, journal: { healthy: true } }), /^journal: +healthy$/m);
+  const degraded = formatStatus({ ...status, journal: { healthy: false, degradedSince: '2026-12-06T23:00:00.000Z', reason: 'write failed (ENOSPC)' } });
+  assert.match(degraded, /^journal: +DEGRADED since 2026-12-06T23:00:00\.000Z: changes are refused until it recovers \(write failed \(ENOSPC\)\)$/m);
 });
 
 test('resize says from what to what; release says whether the limit came back', () => {

@@ -58,6 +58,7 @@ function assertFields(what: string, rows: string[], schema: z.ZodType): void {
   for (const row of rows.filter((r) => r.includes('.'))) {
     let node: z.ZodType = schema;
     for (const part of row.split('.')) {
+      if (node instanceof z.ZodOptional) node = node.unwrap() as z.ZodType; // an optional object (e.g. Status.journal)
       assert.ok(node instanceof z.ZodObject, `${what}: ${row} is not nested in an object`);
       const next: unknown = node.shape[part];
       assert.ok(next instanceof z.ZodType, `${what}: ${row} does not exist`);

@@ -278,7 +278,7 @@ test('an unexpected failure is 500 InternalError with no internals, and is logge
     get policy() { return testPolicy(); },
     status: () => { throw new TypeError('secret detail'); },
     list: () => ({ leases: [] }), visibleLease: () => undefined, allVisible: () => [], resize: () => Promise.reject(new Error('unused')), release: () => Promise.resolve({ limitRestored: false }),
-    journalStats: () => ({ records: 0, syncs: 0 }),
+    journalStats: () => ({ records: 0, syncs: 0, compactions: 0, degraded: false }),
   };
   const h = await startHarness({ apiOptions: { service: broken } });
   try {

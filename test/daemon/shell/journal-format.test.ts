@@ -15,12 +15,12 @@ const history = fc.array(fc.tuple(fc.nat(2), fc.nat(1000), fc.nat(2 ** 40)), { m
     const id = live[pick % Math.max(live.length, 1)];
     if (kind === 0 || id === undefined) {
       const lease = leaseFor(next++);
-      records.push({ v: 1, type: 'grant', lease });
+      records.push({ v: 2, type: 'grant', lease });
       live.push(lease.id);
     } else if (kind === 1) {
-      records.push({ v: 1, type: 'resize', id, memoryBytes: size, limitBytes: size + 1 });
+      records.push({ v: 2, type: 'resize', id, memoryBytes: size, limitBytes: size + 1 });
     } else {
-      records.push({ v: 1, type: 'release', id });
+      records.push({ v: 2, type: 'release', id });
       live.splice(live.indexOf(id), 1);
     }
   }
@@ -58,15 +58,15 @@ test('any prefix of a valid journal replays to the records it holds whole', () =
 
 test('encode writes one line per record and replay reads back exactly what was encoded', () => {
   const lease = leaseFor(3);
-  const line = encode({ v: 1, type: 'grant', lease });
+  const line = encode({ v: 2, type: 'grant', lease });
   assert.equal(line.indexOf(0x0a), line.length - 1);
-  assert.deepEqual(JSON.parse(line.toString('utf8')), { v: 1, type: 'grant', lease });
+  assert.deepEqual(JSON.parse(line.toString('utf8')), { v: 2, type: 'grant', lease });
   assert.deepEqual([...replay('j', line).leases.values()], [lease]);
 });
 
 test('a lease whose name or pid could not have come from the broker is corrupt', () => {
   const bad = (patch: Partial<Record<keyof JournaledLease, unknown>>): Buffer =>
-    Buffer.from(`${JSON.stringify({ v: 1, type: 'grant', lease: { ...leaseFor(1), ...patch } })}\n`);
+    Buffer.from(`${JSON.stringify({ v: 2, type: 'grant', lease: { ...leaseFor(1), ...patch } })}\n`);
   for (const patch of [{ name: '../etc' }, { targetPid: 0 }, { id: 'l-xyz' }, { createdAt: 'yesterday' },
     { previousLimit: { soft: -2, hard: 0 } }, { targetStartTime: '12a' }, { limitBytes: 2 ** 53 }]) {
     assert.throws(() => replay('j', bad(patch)), (e: unknown) => e instanceof JournalCorrupt && e.line === 1,

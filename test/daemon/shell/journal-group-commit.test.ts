@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { JournalMisuse, LeaseJournal } from '../../../daemon/shell/journal.ts';
 import { leakedSince, openFds } from '../../support/fds.ts';
-import { leaseFor } from './journal-ops.ts';
+import { leaseFor, peekLeases } from './journal-ops.ts';
 
 function withJournal(body: (journal: LeaseJournal, dir: string) => Promise<void>): () => Promise<void> {
   return async () => {
@@ -25,11 +25,9 @@ function withJournal(body: (journal: LeaseJournal, dir: string) => Promise<void>
 
 const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
-/** The live lease ids a restarted daemon would recover from dir. */
+/** The live lease ids a restarted daemon would recover from dir (read while the journal is still open). */
 function recoveredIds(dir: string): string[] {
-  const { journal, leases } = LeaseJournal.open(dir);
-  journal.close();
-  return leases.map((l) => l.id).sort();
+  return peekLeases(dir).map((l) => l.id).sort();
 }
 
 test('the records of one loop turn share one fdatasync', withJournal(async (journal, dir) => {

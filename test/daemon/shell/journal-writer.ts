@@ -5,8 +5,8 @@
 //
 // Operations, numbered from 0: op 2i grants lease i, op 2i+1 resizes lease i to twice its size.
 // stdout lines: "ready", then "ack N" per finished op, then (on a write failure) one JSON line
-// {"failedAt": N, "name": ..., "again": name of the error a following grant threw,
-//  "flush": name of the error a following flush() rejected with}.
+// {"failedAt": N, "name": ..., "again": name of the error with which the flush() after a
+//  following grant rejected, "flush": name of the error a following flush() rejected with}.
 // With argv[3] == "wait", it reads one line from stdin ("go") before journaling.
 import { readSync, writeSync } from 'node:fs';
 import { LeaseJournal } from '../../../daemon/shell/journal.ts';
@@ -30,6 +30,7 @@ for (let op = 0; op < MAX_OPS; op += 1) {
     let again = 'none';
     try {
       journal.recordGrant(leaseFor(MAX_OPS)); // a lease no op touches
+      await journal.flush();
     } catch (e2) {
       again = e2 instanceof Error ? e2.name : String(e2);
     }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import {
   JOURNAL_FILE, JournalCorrupt, JournalMisuse, JournalUnusable, LeaseJournal, type JournaledLease,
 } from '../../../daemon/shell/journal.ts';
+import { LOCK_FILE } from '../../../daemon/shell/state-lock.ts';
 import { leakedSince, openFds } from '../../support/fds.ts';
 import { expectedAfter, journalOp, leaseFor, resized } from './journal-ops.ts';
 
@@ -130,7 +131,7 @@ test('a corrupt line anywhere but a torn tail is a hard error naming file and li
   corruptLine(3, '{"v":1,"type":"resize","id":"l-0000000000000001","memoryBytes":-5,"limitBytes":1}', /memoryBytes/);
   corruptLine(3, '{"v":1,"type":"release","id":"l-0000000000000001","extra":true}', /not a valid record.*extra/);
   corruptLine(3, '{"v":1,"type":"forget","id":"l-0000000000000001"}', /not a valid record/);
-  corruptLine(2, '{"v":2,"type":"release","id":"l-0000000000000000"}', /format version 2; this broker reads version 1/);
+  corruptLine(2, '{"v":3,"type":"release","id":"l-0000000000000000"}', /format version 3; this broker reads versions 1 and 2/);
   corruptLine(2, '{"type":"release","id":"l-0000000000000000"}', /not a valid record.*v/);
   // The last line is complete (it has its '\n'), so it is corrupt, not torn.
   corruptLine(5, '{"v":1,"type":"grant"}', /lease/);
@@ -138,7 +139,7 @@ test('a corrupt line anywhere but a torn tail is a hard error naming file and li
 });
 
 test('records that cannot follow each other are corrupt too', () => {
-  const grant0 = JSON.stringify({ v: 1, type: 'grant', lease: leaseFor(0) });
+  const grant0 = JSON.stringify({ v: 2, type: 'grant', lease: leaseFor(0) });
   corruptLine(3, grant0, /l-0000000000000000 granted twice/);
   corruptLine(3, '{"v":1,"type":"release","id":"l-00000000000000ff"}', /release of lease l-00000000000000ff, which is not live/);
   corruptLine(3, '{"v":1,"type":"resize","id":"l-00000000000000ff","memoryBytes":1,"limitBytes":1}', /resize of lease l-00000000000000ff/);
@@ -166,10 +167,10 @@ test('compaction on open keeps exactly the live leases, as grants with their cur
   assert.deepEqual(leases, [leaseFor(2), r]);
   const lines = readFileSync(join(dir, JOURNAL_FILE), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as unknown);
   assert.deepEqual(lines, [
-    { v: 1, type: 'grant', lease: leaseFor(2) },
-    { v: 1, type: 'grant', lease: r },
+    { v: 2, type: 'grant', lease: leaseFor(2) },
+    { v: 2, type: 'grant', lease: r },
   ]);
-  assert.deepEqual(readdirSync(dir), [JOURNAL_FILE], 'no temp file is left behind');
+  assert.deepEqual(readdirSync(dir).sort(), [JOURNAL_FILE, LOCK_FILE].sort(), 'no temp file is left behind');
   rmSync(dir, { recursive: true });
 });
 
@@ -178,7 +179,7 @@ test('a stale temp file from a crash during compaction is replaced, not read', (
   journalOps(dir, 2);
   writeFileSync(join(dir, `${JOURNAL_FILE}.tmp`), 'half a snapshot', { mode: 0o600 });
   assert.deepEqual(recover(dir).leases, expectedAfter(2));
-  assert.deepEqual(readdirSync(dir), [JOURNAL_FILE]);
+  assert.deepEqual(readdirSync(dir).sort(), [JOURNAL_FILE, LOCK_FILE].sort());
   rmSync(dir, { recursive: true });
 });
 
@@ -284,7 +285,7 @@ test('SIGKILL at arbitrary points: every acknowledged record is recovered, at mo
   }
 });
 
-test('a write cut short by RLIMIT_FSIZE poisons the journal; a restart recovers what was acked', async () => {
+test('a write cut short by RLIMIT_FSIZE degrades the journal; a restart recovers what was acked', async () => {
   const dir = tempRoot();
   const run = await runWriter(dir, true, (child, lines) => {
     if (lines.length === 1) {
@@ -298,7 +299,7 @@ test('a write cut short by RLIMIT_FSIZE poisons the journal; a restart recovers 
   const report = JSON.parse(last) as { failedAt: number; name: string; again: string; flush: string };
   assert.equal(report.failedAt, run.acked);
   assert.equal(report.name, 'JournalWriteFailed');
-  assert.equal(report.again, 'JournalWriteFailed', 'after a failed write no record may be accepted');
+  assert.equal(report.again, 'JournalWriteFailed', 'after a failed write no further record may be acknowledged as durable');
   assert.equal(report.flush, 'JournalWriteFailed', 'after a failed write no flush may claim the disk is up to date');
   // The kernel wrote the failing record up to the limit: a torn line, as after a crash.
   assert.equal(statSync(join(dir, JOURNAL_FILE)).size, 3000);

@@ -39,7 +39,7 @@ function lease(over: Partial<Lease> = {}): Lease {
 const SNAPSHOT: BrokerSnapshot = {
   status: status(),
   leases: [lease({ pinnedBytes: 512 * MiB, lockedBytes: 256 * MiB }), lease({ id: 'l-fedcba9876543210', name: 'vm2', memoryBytes: GiB, limitBytes: 2 * GiB })],
-  journal: { records: 40, syncs: 3 },
+  journal: { records: 40, syncs: 3, compactions: 2, degraded: true },
 };
 
 /** The value of the one sample whose line starts with `prefix` (name plus labels). */
@@ -56,6 +56,8 @@ test('the gauges print the snapshot: budget, lease count, and each lease\'s limi
   assert.equal(sample(text, 'iommufd_broker_leases'), '2');
   assert.equal(sample(text, 'iommufd_broker_journal_records_total'), '40');
   assert.equal(sample(text, 'iommufd_broker_journal_syncs_total'), '3');
+  assert.equal(sample(text, 'iommufd_broker_journal_compactions_total'), '2');
+  assert.equal(sample(text, 'iommufd_broker_journal_degraded'), '1');
   assert.equal(sample(text, 'iommufd_broker_sys_resource'), '0');
   assert.equal(sample(text, 'iommufd_broker_info{version="0.1.0",device_kind="simulated"}'), '1');
   assert.equal(sample(text, 'iommufd_broker_lease_limit_bytes{lease="l-0123456789abcdef",name="vm1"}'), String(9 * GiB));
@@ -71,7 +73,7 @@ test('the gauges print the snapshot: budget, lease count, and each lease\'s limi
 
 test('byte counts up to 2^53 print as exact integers', () => {
   const big = Number.MAX_SAFE_INTEGER;
-  const text = new Metrics().render({ status: status({ budget: { totalBytes: big, usedBytes: 0, freeBytes: big, releasedBytes: 0 } }), leases: [], journal: { records: 0, syncs: 0 } });
+  const text = new Metrics().render({ status: status({ budget: { totalBytes: big, usedBytes: 0, freeBytes: big, releasedBytes: 0 } }), leases: [], journal: { records: 0, syncs: 0, compactions: 0, degraded: false } });
   assert.equal(sample(text, 'iommufd_broker_budget_bytes'), '9007199254740991');
 });
 
@@ -175,7 +177,7 @@ function promtool(text: string): { status: number | null; output: string } {
 }
 
 test('promtool check metrics accepts the output: empty, and with leases, requests and durations', () => {
-  const empty = promtool(new Metrics().render({ status: status({ leases: 0 }), leases: [], journal: { records: 0, syncs: 0 } }));
+  const empty = promtool(new Metrics().render({ status: status({ leases: 0 }), leases: [], journal: { records: 0, syncs: 0, compactions: 0, degraded: false } }));
   assert.deepEqual(empty, { status: 0, output: '' });
   const m = new Metrics();
   m.observeCall('varlink', 'io.iommufd.Broker.Open', 'ok', 0.0002);
