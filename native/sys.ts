@@ -109,6 +109,25 @@ export function closeFd(fd: number): void {
   sys('close', native.close(fd), `fd ${fd}`);
 }
 
+/**
+ * Closes fd off the event loop (the helper's closer threads), for an fd that came from a client
+ * or a socket a client can fill: its last close may block for as long as the client likes. The
+ * fd is no longer the caller's once this returns. Should the helper refuse it (no memory, no
+ * thread), the fd is closed here instead, once: a possible stall beats a leak. EBUSY (a poll
+ * watcher still watches fd; a bug) throws and leaves it open.
+ */
+export function closeOffLoop(fd: number): void {
+  const r = native.closeLater(fd);
+  if (r === 0) return;
+  if (errnoName(r) === 'EBUSY') throw new SysError('closeLater', r, `fd ${fd} is still watched by a poll handle`);
+  closeFd(fd);
+}
+
+/** How many fds closeOffLoop handed over are not closed yet (for /metrics). */
+export function pendingCloses(): number {
+  return native.pendingCloses();
+}
+
 /** A new close-on-exec fd (>= minFd) for the same open file; the caller owns it. */
 export function dupCloexec(fd: number, minFd = 3): number {
   return sys('fcntl(F_DUPFD_CLOEXEC)', native.dupCloexec(fd, minFd), `fd ${fd}`);

@@ -9,7 +9,7 @@
 // - soft == hard == limit: the target cannot raise its own limit afterwards ("no way out").
 // - Kernel refusals become KernelRefused / TargetGone naming the cause and what to do.
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
-import { closeFd, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError } from '../../native/sys.ts';
+import { closeFd, closeOffLoop, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError } from '../../native/sys.ts';
 import type { Rlimit } from '../../native/binding.ts';
 import { CAP_IPC_LOCK, hasCapability, readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
 
@@ -28,7 +28,8 @@ export interface TargetUsage { pinnedBytes?: number; lockedBytes?: number }
 /**
  * Learns who the pidfd names, and its memory usage from the same /proc read (an Open's reply
  * needs it; keeping it out of Target keeps a watched lease small). Takes ownership of pidfd:
- * closed here on failure.
+ * closed here on failure, off the event loop (closeOffLoop): a client sent it, and until it is
+ * known to be a pidfd it may be any file, one whose last close blocks.
  */
 export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
   try {
@@ -40,7 +41,7 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     if (!pidfdIsAlive(pidfd)) throw gone(pid, 'the process exited while the broker looked at it');
     return { pid, pidfd, uid: status.realUid, startTime, hasIpcLock: hasCapability(status.capEff, CAP_IPC_LOCK), usage: usageOf(status) };
   } catch (e) {
-    closeFd(pidfd);
+    closeOffLoop(pidfd);
     throw toTargetError(e);
   }
 }

@@ -9,6 +9,11 @@
 // - fd ownership: fds that arrive belong to the connection's decoder until decodeCall hands
 //   them to a call; the call's handler owns what it uses; `unusedFds`/`fdsToClose` are closed
 //   here. Reply fds are handed to UnixConnection.send, which closes them once sent.
+// - Nothing a client sent is closed on the event loop: its last close may block for as long as
+//   the client likes (a TCP socket with SO_LINGER, a FUSE file...), so client fds go to
+//   closeOffLoop (the helper's closer threads), and the connection sockets close off the loop
+//   too (UnixServer's connections; their receive queues may hold client fds). Only fds the
+//   daemon made itself (peer pidfds, reply fds) are closed here directly.
 // - Peer identity is read once per connection (SO_PEERCRED + SO_PEERPIDFD); the pidfd is owned
 //   by the connection and closed with it.
 import type { Logger } from 'pino';
@@ -19,7 +24,7 @@ import {
 } from '../../protocol/decode.ts';
 import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
-import { closeFd, SysError } from '../../native/sys.ts';
+import { closeFd, closeOffLoop, SysError } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
 import { readPeer, type Peer } from './peer.ts';
 
@@ -165,7 +170,7 @@ class Connection {
   }
 
   #onData(chunk: Buffer, fds: number[]): void {
-    if (this.#closed || this.#draining) { fds.forEach(closeFd); return; }
+    if (this.#closed || this.#draining) { fds.forEach(closeOffLoop); return; }
     this.#armIdleTimer();
     let frames: Frame[];
     try {
@@ -211,7 +216,7 @@ class Connection {
       if (!decoded.oneway) this.#send(errorReply(err, this.log), []);
       return;
     } finally {
-      decoded.unusedFds.forEach(closeFd);
+      decoded.unusedFds.forEach(closeOffLoop);
     }
     if (decoded.oneway || this.#closed) {
       (reply.fds ?? []).forEach(closeFd);
@@ -223,7 +228,7 @@ class Connection {
   /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
   #reject(rejection: Rejection): void {
     this.onRefused({ stage: 'message', reason: rejection.error.name });
-    rejection.fdsToClose.forEach(closeFd);
+    rejection.fdsToClose.forEach(closeOffLoop);
     if (rejection.reply) this.#send(encodeRejection(rejection), []);
     if (rejection.fatal) this.#stopReading();
   }
@@ -231,7 +236,7 @@ class Connection {
   /** Nothing more is read or run on this connection; queued replies still go out, then close. */
   #stopReading(): void {
     this.#draining = true;
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
     void this.drainAndClose();
   }
 
@@ -259,8 +264,8 @@ class Connection {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#idleTimer);
-    this.#decoder.takeHeldFds().forEach(closeFd);
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
+    this.#decoder.takeHeldFds().forEach(closeOffLoop);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
     if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
     closeSocket();
     this.onClose();

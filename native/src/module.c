@@ -33,6 +33,8 @@ static const export_t exports_table[] = {
     {"dupCloexec", js_dup_cloexec},
     {"setCloexec", js_set_cloexec},
     {"close", js_close},
+    {"closeLater", js_close_later},
+    {"pendingCloses", js_pending_closes},
     {"fsync", js_fsync},
     {"ioctl", js_ioctl},
     {"mmapAnon", js_mmap_anon},
