@@ -69,6 +69,8 @@ export interface NativeBinding {
   // --- credentials and processes ---
   /** SO_PEERCRED (as of connect()). */
   peerCred(fd: number): PeerCred | NegErrno;
+  /** SO_PEERGROUPS (59): the peer's supplementary groups as of connect(). */
+  peerGroups(fd: number): number[] | NegErrno;
   /** SO_PEERPIDFD (77); CLOEXEC pidfd of the peer. -ENOPROTOOPT on kernels < 6.5. */
   peerPidfd(fd: number): number | NegErrno;
   /** pidfd_open(pid, 0). */

@@ -225,6 +225,11 @@ export function peerCred(fd: number): PeerCred {
   return sys('getsockopt(SO_PEERCRED)', native.peerCred(fd), `fd ${fd}`);
 }
 
+/** SO_PEERGROUPS: the peer's supplementary groups as of connect() (never read from /proc). */
+export function peerGroups(fd: number): number[] {
+  return sys('getsockopt(SO_PEERGROUPS)', native.peerGroups(fd), `fd ${fd}`);
+}
+
 /** SO_PEERPIDFD: a close-on-exec pidfd for the peer, owned by the caller. ENOPROTOOPT before Linux 6.5. */
 export function peerPidfd(fd: number): number {
   return sys('getsockopt(SO_PEERPIDFD)', native.peerPidfd(fd), `fd ${fd}`);

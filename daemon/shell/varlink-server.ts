@@ -14,8 +14,8 @@
 //   closeOffLoop (the helper's closer threads), and the connection sockets close off the loop
 //   too (UnixServer's connections; their receive queues may hold client fds). Only fds the
 //   daemon made itself (peer pidfds, reply fds) are closed here directly.
-// - Peer identity is read once per connection (SO_PEERCRED + SO_PEERPIDFD); the pidfd is owned
-//   by the connection and closed with it.
+// - Peer identity is read once per connection, at accept (SO_PEERCRED, SO_PEERGROUPS,
+//   SO_PEERPIDFD; see peer.ts); the pidfd is owned by the connection and closed with it.
 import type { Logger } from 'pino';
 import { FrameDecoder, FramingError, type Frame } from '../../protocol/framing.ts';
 import {
@@ -91,7 +91,7 @@ export class VarlinkServer {
     if (this.#closing) { socket.close(); return; }
     let peer: Peer;
     try {
-      peer = readPeer(socket);
+      peer = readPeer(socket, this.log);
     } catch (err) {
       this.log.warn({ err }, 'dropping a connection whose peer could not be identified');
       this.events.refused?.({ stage: 'connection', reason: 'unidentified-peer' });

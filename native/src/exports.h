@@ -23,6 +23,7 @@ DECLARE_EXPORT(js_is_unix_stream_socket);
 /* creds.c */
 DECLARE_EXPORT(js_peer_cred);
 DECLARE_EXPORT(js_peer_pidfd);
+DECLARE_EXPORT(js_peer_groups);
 /* process.c */
 DECLARE_EXPORT(js_pidfd_open);
 DECLARE_EXPORT(js_pidfd_send_signal);

@@ -22,6 +22,7 @@ static const export_t exports_table[] = {
     {"isUnixStreamSocket", js_is_unix_stream_socket},
     {"peerCred", js_peer_cred},
     {"peerPidfd", js_peer_pidfd},
+    {"peerGroups", js_peer_groups},
     {"pidfdOpen", js_pidfd_open},
     {"pidfdSendSignal", js_pidfd_send_signal},
     {"prlimit", js_prlimit},

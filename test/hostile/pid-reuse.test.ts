@@ -1,12 +1,16 @@
 // PID reuse: a leased target exits and a new process gets its pid (clone3 with set_tid, via
 // test/hostile/fixtures/hostile-peer.c). The broker must never set a limit on the new process
 // and must not keep the old lease — whether the reuse happens while the daemon runs, while it
-// is stopped with a Resize already queued, or while it is down.
+// is stopped with a Resize already queued, or while it is down. And a caller's identity is its
+// process as of accept (SO_PEERPIDFD), not its pid: a caller that hands its connection to a
+// child and exits cannot have a newcomer with its old pid taken for "itself".
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BrokerClient, BrokerError } from '../../client/index.ts';
 import { closeFd, pidfdOpen } from '../../native/sys.ts';
 import { buildC } from '../../bench/c-build.ts';
@@ -165,5 +169,85 @@ test('a pid reused while the daemon is down: restart drops the lease and leaves 
     check.close();
     await again.stop();
     again.cleanup();
+  }
+});
+
+/** The fixture's handoff-open: a caller that connects, hands its connection to a child and exits. */
+async function handOff(socket: string): Promise<{ child: ChildProcess; callerPid: number; tell: (line: string) => void; next: () => Promise<string> }> {
+  const fifo = join(mkdtempSync(join(tmpdir(), 'iommufd-handoff-')), 'fifo');
+  execFileSync('mkfifo', ['-m', '0600', fifo]);
+  const child = spawn(hostilePeer, ['handoff-open', socket, fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const lines: string[] = [];
+  let wake: (() => void) | undefined;
+  createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (l) => { lines.push(l); wake?.(); });
+  const next = async (): Promise<string> => {
+    for (let i = 0; lines.length === 0; i++) {
+      if (i > 200) throw new Error('handoff-open said nothing within 20 s');
+      await new Promise<void>((resolve) => { wake = resolve; setTimeout(resolve, 100).unref(); });
+    }
+    return lines.shift() as string;
+  };
+  const first = await next();
+  const match = /^peer (\d+)$/.exec(first);
+  assert.ok(match?.[1] !== undefined, `handoff-open: ${first}`);
+  await exited; // the caller is gone and reaped (by Node): its pid is free; its child holds the connection
+  // Opening the FIFO waits for the child, which opens it right after the fork.
+  const tell = (line: string): void => { writeFileSync(fifo, `${line}\n`); rmSync(dirname(fifo), { recursive: true, force: true }); };
+  return { child, callerPid: Number(match[1]), tell, next };
+}
+
+/** A broker where this process (uid 0) may Open for itself only: managers are another uid. */
+async function nonManagerBroker(): Promise<BrokerProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'iommufd-broker-test-'));
+  const config = join(dir, 'policy.json');
+  writeFileSync(config, JSON.stringify({ open: { users: 'any' }, managers: { users: [4242] } }), { mode: 0o644 });
+  return BrokerProcess.start({ dir, extraArgs: ['--config', config, ...ARGS] });
+}
+
+function replyOf(line: string): { error?: string; parameters?: Record<string, unknown> } {
+  assert.match(line, /^reply /, `expected a reply, got ${line}`);
+  return JSON.parse(line.slice('reply '.length)) as { error?: string; parameters?: Record<string, unknown> };
+}
+
+test('a caller that exited cannot lend its connection: a newcomer with its old pid is not "itself"', async () => {
+  // The old check compared the pid behind the target pidfd with the SO_PEERCRED pid: a process
+  // reusing the exited caller's pid passed as the caller itself, and a non-manager limited it.
+  const broker = await nonManagerBroker();
+  let victim: Reused | undefined;
+  try {
+    const handed = await handOff(broker.socket);
+    victim = await spawnAtPid(handed.callerPid);
+    const untouched = memlockOf(victim.pid);
+    handed.tell(String(victim.pid));
+    const reply = replyOf(await handed.next());
+    assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', `the newcomer was taken for the caller: ${JSON.stringify(reply)}`);
+    assert.equal(reply.parameters?.['rule'], 'caller-exited');
+    assert.match(String(reply.parameters?.['reason']), /has exited/);
+    assert.deepEqual(memlockOf(victim.pid), untouched, 'the newcomer\'s limit was not touched');
+    const check = await BrokerClient.connect(broker.socket);
+    try {
+      assert.equal((await check.status()).leases, 0);
+    } finally {
+      check.close();
+    }
+  } finally {
+    if (victim !== undefined) await stopReused(victim);
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test('a caller that exited cannot Open for "itself" through the connection it left behind', async () => {
+  const broker = await nonManagerBroker();
+  try {
+    const handed = await handOff(broker.socket);
+    handed.tell('0');
+    const reply = replyOf(await handed.next());
+    assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', JSON.stringify(reply));
+    assert.equal(reply.parameters?.['rule'], 'caller-exited');
+  } finally {
+    await broker.stop();
+    broker.cleanup();
   }
 });
