@@ -43,8 +43,8 @@ async function stopReused(r: Reused): Promise<void> {
 }
 
 /** Starts a capability-less `sleep` with exactly this pid (the previous owner must be reaped). */
-async function spawnAtPid(pid: number): Promise<Reused> {
-  const helper = spawn(hostilePeer, ['spawn-at-pid', String(pid), 'setpriv', ...STRIP, '--', 'sleep', '3600'],
+async function spawnAtPid(pid: number, setprivArgs: readonly string[] = []): Promise<Reused> {
+  const helper = spawn(hostilePeer, ['spawn-at-pid', String(pid), 'setpriv', ...setprivArgs, ...STRIP, '--', 'sleep', '3600'],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: helper.stdout as NodeJS.ReadableStream });
   const first = await new Promise<string>((resolve, reject) => {
@@ -173,10 +173,10 @@ test('a pid reused while the daemon is down: restart drops the lease and leaves 
 });
 
 /** The fixture's handoff-open: a caller that connects, hands its connection to a child and exits. */
-async function handOff(socket: string): Promise<{ child: ChildProcess; callerPid: number; tell: (line: string) => void; next: () => Promise<string> }> {
+async function handOff(socket: string, quiet = false): Promise<{ child: ChildProcess; callerPid: number; tell: (line: string) => void; next: () => Promise<string> }> {
   const fifo = join(mkdtempSync(join(tmpdir(), 'iommufd-handoff-')), 'fifo');
   execFileSync('mkfifo', ['-m', '0600', fifo]);
-  const child = spawn(hostilePeer, ['handoff-open', socket, fifo], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(hostilePeer, ['handoff-open', socket, fifo, ...(quiet ? ['quiet'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const lines: string[] = [];
   let wake: (() => void) | undefined;
@@ -197,11 +197,13 @@ async function handOff(socket: string): Promise<{ child: ChildProcess; callerPid
   return { child, callerPid: Number(match[1]), tell, next };
 }
 
-/** A broker where this process (uid 0) may Open for itself only: managers are another uid. */
+const MANAGER_GROUP = 4343;
+
+/** A broker where this process (uid 0, no group MANAGER_GROUP) may Open for itself only. */
 async function nonManagerBroker(): Promise<BrokerProcess> {
   const dir = mkdtempSync(join(tmpdir(), 'iommufd-broker-test-'));
   const config = join(dir, 'policy.json');
-  writeFileSync(config, JSON.stringify({ open: { users: 'any' }, managers: { users: [4242] } }), { mode: 0o644 });
+  writeFileSync(config, JSON.stringify({ open: { users: 'any' }, managers: { users: [4242], groups: [MANAGER_GROUP] } }), { mode: 0o644 });
   return BrokerProcess.start({ dir, extraArgs: ['--config', config, ...ARGS] });
 }
 
@@ -247,6 +249,41 @@ test('a caller that exited cannot Open for "itself" through the connection it le
     assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', JSON.stringify(reply));
     assert.equal(reply.parameters?.['rule'], 'caller-exited');
   } finally {
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test('a reused pid cannot lend its groups: they are the caller\'s as of connect (SO_PEERGROUPS)', async () => {
+  // The caller connects while the daemon is stopped and exits before the accept; a newcomer in
+  // the managers' group takes its pid. The old code read the groups from /proc/<pid>/status at
+  // accept, and so made the caller's connection a manager's.
+  assert.ok(!(process.getgroups?.() ?? []).includes(MANAGER_GROUP), 'this process is not in the managers\' group');
+  const broker = await nonManagerBroker();
+  const other = await spawnTarget();
+  let victim: Reused | undefined;
+  try {
+    const untouched = memlockOf(other.pid);
+    let handed: Awaited<ReturnType<typeof handOff>> | undefined;
+    process.kill(daemonPid(broker), 'SIGSTOP');
+    try {
+      handed = await handOff(broker.socket, true);
+      victim = await spawnAtPid(handed.callerPid, ['--groups', String(MANAGER_GROUP)]);
+    } finally {
+      process.kill(daemonPid(broker), 'SIGCONT');
+    }
+    assert.ok(handed !== undefined);
+    handed.tell(String(other.pid));
+    const line = await handed.next();
+    // Refused at accept (no pidfd for a caller already gone) or at the Open: never a manager's grant.
+    if (line !== 'eof') {
+      const reply = replyOf(line);
+      assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', `the caller got the newcomer's groups: ${JSON.stringify(reply)}`);
+    }
+    assert.deepEqual(memlockOf(other.pid), untouched, 'no limit was set for a borrowed manager identity');
+  } finally {
+    if (victim !== undefined) await stopReused(victim);
+    await killTarget(other.child);
     await broker.stop();
     broker.cleanup();
   }
