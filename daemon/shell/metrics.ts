@@ -25,6 +25,11 @@ export interface BrokerSnapshot {
   leases: readonly Lease[];
   /** The journal's records and fdatasyncs since the daemon started (group commit's effect). */
   journal: { records: number; syncs: number };
+  /**
+   * fds handed to the native closer threads and not closed yet (native/src/closer.c); absent:
+   * not shown. A close that never returns (a client's stuck FUSE file, say) stays counted.
+   */
+  pendingCloses?: number;
 }
 
 /** Upper bounds (seconds) of the request duration histogram; a call takes ~0.1 ms on these hosts. */
@@ -117,6 +122,10 @@ export class Metrics {
     family(out, 'journal_records_total', 'counter', 'Lease journal records written since start', [[{}, snapshot.journal.records]]);
     family(out, 'journal_syncs_total', 'counter', 'fdatasyncs of the lease journal since start (records / syncs = group-commit batch)',
       [[{}, snapshot.journal.syncs]]);
+    if (snapshot.pendingCloses !== undefined) {
+      family(out, 'pending_closes', 'gauge', 'Client fds and sockets handed to the closer threads and not closed yet (stuck closes stay counted)',
+        [[{}, snapshot.pendingCloses]]);
+    }
     family(out, 'requests_total', 'counter', 'Requests answered, by API, method and outcome (ok or the error name)',
       [...this.#requests].sort(byKey).map(([key, n]) => {
         const [api = '', method = '', outcome = ''] = key.split('\0');
