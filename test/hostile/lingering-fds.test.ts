@@ -7,7 +7,9 @@
 //
 // The checks are behavioural: another client is answered (and this process's loop runs) while
 // the lingering close is still pending. The one bound on time is half the linger, which only a
-// close on the loop can reach.
+// close on the loop can reach. The receiver is held off (SIGSTOP, or a listening socket nobody
+// accepts on yet) until the fixture has closed its own copies: otherwise a fast receiver could
+// drop its references first and leave the fixture's own close to linger.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -17,6 +19,7 @@ import { join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { buildC } from '../../bench/c-build.ts';
 import { native } from '../../native/binding.ts';
+import { sys } from '../../native/sys.ts';
 import { UnixServer } from '../../native/socket.ts';
 import { BrokerProcess, REPO } from '../support/daemon.ts';
 import { settledLeaks, openFds } from '../support/fds.ts';
@@ -33,13 +36,11 @@ before(() => {
 });
 
 class Lingerer {
-  readonly sentAt: number;
   readonly #lines: string[] = [];
   #wake: (() => void) | undefined;
   readonly #exit: Promise<void>;
 
   private constructor(readonly child: ChildProcess, lines: Interface) {
-    this.sentAt = Date.now();
     lines.on('line', (l) => { this.#lines.push(l); this.#wake?.(); });
     this.#exit = new Promise((resolve) => child.once('exit', () => resolve()));
   }
@@ -101,12 +102,19 @@ async function daemonStaysResponsive(count: number, method: 'status' | 'open', a
   assert.ok(daemonPid !== undefined);
   const fdsBefore = openFds(daemonPid);
   try {
-    const l = await lingering(broker.socket, count, method);
+    process.kill(daemonPid, 'SIGSTOP');
+    let l: Lingerer;
+    try {
+      l = await lingering(broker.socket, count, method);
+    } finally {
+      process.kill(daemonPid, 'SIGCONT');
+    }
+    const started = Date.now();
     // The daemon answers (or closes) only after it dealt with the fds: on the loop, that took
     // the whole linger.
     assert.equal(await l.line(), answer);
     await getInfo(broker.socket);
-    const elapsed = Date.now() - l.sentAt;
+    const elapsed = Date.now() - started;
     assert.ok(elapsed < PROMPT_MS, `the daemon stalled for ${elapsed} ms: the lingering close ran on its event loop`);
     await l.release();
     assert.deepEqual(await settledLeaks(fdsBefore, daemonPid), [], 'the daemon closed every fd it was sent');
@@ -134,19 +142,24 @@ test('a connection closed with a lingering fd in its receive queue does not stal
   const dir = mkdtempSync(join(tmpdir(), 'iommufd-lingering-'));
   // No 'connection' listener: each accepted socket is closed at once, unread, its peer's fds
   // still queued (as when the daemon refuses a connection over its caps).
-  const server = UnixServer.listen(join(dir, 'refusing.sock'), { mode: 0o600, backlog: 8 });
+  // Accepting starts only once the fixture has sent and closed its copies.
+  const listening = sys('listen', native.listenUnix(join(dir, 'refusing.sock'), 8, 0o600));
+  let server: UnixServer | undefined;
   try {
     const l = await lingering(join(dir, 'refusing.sock'), 1, 'status');
+    const started = Date.now();
+    server = UnixServer.adopt(listening);
     assert.equal(await l.line(), 'eof', 'the server closed the connection without reading');
     await new Promise((resolve) => setTimeout(resolve, 10));
-    const elapsed = Date.now() - l.sentAt;
+    const elapsed = Date.now() - started;
     assert.ok(elapsed < PROMPT_MS, `this process's loop stalled for ${elapsed} ms closing the socket`);
     assert.ok(native.pendingCloses() >= 1, 'the close is still lingering, on a closer thread');
     await l.release();
     await closesDone();
     assert.equal(native.pendingCloses(), 0);
   } finally {
-    server.close();
+    if (server !== undefined) server.close();
+    else native.close(listening);
     rmSync(dir, { recursive: true, force: true });
   }
 });
