@@ -12,6 +12,7 @@
         "native/src/creds.c",
         "native/src/process.c",
         "native/src/files.c",
+        "native/src/closer.c",
         "native/src/memory.c",
         "native/src/poll.c",
         "native/src/notify.c"

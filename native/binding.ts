@@ -7,7 +7,9 @@
 //   Nothing here throws for a failed syscall; `sys.ts` turns -errno into SysError.
 // - Every fd the helper creates is O_CLOEXEC (accept4 SOCK_CLOEXEC, recvmsg
 //   MSG_CMSG_CLOEXEC, F_DUPFD_CLOEXEC, MFD_CLOEXEC, pidfd_open is CLOEXEC by nature).
-// - close() is never retried (Linux frees the fd even on EINTR).
+// - close() is never retried (Linux frees the fd even on EINTR). closeLater() closes on the
+//   helper's closer threads instead: for every fd a client sent and every client socket, whose
+//   last close may block (SO_LINGER, FUSE, NFS...) — the event loop never runs such a close.
 // - Sockets that can carry fds are only ever read/written here, never by libuv's
 //   net.Socket (which silently drops ancillary data).
 import { createRequire } from 'node:module';
@@ -67,6 +69,8 @@ export interface NativeBinding {
   // --- credentials and processes ---
   /** SO_PEERCRED (as of connect()). */
   peerCred(fd: number): PeerCred | NegErrno;
+  /** SO_PEERGROUPS (59): the peer's supplementary groups as of connect(). */
+  peerGroups(fd: number): number[] | NegErrno;
   /** SO_PEERPIDFD (77); CLOEXEC pidfd of the peer. -ENOPROTOOPT on kernels < 6.5. */
   peerPidfd(fd: number): number | NegErrno;
   /** pidfd_open(pid, flags): flags 0 (the default) or PIDFD_THREAD; anything else throws RangeError. */
@@ -93,6 +97,14 @@ export interface NativeBinding {
    * watcher still watches fd (closing it would make libuv abort the process), nothing closed.
    */
   close(fd: number): 0 | NegErrno;
+  /**
+   * Hands fd to the helper's closer threads (native/src/closer.c), which close it once, later,
+   * off the JS thread; returns at once without waiting. 0: fd is theirs from now on. -EBUSY (a
+   * startPoll watcher watches fd), -ENOMEM or -EAGAIN (no closer thread): fd is still the caller's.
+   */
+  closeLater(fd: number): 0 | NegErrno;
+  /** fds handed to closeLater that are not closed yet (a stuck close keeps its fd counted here). */
+  pendingCloses(): number;
   /** fsync(fd). */
   fsync(fd: number): 0 | NegErrno;
   /** flock(fd, operation): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; -EWOULDBLOCK when LOCK_NB meets a holder. */

@@ -109,6 +109,25 @@ export function closeFd(fd: number): void {
   sys('close', native.close(fd), `fd ${fd}`);
 }
 
+/**
+ * Closes fd off the event loop (the helper's closer threads), for an fd that came from a client
+ * or a socket a client can fill: its last close may block for as long as the client likes. The
+ * fd is no longer the caller's once this returns. Should the helper refuse it (no memory, no
+ * thread), the fd is closed here instead, once: a possible stall beats a leak. EBUSY (a poll
+ * watcher still watches fd; a bug) throws and leaves it open.
+ */
+export function closeOffLoop(fd: number): void {
+  const r = native.closeLater(fd);
+  if (r === 0) return;
+  if (errnoName(r) === 'EBUSY') throw new SysError('closeLater', r, `fd ${fd} is still watched by a poll handle`);
+  closeFd(fd);
+}
+
+/** How many fds closeOffLoop handed over are not closed yet (for /metrics). */
+export function pendingCloses(): number {
+  return native.pendingCloses();
+}
+
 /** A new close-on-exec fd (>= minFd) for the same open file; the caller owns it. */
 export function dupCloexec(fd: number, minFd = 3): number {
   return sys('fcntl(F_DUPFD_CLOEXEC)', native.dupCloexec(fd, minFd), `fd ${fd}`);
@@ -235,6 +254,11 @@ export function execve(path: string, argv: string[], envp: string[]): never {
 /** SO_PEERCRED: the peer's pid/uid/gid as of connect(). */
 export function peerCred(fd: number): PeerCred {
   return sys('getsockopt(SO_PEERCRED)', native.peerCred(fd), `fd ${fd}`);
+}
+
+/** SO_PEERGROUPS: the peer's supplementary groups as of connect() (never read from /proc). */
+export function peerGroups(fd: number): number[] {
+  return sys('getsockopt(SO_PEERGROUPS)', native.peerGroups(fd), `fd ${fd}`);
 }
 
 /** SO_PEERPIDFD: a close-on-exec pidfd for the peer, owned by the caller. ENOPROTOOPT before Linux 6.5. */

@@ -7,8 +7,15 @@
 // - fds passed to send() belong to the connection from that call on: closed right after the
 //   sendmsg that carried them succeeded, or when the connection closes with them unsent
 //   (also when send() refuses them). They ride on the first sendmsg of their data.
-// - fds received are owned by the 'data' listener; with no listener they are closed. With
-//   MSG_CTRUNC the fds that did arrive are closed and the connection fails with EXFULL.
+// - fds received are owned by the 'data' listener; with no listener they are closed. Every
+//   recvmsg has room for the kernel's SCM_MAX_FD (253) fds, so the kernel never drops fds in
+//   our thread (it would close them there); a message with more than maxFdsPerMessage fds, or
+//   with MSG_CTRUNC all the same (a full fd table), has the fds that arrived closed and fails
+//   the connection with EXFULL.
+// - With `closeOffLoop` (a peer the process does not trust: every connection a UnixServer
+//   accepts), every fd the connection closes that came from the peer, and the socket itself
+//   (its receive queue may hold the peer's fds), is closed on the helper's closer threads: a
+//   file whose last close blocks (SO_LINGER, FUSE...) never stalls the event loop.
 //   A chunk's fds came with its *last* bytes: the kernel glues earlier fd-less messages in
 //   front of an fd-carrying one and nothing after it. So with one message per send(), the
 //   fds belong to the message that contains the chunk's last byte.
@@ -24,7 +31,7 @@ import { constants } from 'node:os';
 import { native, POLL_READABLE, POLL_WRITABLE, type PeerCred, type PollHandle } from './binding.ts';
 import { errnoNumber, peerCred, peerPidfd, SysError, sys } from './sys.ts';
 
-const { EAGAIN, EINTR, ENOTSOCK, EBADF } = constants.errno;
+const { EAGAIN, EBUSY, EINTR, ENOTSOCK, EBADF } = constants.errno;
 const EXFULL = errnoNumber('EXFULL');
 /** The kernel's SCM_MAX_FD: most fds one message can carry. */
 const MAX_FDS_PER_SEND = 253;
@@ -35,8 +42,13 @@ const READS_PER_WAKEUP = 16;
 export const DEFAULT_MAX_FDS_PER_MESSAGE = 16;
 
 export interface ConnectionOptions {
-  /** Room for fds per recvmsg (0..253); a message with more fails the connection (EXFULL). */
+  /** fds one received message may carry (0..253); a message with more fails the connection (EXFULL). */
   maxFdsPerMessage?: number;
+  /**
+   * The peer is untrusted: close its fds and the socket off the event loop (see the invariants).
+   * UnixServer turns it on for the connections it accepts; default false.
+   */
+  closeOffLoop?: boolean;
 }
 
 interface Outgoing {
@@ -51,10 +63,20 @@ function closeAll(fds: readonly number[]): void {
   for (const fd of fds) native.close(fd);
 }
 
+/**
+ * Closes a peer's fd on the closer threads (its last close may block); 0 or -errno, never throws.
+ * Only if the helper cannot take it (no memory, no thread) is it closed here.
+ */
+function closeLater(fd: number): number {
+  const r = native.closeLater(fd);
+  return r === 0 || r === -EBUSY ? r : native.close(fd);
+}
+
 export class UnixConnection extends EventEmitter {
   /** The socket; owned by this connection until close(). */
   readonly fd: number;
   readonly #maxFds: number;
+  readonly #offLoop: boolean;
   #poll: PollHandle | null = null;
   /** The events the watcher is armed for right now (0 = stopped). */
   #armed = 0;
@@ -69,6 +91,7 @@ export class UnixConnection extends EventEmitter {
     super();
     this.fd = fd;
     this.#maxFds = options.maxFdsPerMessage ?? DEFAULT_MAX_FDS_PER_MESSAGE;
+    this.#offLoop = options.closeOffLoop ?? false;
     if (!Number.isInteger(this.#maxFds) || this.#maxFds < 0 || this.#maxFds > MAX_FDS_PER_SEND) {
       native.close(fd);
       throw new TypeError(`maxFdsPerMessage must be an integer in [0, ${MAX_FDS_PER_SEND}]`);
@@ -186,29 +209,38 @@ export class UnixConnection extends EventEmitter {
 
   #readSome(): void {
     for (let i = 0; i < READS_PER_WAKEUP && !this.#closed && !this.#paused && !this.#eof; i++) {
-      const result = native.recvmsg(this.fd, READ_CHUNK_BYTES, this.#maxFds);
+      // Room for every fd one message can carry: MSG_CTRUNC would make the kernel close the
+      // rest in this thread. The per-message limit is enforced below, off the loop.
+      const result = native.recvmsg(this.fd, READ_CHUNK_BYTES, MAX_FDS_PER_SEND);
       if (typeof result === 'number') {
         if (result === -EAGAIN) return;
         if (result === -EINTR) continue;
         this.#teardown(new SysError('recvmsg', result, `socket fd ${this.fd}`));
         return;
       }
-      if (result.ctrunc) {
-        closeAll(result.fds);
-        this.#teardown(new SysError('recvmsg', EXFULL,
-          `the peer sent more than ${this.#maxFds} fds with one message (MSG_CTRUNC); the ones that arrived were closed`));
+      if (result.ctrunc || result.fds.length > this.#maxFds) {
+        this.#closeReceived(result.fds);
+        this.#teardown(new SysError('recvmsg', EXFULL, result.ctrunc
+          ? `the kernel truncated the fds of one message (MSG_CTRUNC: fd table full?); the ones that arrived were closed`
+          : `the peer sent more than ${this.#maxFds} fds with one message (${result.fds.length}); they were closed`));
         return;
       }
       if (result.data.length === 0) {
-        closeAll(result.fds);
+        this.#closeReceived(result.fds);
         this.#eof = true;
         if (this.listenerCount('end') > 0) this.emit('end');
         else this.end();
         return;
       }
       if (this.listenerCount('data') > 0) this.emit('data', result.data, result.fds);
-      else closeAll(result.fds);
+      else this.#closeReceived(result.fds);
     }
+  }
+
+  /** fds that came from the peer: off the loop when the peer is untrusted. */
+  #closeReceived(fds: readonly number[]): void {
+    if (this.#offLoop) fds.forEach(closeLater);
+    else closeAll(fds);
   }
 
   #flush(): void {
@@ -257,7 +289,9 @@ export class UnixConnection extends EventEmitter {
     this.#poll = null;
     for (const item of this.#queue.splice(0)) closeAll(item.fds);
     this.#queuedBytes = 0;
-    const closed = native.close(this.fd);
+    // An untrusted peer's socket may hold its fds in the receive queue: the kernel drops them in
+    // the closing thread, so that close happens off the loop.
+    const closed = this.#offLoop ? closeLater(this.fd) : native.close(this.fd);
     const failure = error ?? (closed < 0 ? new SysError('close', closed, `socket fd ${this.fd}`) : null);
     if (failure !== null) process.nextTick(() => this.emit('error', failure));
     process.nextTick(() => this.emit('close'));

@@ -3,6 +3,8 @@
 // Invariants:
 // - The server owns its listening fd until close(); accepted sockets are handed over as
 //   UnixConnections, owned by the 'connection' listener (closed at once if there is none).
+//   Accepted connections close their peer's fds and their socket off the event loop
+//   (ConnectionOptions.closeOffLoop defaults to true here): a peer is never trusted.
 // - listen() never replaces something that is not a socket, and never steals a path someone
 //   still listens on (EADDRINUSE); only a stale socket (connect -> ECONNREFUSED) is unlinked.
 // - close() unlinks the path only if this server created it and the path still names that
@@ -77,7 +79,7 @@ export class UnixServer extends EventEmitter {
     this.fd = fd;
     this.address = address;
     this.#created = created;
-    this.#connectionOptions = options;
+    this.#connectionOptions = { closeOffLoop: true, ...options };
     const handle = native.startPoll(fd, POLL_READABLE, (status) => this.#onReadable(status));
     if (typeof handle === 'number') {
       native.close(fd);

@@ -1,5 +1,6 @@
 // Whether an Open may be granted, and with which limit. The shell gathers the facts (peer
-// credentials, the target's pid, uid and capabilities, the page size), asks decideOpen, and
+// credentials, whether the caller's process still lives and is the target — judged from pidfds,
+// never pids —, the target's pid, uid and capabilities, the page size), asks decideOpen, and
 // only on ok:true sets the target's RLIMIT_MEMLOCK, journals the lease and commits it with
 // ledger.grant (ownerUid = request.peer.uid, limitBytes = the decided limit).
 //
@@ -9,6 +10,7 @@
 //   learns the most fundamental reason first:
 //     1. open-users        PermissionDenied       the peer may not Open at all
 //     2. target-not-self   PermissionDenied       a non-manager names a process other than itself
+//        caller-exited     PermissionDenied       ... or its own process (pidfd taken at accept) exited
 //     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
 //    3b. NoNewPrivs        TargetBypassesAccounting, set 'exec' (if policy.requireTargetNoNewPrivs)
 //     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
@@ -30,6 +32,16 @@ export interface OpenRequest {
   readonly peer: Peer;
   /** The process whose RLIMIT_MEMLOCK will be set: the peer itself, or the pidfd's process. */
   readonly targetPid: number;
+  /**
+   * The process that connected (its pidfd, taken at accept) is still alive. When it is not, its
+   * pid may already name someone else, and whoever holds the connection now is not that process.
+   */
+  readonly peerAlive: boolean;
+  /**
+   * The target is the caller's own process: the peer's pidfd and the target's are both alive and
+   * name the same process, checked by the shell right before the decision. Never from pids alone.
+   */
+  readonly targetIsPeer: boolean;
   /** The target's real uid. */
   readonly targetUid: number;
   /**
@@ -55,6 +67,15 @@ function deny(error: BrokerError): OpenDecision {
   return { ok: false, error };
 }
 
+/** The refusal for a caller whose own process has exited (see OpenRequest.peerAlive). */
+export function callerExited(peer: Peer): BrokerError<'PermissionDenied'> {
+  return new BrokerError('PermissionDenied', {
+    rule: 'caller-exited',
+    reason: `the process that opened this connection (${describePeer(peer)}) has exited; whoever holds the ` +
+      'connection now is not that process, so it cannot Open for "itself": connect from the process to be limited',
+  });
+}
+
 export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest): OpenDecision {
   const { peer, targetPid } = request;
   const manager = isManager(policy, peer);
@@ -65,7 +86,8 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
       reason: `${describePeer(peer)} is not among the policy's open users or open groups, and is not a manager`,
     }));
   }
-  if (targetPid !== peer.pid && !manager) {
+  if (!request.targetIsPeer && !manager) {
+    if (!request.peerAlive) return deny(callerExited(peer));
     return deny(new BrokerError('PermissionDenied', {
       rule: 'target-not-self',
       reason: `${describePeer(peer)} is not a manager, so it may Open only for itself, not for pid ${targetPid}`,

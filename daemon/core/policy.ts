@@ -4,7 +4,7 @@
 // Invariants:
 // - Pure: values in, booleans out. No I/O, no clock, no process access. The shell builds the
 //   Policy (daemon/shell/config.ts validates it with zod and freezes it) and the Peer (from
-//   SO_PEERCRED plus the peer's supplementary groups from /proc).
+//   SO_PEERCRED plus the peer's supplementary groups from SO_PEERGROUPS, as of connect()).
 // - A Policy is never mutated after it is built: every field is readonly and defaultPolicy()
 //   returns a deeply frozen object.
 // - Group membership means the peer's primary gid OR any supplementary group.

@@ -1,8 +1,9 @@
 // Who is calling the admin API, and whether they may.
 //
 // Invariants:
-// - Identity comes from the kernel: SO_PEERCRED of the connection, read once, when the server
-//   accepts it and before any byte of a request is parsed; never from headers or the body.
+// - Identity comes from the kernel: SO_PEERCRED and SO_PEERGROUPS of the connection, read once,
+//   when the server accepts it and before any byte of a request is parsed; never from headers,
+//   the body or /proc (a reused pid could lend its groups).
 // - The decision is taken per request against the *current* policy, so a reload that drops a
 //   manager shuts them out on connections they already hold open.
 // - "Admins" are the policy's managers (isManager): the uids and groups that may already
@@ -14,9 +15,8 @@
 import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.ts';
-import { peerCred } from '../../native/sys.ts';
 import { describePeer, isManager, isObserver, type Policy } from '../core/policy.ts';
-import { peerFromCred, type Peer } from './peer.ts';
+import { credentialsOf, type Peer } from './peer.ts';
 
 /** The fd under a Unix-socket net.Socket (libuv's pipe handle), or undefined if it has none. */
 export function socketFd(socket: Socket): number | undefined {
@@ -26,9 +26,9 @@ export function socketFd(socket: Socket): number | undefined {
   return typeof fd === 'number' && Number.isInteger(fd) && fd >= 0 ? fd : undefined;
 }
 
-/** SO_PEERCRED of a connected socket, plus the peer's supplementary groups from /proc. */
+/** SO_PEERCRED and SO_PEERGROUPS of a connected socket (never /proc: a pid can be reused). */
 export function readSocketPeer(fd: number): Peer {
-  return peerFromCred(peerCred(fd), undefined);
+  return credentialsOf(fd);
 }
 
 /** Remembers each accepted connection's peer, for as long as the connection object lives. */

@@ -15,6 +15,7 @@ import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, RawServerDefau
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.ts';
+import { pendingCloses } from '../../native/sys.ts';
 import { brokerMethods, Lease, Status } from '../../protocol/methods.ts';
 import type { Policy } from '../core/policy.ts';
 import { AdminErrorBody } from './admin-errors.ts';
@@ -93,7 +94,8 @@ export function registerAdminRoutes(app: AdminApp, deps: AdminRouteDeps): void {
   });
 
   app.get('/metrics', async (request, reply) => {
-    const text = metrics.render({ status: service.status(), leases: service.allVisible(callerOf(request)), journal: service.journalStats() });
+    const text = metrics.render({ status: service.status(), leases: service.allVisible(callerOf(request)), journal: service.journalStats(),
+      pendingCloses: pendingCloses() });
     return reply.type(PROMETHEUS_CONTENT_TYPE).send(text);
   });
 }

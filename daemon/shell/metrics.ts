@@ -25,6 +25,11 @@ export interface BrokerSnapshot {
   leases: readonly Lease[];
   /** The journal's records, fdatasyncs and compactions since the daemon started, and whether it is degraded. */
   journal: { records: number; syncs: number; compactions: number; degraded: boolean };
+  /**
+   * fds handed to the native closer threads and not closed yet (native/src/closer.c); absent:
+   * not shown. A close that never returns (a client's stuck FUSE file, say) stays counted.
+   */
+  pendingCloses?: number;
 }
 
 /** Upper bounds (seconds) of the request duration histogram; a call takes ~0.1 ms on these hosts. */
@@ -121,6 +126,10 @@ export class Metrics {
       [[{}, snapshot.journal.compactions]]);
     family(out, 'journal_degraded', 'gauge', '1 while the lease journal cannot make records durable (changes are refused), else 0',
       [[{}, snapshot.journal.degraded ? 1 : 0]]);
+    if (snapshot.pendingCloses !== undefined) {
+      family(out, 'pending_closes', 'gauge', 'Client fds and sockets handed to the closer threads and not closed yet (stuck closes stay counted)',
+        [[{}, snapshot.pendingCloses]]);
+    }
     family(out, 'requests_total', 'counter', 'Requests answered, by API, method and outcome (ok or the error name)',
       [...this.#requests].sort(byKey).map(([key, n]) => {
         const [api = '', method = '', outcome = ''] = key.split('\0');

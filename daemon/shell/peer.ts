@@ -1,44 +1,72 @@
 // Who is on the other end of a connection.
 //
 // Invariants:
-// - Identity is taken from the kernel (SO_PEERCRED, SO_PEERPIDFD) once, at accept, never from
-//   anything the peer says.
-// - `pidfd` is owned by the connection that read it and closed with it. Kernels before 6.5
-//   have no SO_PEERPIDFD: then pidfd is undefined and a self-targeted Open opens a pidfd from
-//   the credential pid, which the log says once (a PID-reuse window the kernel cannot close).
-import { peerCred, peerPidfd, SysError, type PeerCred } from '../../native/sys.ts';
+// - Identity is taken from the kernel once, at accept, never from anything the peer says and
+//   never from /proc/<pid> (a pid can be reused; the socket's record cannot): uid and gid from
+//   SO_PEERCRED, supplementary groups from SO_PEERGROUPS, the process from SO_PEERPIDFD. The
+//   pid is kept for logs and messages only; no decision compares bare pids.
+// - `pidfd` is owned by the connection that read it and closed with it. Whether the peer's
+//   process still lives, and whether a target is that process, is asked of the pidfd when a
+//   decision needs it (peerIsAlive, isPeerProcess). The admin API's peers carry no pidfd.
+// - Kernels before 6.5 have no SO_PEERPIDFD: then the pidfd is opened from the SO_PEERCRED pid
+//   right at accept. In the window between the peer's connect() and our accept, a peer that
+//   exits and whose pid is reused would be mistaken for the newcomer; the log says so once.
+//   With SO_PEERPIDFD there is no such window.
+import type { Logger } from 'pino';
+import { peerCred, peerGroups, peerPidfd, pidfdIsAlive, pidfdOpen, pidOfPidfd, SysError } from '../../native/sys.ts';
 import type { UnixConnection } from '../../native/socket.ts';
-import { readProcStatus } from './procfs.ts';
 
 export interface Peer {
+  /** As of connect(), for logs and messages; may name another process by now. */
   pid: number;
   uid: number;
   gid: number;
-  /** Supplementary groups of the peer process, for group-based policy rules. */
+  /** Supplementary groups of the peer process (SO_PEERGROUPS), for group-based policy rules. */
   groups: number[];
-  /** owner: the connection; undefined where the kernel lacks SO_PEERPIDFD. */
+  /** owner: the connection. The peer's process, taken at accept; undefined for admin API peers. */
   pidfd: number | undefined;
 }
 
-export function readPeer(socket: UnixConnection): Peer {
+let warnedNoPeerPidfd = false;
+
+/** The peer of an accepted Varlink connection; throws if it cannot be identified (then refuse it). */
+export function readPeer(socket: UnixConnection, log?: Logger): Peer {
   const cred = peerCred(socket.fd);
-  let pidfd: number | undefined;
+  const groups = peerGroups(socket.fd);
+  let pidfd: number;
   try {
     pidfd = peerPidfd(socket.fd);
   } catch (e) {
     if (!(e instanceof SysError && e.code === 'ENOPROTOOPT')) throw e;
-    pidfd = undefined;
-  }
-  return peerFromCred(cred, pidfd);
-}
-
-/** A Peer from SO_PEERCRED, with the supplementary groups read from /proc (for group rules). */
-export function peerFromCred(cred: PeerCred, pidfd: number | undefined): Peer {
-  let groups: number[] = [];
-  try {
-    groups = readProcStatus(cred.pid).groups;
-  } catch {
-    // The peer may already be gone; with no groups it is judged by uid/gid alone.
+    if (!warnedNoPeerPidfd) {
+      warnedNoPeerPidfd = true;
+      log?.warn('the kernel lacks SO_PEERPIDFD (Linux < 6.5): peer pidfds are opened from the SO_PEERCRED pid at accept, '
+        + 'which a peer that exits before the accept could have handed to a process reusing its pid');
+    }
+    pidfd = pidfdOpen(cred.pid);
   }
   return { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups, pidfd };
+}
+
+/** uid, gid and groups of any connected Unix socket's peer, with no pidfd (the admin API's peers). */
+export function credentialsOf(fd: number): Peer {
+  const cred = peerCred(fd);
+  return { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups: peerGroups(fd), pidfd: undefined };
+}
+
+/** Whether the process that connected still lives (false without a pidfd). */
+export function peerIsAlive(peer: Peer): boolean {
+  return peer.pidfd !== undefined && pidfdIsAlive(peer.pidfd);
+}
+
+/**
+ * Whether `targetPidfd` names the peer's own process: both pidfds alive and naming the same
+ * pid now (two live processes never share a pid, so this is the same process).
+ */
+export function isPeerProcess(peer: Peer, targetPidfd: number): boolean {
+  if (peer.pidfd === undefined) return false;
+  const pid = pidOfPidfd(peer.pidfd);
+  if (pid <= 0 || pid !== pidOfPidfd(targetPidfd)) return false;
+  // Both were alive after the pids were read, so the pids were theirs, and equal: one process.
+  return pidfdIsAlive(peer.pidfd) && pidfdIsAlive(targetPidfd);
 }

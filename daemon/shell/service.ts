@@ -31,14 +31,15 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
-import { closeFd, dupCloexec, pidfdOpen } from '../../native/sys.ts';
+import { closeFd, dupCloexec } from '../../native/sys.ts';
 import { Ledger, decideOpen, decideRelease, decideResize, mayView, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
 import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
+import { callerExited } from '../core/open-decision.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import { checkRestorable, durable, journalReady } from './journal-guard.ts';
-import type { Peer } from './peer.ts';
+import { isPeerProcess, peerIsAlive, type Peer } from './peer.ts';
 import { pageSize } from './procfs.ts';
 import {
   applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type TargetUsage,
@@ -122,7 +123,7 @@ export class BrokerService {
 
   async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<{ lease: Lease; fd: number }> {
     // usage: read with the target's identity (one /proc read less per Open); not kept.
-    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer));
+    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer, p));
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
@@ -132,8 +133,10 @@ export class BrokerService {
     let applied = false;
     let watched = false;
     try {
+      // Who the caller is, judged from pidfds right before the decision, never from pids: the
+      // pid the caller connected from may belong to someone else by now.
       const decision = decideOpen(this.#policy, this.#ledger, {
-        peer,
+        peer, peerAlive: peerIsAlive(peer), targetIsPeer: isPeerProcess(peer, target.pidfd),
         targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
         name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
@@ -333,9 +336,14 @@ export class BrokerService {
     this.deps.onLeasesChanged?.();
   }
 
-  #selfPidfd(peer: Peer): number {
-    // The connection owns peer.pidfd; the lease needs its own copy.
-    return peer.pidfd !== undefined ? dupCloexec(peer.pidfd) : pidfdOpen(peer.pid);
+  /** The caller's own process as the target: a copy of its pidfd (the connection owns peer.pidfd). */
+  #selfPidfd(peer: Peer, p: BrokerParameters<'Open'>): number {
+    if (peer.pidfd === undefined || !peerIsAlive(peer)) {
+      const err = callerExited(peer); // no process left to limit, and its pid may be someone else's
+      this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes });
+      throw err;
+    }
+    return dupCloexec(peer.pidfd);
   }
 
   #toWire(r: LeaseRecord, usage: TargetUsage = readTargetUsage(r.targetPid)): Lease {

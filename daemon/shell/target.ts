@@ -15,7 +15,7 @@
 //   operation, the cause and what to do; an error says a change was undone only if it was.
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import {
-  closeFd, pidfdIsAlive, pidfdIsThread, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError,
+  closeFd, closeOffLoop, pidfdIsAlive, pidfdIsThread, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError,
 } from '../../native/sys.ts';
 import type { Rlimit } from '../../native/binding.ts';
 import { readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
@@ -42,7 +42,8 @@ export interface TargetUsage { pinnedBytes?: number; lockedBytes?: number }
 /**
  * Learns who the pidfd names, and its memory usage from the same /proc read (an Open's reply
  * needs it; keeping it out of Target keeps a watched lease small). Takes ownership of pidfd:
- * closed here on failure.
+ * closed here on failure, off the event loop (closeOffLoop): a client sent it, and until it is
+ * known to be a pidfd it may be any file, one whose last close blocks.
  */
 export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
   try {
@@ -61,7 +62,7 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     }
     return { pid, pidfd, uid: status.realUid, startTime, ...caps, usage: usageOf(status) };
   } catch (e) {
-    closeFd(pidfd);
+    closeOffLoop(pidfd);
     throw toTargetError(e);
   }
 }

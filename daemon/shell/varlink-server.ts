@@ -9,8 +9,13 @@
 // - fd ownership: fds that arrive belong to the connection's decoder until decodeCall hands
 //   them to a call; the call's handler owns what it uses; `unusedFds`/`fdsToClose` are closed
 //   here. Reply fds are handed to UnixConnection.send, which closes them once sent.
-// - Peer identity is read once per connection (SO_PEERCRED + SO_PEERPIDFD); the pidfd is owned
-//   by the connection and closed with it.
+// - Nothing a client sent is closed on the event loop: its last close may block for as long as
+//   the client likes (a TCP socket with SO_LINGER, a FUSE file...), so client fds go to
+//   closeOffLoop (the helper's closer threads), and the connection sockets close off the loop
+//   too (UnixServer's connections; their receive queues may hold client fds). Only fds the
+//   daemon made itself (peer pidfds, reply fds) are closed here directly.
+// - Peer identity is read once per connection, at accept (SO_PEERCRED, SO_PEERGROUPS,
+//   SO_PEERPIDFD; see peer.ts); the pidfd is owned by the connection and closed with it.
 // - No reply can take the daemon down: a reply that cannot be encoded (over MAX_REPLY_FRAME_BYTES,
 //   or not matching the registry) is answered with InternalError instead, and any other failure
 //   while serving a connection is logged and closes that connection only (#pump never rejects).
@@ -22,7 +27,7 @@ import {
 } from '../../protocol/decode.ts';
 import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
-import { closeFd, SysError } from '../../native/sys.ts';
+import { closeFd, closeOffLoop, SysError } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
 import { readPeer, type Peer } from './peer.ts';
 
@@ -107,7 +112,7 @@ export class VarlinkServer {
     if (this.#closing) { socket.close(); return; }
     let peer: Peer;
     try {
-      peer = readPeer(socket);
+      peer = readPeer(socket, this.log);
     } catch (err) {
       this.log.warn({ err }, 'dropping a connection whose peer could not be identified');
       this.events.refused?.({ stage: 'connection', reason: 'unidentified-peer' });
@@ -224,7 +229,7 @@ class Connection {
   }
 
   #onData(chunk: Buffer, fds: number[]): void {
-    if (this.#closed || this.#draining) { fds.forEach(closeFd); return; }
+    if (this.#closed || this.#draining) { fds.forEach(closeOffLoop); return; }
     this.#armIdleTimer();
     let frames: Frame[];
     try {
@@ -280,7 +285,7 @@ class Connection {
       if (!decoded.oneway) this.#reply(() => errorReply(err, this.log), []);
       return;
     } finally {
-      decoded.unusedFds.forEach(closeFd);
+      decoded.unusedFds.forEach(closeOffLoop);
     }
     if (decoded.oneway || this.#closed) {
       (reply.fds ?? []).forEach(closeFd);
@@ -292,7 +297,7 @@ class Connection {
   /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
   #reject(rejection: Rejection): void {
     this.onRefused({ stage: 'message', reason: rejection.error.name });
-    rejection.fdsToClose.forEach(closeFd);
+    rejection.fdsToClose.forEach(closeOffLoop);
     if (rejection.reply) this.#reply(() => encodeRejection(rejection), []);
     if (rejection.fatal) this.#stopReading();
   }
@@ -318,7 +323,7 @@ class Connection {
   /** Nothing more is read or run on this connection; queued replies still go out, then close. */
   #stopReading(): void {
     this.#draining = true;
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
     void this.drainAndClose();
   }
 
@@ -347,8 +352,8 @@ class Connection {
     this.#closed = true;
     clearTimeout(this.#idleTimer);
     clearTimeout(this.#frameTimer);
-    this.#decoder.takeHeldFds().forEach(closeFd);
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeFd);
+    this.#decoder.takeHeldFds().forEach(closeOffLoop);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
     if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
     closeSocket();
     this.onClose();

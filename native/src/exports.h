@@ -23,6 +23,7 @@ DECLARE_EXPORT(js_is_unix_stream_socket);
 /* creds.c */
 DECLARE_EXPORT(js_peer_cred);
 DECLARE_EXPORT(js_peer_pidfd);
+DECLARE_EXPORT(js_peer_groups);
 /* process.c */
 DECLARE_EXPORT(js_pidfd_open);
 DECLARE_EXPORT(js_pidfd_send_signal);
@@ -39,6 +40,9 @@ DECLARE_EXPORT(js_close);
 DECLARE_EXPORT(js_fsync);
 DECLARE_EXPORT(js_flock);
 DECLARE_EXPORT(js_ioctl);
+/* closer.c */
+DECLARE_EXPORT(js_close_later);
+DECLARE_EXPORT(js_pending_closes);
 /* memory.c */
 DECLARE_EXPORT(js_mmap_anon);
 DECLARE_EXPORT(js_munmap);

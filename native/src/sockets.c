@@ -4,11 +4,15 @@
  * Invariants:
  * - Every socket this file creates is SOCK_CLOEXEC|SOCK_NONBLOCK; received fds are
  *   MSG_CMSG_CLOEXEC. On failure a function closes whatever it created and returns -errno.
- * - recvmsg hands every fd that arrived to the caller (even with MSG_CTRUNC), or closes them
- *   itself if it cannot build the JS result: an fd is never left without an owner.
+ * - recvmsg hands every fd that arrived to the caller (even with MSG_CTRUNC), or hands them to
+ *   the closer threads (closer.c) if it cannot build the JS result: an fd is never left without
+ *   an owner, and a peer's file is never closed on the JS thread. With MSG_CTRUNC the kernel
+ *   drops the fds that did not fit in the receiving thread (their last close may block it), so
+ *   callers give recvmsg room for SCM_MAX_FD (253) fds: then only a full fd table truncates.
  * - sendmsg never blocks and never raises SIGPIPE (MSG_DONTWAIT|MSG_NOSIGNAL); it sends
  *   nothing for empty data (a stream would deliver no fds and look like EOF).
  */
+#include "closer.h"
 #include "exports.h"
 #include "values.h"
 
@@ -100,8 +104,11 @@ napi_value js_accept(napi_env env, napi_callback_info info) {
   return make_number(env, (double)SYS_RESULT(r));
 }
 
-static void close_all(const int *fds, size_t n) {
-  for (size_t i = 0; i < n; i++) close(fds[i]);
+/* Received fds are a peer's files: their last close may block, so it happens on a closer
+ * thread (closer.c); only if that cannot take them are they closed here. */
+static void close_received(const int *fds, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (closer_enqueue(fds[i]) < 0) close(fds[i]);
 }
 
 /* Builds {data, fds, ctrunc}; returns NULL (fds NOT closed) on N-API failure. */
@@ -162,13 +169,13 @@ napi_value js_recvmsg(napi_env env, napi_callback_info info) {
       int received;
       memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
       if (nfds < MAX_FDS_PER_MESSAGE) fds[nfds++] = received;
-      else close(received); /* cannot happen: the buffer holds at most MAX_FDS_PER_MESSAGE */
+      else close_received(&received, 1); /* cannot happen: the buffer holds at most MAX_FDS_PER_MESSAGE */
     }
   }
   napi_value result = recv_result(env, bytes, (size_t)n, fds, nfds, (msg.msg_flags & MSG_CTRUNC) != 0);
   free(bytes);
   if (result == NULL) {
-    close_all(fds, nfds);
+    close_received(fds, nfds);
     return napi_failure(env, "recvmsg result");
   }
   return result;

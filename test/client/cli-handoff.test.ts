@@ -188,7 +188,8 @@ test('pass --target-pid names the target explicitly; an unreachable QMP socket c
 test('pass: if QEMU refuses the FD the lease is released again and the exit status is 1', async () => {
   // A QMP peer that accepts capabilities and refuses getfd.
   const dir = mkdtempSync(join(tmpdir(), 'iommufdctl-refusing-qmp-'));
-  const server = UnixServer.listen(join(dir, 'qmp.sock'), { mode: 0o600, backlog: 4 });
+  // closeOffLoop: false: a trusted in-process double; its closes stay synchronous so the fd-leak checks right after close() are exact.
+  const server = UnixServer.listen(join(dir, 'qmp.sock'), { mode: 0o600, backlog: 4, closeOffLoop: false });
   const conns: UnixConnection[] = [];
   server.on('connection', (c: UnixConnection) => {
     conns.push(c);

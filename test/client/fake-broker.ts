@@ -63,7 +63,8 @@ export class FakeBroker {
   static start(script: Script): FakeBroker {
     const dir = mkdtempSync(join(tmpdir(), 'iommufd-fake-broker-'));
     const socket = join(dir, 'broker.sock');
-    const server = UnixServer.listen(socket, { mode: 0o600, backlog: 16 });
+    // closeOffLoop: false: a trusted in-process double; its closes stay synchronous so the fd-leak checks right after close() are exact.
+    const server = UnixServer.listen(socket, { mode: 0o600, backlog: 16, closeOffLoop: false });
     return new FakeBroker(dir, socket, server, script);
   }
 

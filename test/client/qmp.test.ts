@@ -104,7 +104,8 @@ test('QEMU exiting fails the session with QmpConnectionLost', async () => {
 function silentPeer(greeting: string | undefined): { path: string; close: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'iommufdctl-fakeqmp-'));
   const path = join(dir, 'qmp.sock');
-  const server = UnixServer.listen(path, { mode: 0o600, backlog: 4 });
+  // closeOffLoop: false: a trusted in-process double; its closes stay synchronous so the fd-leak checks right after close() are exact.
+  const server = UnixServer.listen(path, { mode: 0o600, backlog: 4, closeOffLoop: false });
   const conns: UnixConnection[] = [];
   server.on('connection', (c: UnixConnection) => {
     conns.push(c);

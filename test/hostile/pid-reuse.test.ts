@@ -1,12 +1,16 @@
 // PID reuse: a leased target exits and a new process gets its pid (clone3 with set_tid, via
 // test/hostile/fixtures/hostile-peer.c). The broker must never set a limit on the new process
 // and must not keep the old lease — whether the reuse happens while the daemon runs, while it
-// is stopped with a Resize already queued, or while it is down.
+// is stopped with a Resize already queued, or while it is down. And a caller's identity is its
+// process as of accept (SO_PEERPIDFD), not its pid: a caller that hands its connection to a
+// child and exits cannot have a newcomer with its old pid taken for "itself".
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { BrokerClient, BrokerError } from '../../client/index.ts';
 import { closeFd, pidfdOpen } from '../../native/sys.ts';
 import { buildC } from '../../bench/c-build.ts';
@@ -39,8 +43,8 @@ async function stopReused(r: Reused): Promise<void> {
 }
 
 /** Starts a capability-less `sleep` with exactly this pid (the previous owner must be reaped). */
-async function spawnAtPid(pid: number): Promise<Reused> {
-  const helper = spawn(hostilePeer, ['spawn-at-pid', String(pid), 'setpriv', ...STRIP, '--', 'sleep', '3600'],
+async function spawnAtPid(pid: number, setprivArgs: readonly string[] = []): Promise<Reused> {
+  const helper = spawn(hostilePeer, ['spawn-at-pid', String(pid), 'setpriv', ...setprivArgs, ...STRIP, '--', 'sleep', '3600'],
     { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: helper.stdout as NodeJS.ReadableStream });
   const first = await new Promise<string>((resolve, reject) => {
@@ -165,5 +169,122 @@ test('a pid reused while the daemon is down: restart drops the lease and leaves 
     check.close();
     await again.stop();
     again.cleanup();
+  }
+});
+
+/** The fixture's handoff-open: a caller that connects, hands its connection to a child and exits. */
+async function handOff(socket: string, quiet = false): Promise<{ child: ChildProcess; callerPid: number; tell: (line: string) => void; next: () => Promise<string> }> {
+  const fifo = join(mkdtempSync(join(tmpdir(), 'iommufd-handoff-')), 'fifo');
+  execFileSync('mkfifo', ['-m', '0600', fifo]);
+  const child = spawn(hostilePeer, ['handoff-open', socket, fifo, ...(quiet ? ['quiet'] : [])], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const lines: string[] = [];
+  let wake: (() => void) | undefined;
+  createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (l) => { lines.push(l); wake?.(); });
+  const next = async (): Promise<string> => {
+    for (let i = 0; lines.length === 0; i++) {
+      if (i > 200) throw new Error('handoff-open said nothing within 20 s');
+      await new Promise<void>((resolve) => { wake = resolve; setTimeout(resolve, 100).unref(); });
+    }
+    return lines.shift() as string;
+  };
+  const first = await next();
+  const match = /^peer (\d+)$/.exec(first);
+  assert.ok(match?.[1] !== undefined, `handoff-open: ${first}`);
+  await exited; // the caller is gone and reaped (by Node): its pid is free; its child holds the connection
+  // Opening the FIFO waits for the child, which opens it right after the fork.
+  const tell = (line: string): void => { writeFileSync(fifo, `${line}\n`); rmSync(dirname(fifo), { recursive: true, force: true }); };
+  return { child, callerPid: Number(match[1]), tell, next };
+}
+
+const MANAGER_GROUP = 4343;
+
+/** A broker where this process (uid 0, no group MANAGER_GROUP) may Open for itself only. */
+async function nonManagerBroker(): Promise<BrokerProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'iommufd-broker-test-'));
+  const config = join(dir, 'policy.json');
+  writeFileSync(config, JSON.stringify({ open: { users: 'any' }, managers: { users: [4242], groups: [MANAGER_GROUP] } }), { mode: 0o644 });
+  return BrokerProcess.start({ dir, extraArgs: ['--config', config, ...ARGS] });
+}
+
+function replyOf(line: string): { error?: string; parameters?: Record<string, unknown> } {
+  assert.match(line, /^reply /, `expected a reply, got ${line}`);
+  return JSON.parse(line.slice('reply '.length)) as { error?: string; parameters?: Record<string, unknown> };
+}
+
+test('a caller that exited cannot lend its connection: a newcomer with its old pid is not "itself"', async () => {
+  // The old check compared the pid behind the target pidfd with the SO_PEERCRED pid: a process
+  // reusing the exited caller's pid passed as the caller itself, and a non-manager limited it.
+  const broker = await nonManagerBroker();
+  let victim: Reused | undefined;
+  try {
+    const handed = await handOff(broker.socket);
+    victim = await spawnAtPid(handed.callerPid);
+    const untouched = memlockOf(victim.pid);
+    handed.tell(String(victim.pid));
+    const reply = replyOf(await handed.next());
+    assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', `the newcomer was taken for the caller: ${JSON.stringify(reply)}`);
+    assert.equal(reply.parameters?.['rule'], 'caller-exited');
+    assert.match(String(reply.parameters?.['reason']), /has exited/);
+    assert.deepEqual(memlockOf(victim.pid), untouched, 'the newcomer\'s limit was not touched');
+    const check = await BrokerClient.connect(broker.socket);
+    try {
+      assert.equal((await check.status()).leases, 0);
+    } finally {
+      check.close();
+    }
+  } finally {
+    if (victim !== undefined) await stopReused(victim);
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test('a caller that exited cannot Open for "itself" through the connection it left behind', async () => {
+  const broker = await nonManagerBroker();
+  try {
+    const handed = await handOff(broker.socket);
+    handed.tell('0');
+    const reply = replyOf(await handed.next());
+    assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', JSON.stringify(reply));
+    assert.equal(reply.parameters?.['rule'], 'caller-exited');
+  } finally {
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+test('a reused pid cannot lend its groups: they are the caller\'s as of connect (SO_PEERGROUPS)', async () => {
+  // The caller connects while the daemon is stopped and exits before the accept; a newcomer in
+  // the managers' group takes its pid. The old code read the groups from /proc/<pid>/status at
+  // accept, and so made the caller's connection a manager's.
+  assert.ok(!(process.getgroups?.() ?? []).includes(MANAGER_GROUP), 'this process is not in the managers\' group');
+  const broker = await nonManagerBroker();
+  const other = await spawnTarget();
+  let victim: Reused | undefined;
+  try {
+    const untouched = memlockOf(other.pid);
+    let handed: Awaited<ReturnType<typeof handOff>> | undefined;
+    process.kill(daemonPid(broker), 'SIGSTOP');
+    try {
+      handed = await handOff(broker.socket, true);
+      victim = await spawnAtPid(handed.callerPid, ['--groups', String(MANAGER_GROUP)]);
+    } finally {
+      process.kill(daemonPid(broker), 'SIGCONT');
+    }
+    assert.ok(handed !== undefined);
+    handed.tell(String(other.pid));
+    const line = await handed.next();
+    // Refused at accept (no pidfd for a caller already gone) or at the Open: never a manager's grant.
+    if (line !== 'eof') {
+      const reply = replyOf(line);
+      assert.equal(reply.error, 'io.iommufd.Broker.PermissionDenied', `the caller got the newcomer's groups: ${JSON.stringify(reply)}`);
+    }
+    assert.deepEqual(memlockOf(other.pid), untouched, 'no limit was set for a borrowed manager identity');
+  } finally {
+    if (victim !== undefined) await stopReused(victim);
+    await killTarget(other.child);
+    await broker.stop();
+    broker.cleanup();
   }
 });

@@ -4,6 +4,7 @@
 // again when the listing returns, and left out of the result.
 import assert from 'node:assert/strict';
 import { lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { native } from '../../native/binding.ts';
 
 const O_CLOEXEC = 0o2000000;
 
@@ -33,6 +34,19 @@ export function settle(): Promise<void> {
 }
 
 /**
+ * Waits until every fd handed to the helper's closer threads (closeLater) is closed; throws
+ * (naming how many are left) if that takes longer than guardMs: a close that never finishes
+ * is a leak for the purposes of these tests.
+ */
+export async function closesDone(guardMs = 5000): Promise<void> {
+  const deadline = Date.now() + guardMs;
+  while (native.pendingCloses() > 0) {
+    if (Date.now() > deadline) throw new Error(`hang guard: ${native.pendingCloses()} closes still pending after ${guardMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
  * Runs body and asserts that every fd open afterwards was open before. (The runner may close
  * an fd of its own meanwhile, so the check is "nothing new stayed open", not set equality.)
  */
@@ -40,6 +54,7 @@ export async function withNoFdLeak(body: () => Promise<void> | void): Promise<vo
   const before = new Set(listFds());
   await body();
   await settle();
+  await closesDone();
   const leaked = listFds().filter((fd) => !before.has(fd));
   assert.deepEqual(leaked, [], `fds left open: ${leaked.map(describeFd).join(', ')}`);
 }

@@ -7,11 +7,12 @@ import { constants, readFileSync } from 'node:fs';
 import { afterEach, before, test } from 'node:test';
 import { native, POLL_READABLE } from '../../native/binding.ts';
 import {
-  closeFd, dupCloexec, errnoName, errnoNumber, execve, fstatFd, kcmpFiles, memfd, openFile,
-  pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, setCloexec, sys, SysError,
+  closeFd, closeOffLoop, dupCloexec, errnoName, errnoNumber, execve, fstatFd, kcmpFiles, memfd, openFile,
+  peerGroups, pendingCloses, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, setCloexec, sys, SysError,
 } from '../../native/sys.ts';
-import { isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
-import { closeTracked, makeTempDir, track } from './socket-fixtures.ts';
+import { UnixConnection, UnixServer } from '../../native/socket.ts';
+import { closesDone, isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
+import { closeTracked, connectedPair, closePair, makeTempDir, track } from './socket-fixtures.ts';
 
 /** Hang guard only (not a timing assertion): a lost event fails the test instead of stalling the file. */
 const GUARD = { timeout: 60_000 };
@@ -86,6 +87,60 @@ test('closeFd closes; closing an fd that is not open is EBADF', GUARD, async () 
     // Never close the same number twice here: another thread may already have reused it.
     assert.throws(() => closeFd(987654), (e: unknown) => e instanceof SysError && e.code === 'EBADF');
   });
+});
+
+test('closeOffLoop: the closer threads close the fd, once; a watched fd is refused (EBUSY) and stays open', GUARD, async () => {
+  await withNoFdLeak(async () => {
+    const fds = [memfd('off-loop-1'), memfd('off-loop-2'), memfd('off-loop-3')];
+    for (const fd of fds) closeOffLoop(fd);
+    await closesDone();
+    assert.equal(pendingCloses(), 0);
+    for (const fd of fds) assert.equal(isOpen(fd), false, `fd ${fd} was closed by a closer thread`);
+
+    const watched = pidfdOpen(process.pid); // pollable, unlike a memfd
+    const handle = native.startPoll(watched, POLL_READABLE, () => {});
+    assert.ok(typeof handle !== 'number');
+    assert.throws(() => closeOffLoop(watched), (e: unknown) => e instanceof SysError && e.code === 'EBUSY');
+    assert.equal(isOpen(watched), true, 'a refused fd is still the caller\'s');
+    native.stopPoll(handle);
+    closeOffLoop(watched);
+  });
+});
+
+test('peerGroups is SO_PEERGROUPS: the connecting process\'s supplementary groups', GUARD, async () => {
+  const pair = await connectedPair();
+  try {
+    // /proc/self/status, not process.getgroups(): Node adds the egid to that list.
+    const line = /^Groups:(.*)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]?.trim() ?? '';
+    const ours = (line === '' ? [] : line.split(/\s+/).map(Number)).sort((a, b) => a - b);
+    assert.deepEqual(peerGroups(pair.server.fd).slice().sort((a, b) => a - b), ours);
+  } finally {
+    await closePair(pair);
+  }
+});
+
+test('peerGroups of a peer in more groups than the first buffer holds (ERANGE, then the size the kernel asks)', GUARD, async () => {
+  const groups = Array.from({ length: 100 }, (_, i) => 50000 + i);
+  const { dir, remove } = makeTempDir();
+  const path = `${dir}/groups.sock`;
+  const server = UnixServer.listen(path, { mode: 0o600, backlog: 4 });
+  const child = spawn('setpriv', ['--groups', groups.join(','), '--', 'python3', '-c',
+    'import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); sys.stdin.read()', path],
+  { stdio: ['pipe', 'ignore', 'inherit'] });
+  try {
+    const conn = await new Promise<UnixConnection>((resolve) => server.once('connection', resolve));
+    try {
+      assert.deepEqual(peerGroups(conn.fd).slice().sort((a, b) => a - b), groups);
+    } finally {
+      conn.close();
+    }
+  } finally {
+    child.stdin?.end();
+    await once(child, 'exit');
+    server.close();
+    remove();
+    await closesDone();
+  }
 });
 
 test('openFile, memfd, dupCloexec, setCloexec, fstatFd, kcmpFiles', GUARD, async () => {

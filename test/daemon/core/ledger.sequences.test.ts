@@ -129,6 +129,8 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const target = step.target === undefined ? selfTarget(peer) : at(TARGETS, step.target);
       const decision = decideOpen(policy, ledger, {
         peer, targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLock, targetNoNewPrivs: target.noNewPrivs,
+        // In this model pids name processes for good: a target with the peer's pid is the peer.
+        peerAlive: true, targetIsPeer: target.pid === peer.pid,
         name: 'vm', memoryBytes: step.memory, requestId: step.requestId, pageSize,
       });
       if (decision.ok) {

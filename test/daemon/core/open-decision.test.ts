@@ -9,9 +9,12 @@ import { GiB, PAGE, lease, peer, policy } from './lease-fixtures.ts';
 const alice = peer(1000);
 const root = peer(0);
 
+/** A request; the target is the peer itself unless targetPid names another pid (or targetIsPeer says). */
 function request(fields: Partial<OpenRequest> & { peer: Peer }): OpenRequest {
   return {
     targetPid: fields.peer.pid,
+    peerAlive: true,
+    targetIsPeer: fields.targetPid === undefined || fields.targetPid === fields.peer.pid,
     targetUid: fields.peer.uid,
     targetIpcLockSet: undefined,
     targetNoNewPrivs: false,
@@ -73,6 +76,23 @@ describe('decideOpen: each rule', () => {
     const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetPid: 4242 })), 'PermissionDenied');
     assert.equal(params.rule, 'target-not-self');
     assert.match(String(params.reason), /not a manager, so it may Open only for itself, not for pid 4242/);
+  });
+
+  it('target-not-self: the target\'s pid equals the peer\'s, but it is not the peer\'s process (pid reuse)', () => {
+    const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIsPeer: false })), 'PermissionDenied');
+    assert.equal(params.rule, 'target-not-self');
+  });
+
+  it('caller-exited: a non-manager whose own process (pidfd taken at accept) has exited', () => {
+    const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, peerAlive: false, targetIsPeer: false })),
+      'PermissionDenied');
+    assert.equal(params.rule, 'caller-exited');
+    assert.match(String(params.reason), /the process that opened this connection \(uid 1000 .*\) has exited/);
+  });
+
+  it('a manager whose own process exited may still name a target (managers are judged by uid and groups)', () => {
+    assert.equal(granted(decideOpen(policy(), new Ledger(),
+      request({ peer: root, targetPid: 777, peerAlive: false, targetIsPeer: false }))), 5 * GiB);
   });
 
   it('CAP_IPC_LOCK: refused by default, with the pid and capability', () => {
@@ -185,18 +205,19 @@ describe('decideOpen: rule order', () => {
   const ledger = new Ledger();
   ledger.grant(lease({ id: 'l-held', targetPid: 4242, ownerUid: 1000, requestId: 'dup', limitBytes: 5 * GiB }));
   const base = request({ peer: alice, targetPid: 4242, targetIpcLockSet: 'effective', requestId: 'dup', memoryBytes: Number.MAX_SAFE_INTEGER });
+  const self = { targetPid: alice.pid, targetIsPeer: true } as const;
   const strict: Policy = policy({ openUsers: [], perVmMaxBytes: GiB, perUidMaxLeases: 1, perUidMaxBytes: GiB, budgetBytes: GiB });
   const steps: Array<[string, Policy, OpenRequest]> = [
     ['open-users', strict, base],
     ['target-not-self', { ...strict, openUsers: 'any' }, base],
-    ['CAP_IPC_LOCK', { ...strict, openUsers: 'any' }, { ...base, targetPid: alice.pid }],
+    ['CAP_IPC_LOCK', { ...strict, openUsers: 'any' }, { ...base, ...self }],
     ['DuplicateRequest', { ...strict, openUsers: 'any', managerUsers: [1000] }, { ...base, targetIpcLockSet: undefined }],
     ['TargetAlreadyLeased', { ...strict, openUsers: 'any', managerUsers: [1000] }, { ...base, targetIpcLockSet: undefined, requestId: 'new' }],
-    ['limit-representable', { ...strict, openUsers: 'any' }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new' }],
-    ['per-vm-max', { ...strict, openUsers: 'any' }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
-    ['per-uid-leases', { ...strict, openUsers: 'any', perVmMaxBytes: null }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
-    ['per-uid-bytes', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
-    ['budget', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null }, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB }],
+    ['limit-representable', { ...strict, openUsers: 'any' }, { ...base, targetIpcLockSet: undefined, ...self, requestId: 'new' }],
+    ['per-vm-max', { ...strict, openUsers: 'any' }, { ...base, targetIpcLockSet: undefined, ...self, requestId: 'new', memoryBytes: GiB }],
+    ['per-uid-leases', { ...strict, openUsers: 'any', perVmMaxBytes: null }, { ...base, targetIpcLockSet: undefined, ...self, requestId: 'new', memoryBytes: GiB }],
+    ['per-uid-bytes', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null }, { ...base, targetIpcLockSet: undefined, ...self, requestId: 'new', memoryBytes: GiB }],
+    ['budget', { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null }, { ...base, targetIpcLockSet: undefined, ...self, requestId: 'new', memoryBytes: GiB }],
   ];
   const expected: Record<string, [BrokerErrorName, string | undefined]> = {
     'open-users': ['PermissionDenied', 'open-users'],
@@ -221,7 +242,7 @@ describe('decideOpen: rule order', () => {
 
   it('grants once every rule is relaxed', () => {
     const p: Policy = { ...strict, openUsers: 'any', perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null, budgetBytes: 100 * GiB };
-    assert.equal(granted(decideOpen(p, ledger, { ...base, targetIpcLockSet: undefined, targetPid: alice.pid, requestId: 'new', memoryBytes: GiB })), 2 * GiB);
+    assert.equal(granted(decideOpen(p, ledger, { ...base, targetIpcLockSet: undefined, ...self, requestId: 'new', memoryBytes: GiB })), 2 * GiB);
   });
 
   it('throws (a caller bug, not a denial) for a page size that is not a power of two', () => {

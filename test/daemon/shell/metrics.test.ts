@@ -40,6 +40,7 @@ const SNAPSHOT: BrokerSnapshot = {
   status: status(),
   leases: [lease({ pinnedBytes: 512 * MiB, lockedBytes: 256 * MiB }), lease({ id: 'l-fedcba9876543210', name: 'vm2', memoryBytes: GiB, limitBytes: 2 * GiB })],
   journal: { records: 40, syncs: 3, compactions: 2, degraded: true },
+  pendingCloses: 2,
 };
 
 /** The value of the one sample whose line starts with `prefix` (name plus labels). */
@@ -58,6 +59,7 @@ test('the gauges print the snapshot: budget, lease count, and each lease\'s limi
   assert.equal(sample(text, 'iommufd_broker_journal_syncs_total'), '3');
   assert.equal(sample(text, 'iommufd_broker_journal_compactions_total'), '2');
   assert.equal(sample(text, 'iommufd_broker_journal_degraded'), '1');
+  assert.equal(sample(text, 'iommufd_broker_pending_closes'), '2');
   assert.equal(sample(text, 'iommufd_broker_sys_resource'), '0');
   assert.equal(sample(text, 'iommufd_broker_info{version="0.1.0",device_kind="simulated"}'), '1');
   assert.equal(sample(text, 'iommufd_broker_lease_limit_bytes{lease="l-0123456789abcdef",name="vm1"}'), String(9 * GiB));
