@@ -58,6 +58,7 @@ export function exitCodeFor(error: unknown): number {
       case 'QmpUnreachable':
       case 'QmpConnectionLost':
       case 'QmpTimeout':
+      case 'QmpEventTimeout':
         return EXIT_UNREACHABLE;
       case 'QmpProtocolViolation':
         return EXIT_INTERNAL;

@@ -28,7 +28,7 @@ test('the exit code of each kind of failure', () => {
   }
   const qmp: Record<QmpErrorName, number> = {
     QmpCommandFailed: EXIT_REFUSED, QmpUnreachable: EXIT_UNREACHABLE, QmpConnectionLost: EXIT_UNREACHABLE,
-    QmpTimeout: EXIT_UNREACHABLE, QmpProtocolViolation: EXIT_INTERNAL,
+    QmpTimeout: EXIT_UNREACHABLE, QmpEventTimeout: EXIT_UNREACHABLE, QmpProtocolViolation: EXIT_INTERNAL,
   };
   for (const [name, code] of Object.entries(qmp)) {
     assert.equal(exitCodeFor(new QmpError(name as QmpErrorName, '/q', 'm')), code, name);
