@@ -239,11 +239,23 @@ test('unplug: device_del, DEVICE_DELETED, object-del, and only then the lowering
 });
 
 test('unplug: a late DEVICE_DELETED is waited for; nothing is lowered before it', async () => {
-  const w = await world({ memory: GiB + 64 * MiB, qmp: unplugQemu({ return: {}, eventsAfter: [{ event: 'DEVICE_DELETED', data: { device: 'other' } }] }) });
+  let deviceDelSeen!: () => void;
+  const seen = new Promise<void>((resolve) => { deviceDelSeen = resolve; });
+  const w = await world({
+    memory: GiB + 64 * MiB,
+    qmp: (c) => {
+      if (c.execute === 'device_del') deviceDelSeen();
+      return unplugQemu({ return: {}, eventsAfter: [{ event: 'DEVICE_DELETED', data: { device: 'other' } }] })(c);
+    },
+  });
   try {
     const unplugged = unplugMemory(w.broker, w.qmp, { lease: LEASE, dimmId: 'dimm-0', eventTimeoutMs: 10_000 });
-    while (w.log.length < UNPLUG_START.length) await new Promise((r) => setImmediate(r));
-    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    await Promise.race([seen, unplugged]);
+    // QEMU answers in order: the first query-status's reply comes after device_del's reply and the
+    // other device's event; the second one's after anything the step machine sent meanwhile.
+    await w.qmp.execute('query-status');
+    await w.qmp.execute('query-status');
+    w.log.splice(w.log.indexOf('qmp query-status'), 2);
     assert.deepEqual(w.log, UNPLUG_START, 'another device\'s DEVICE_DELETED does not count');
     assert.equal(w.memory(), GiB + 64 * MiB);
     w.fakeQmp.emit(deleted);
