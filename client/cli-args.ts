@@ -9,9 +9,12 @@
 // - `exec` takes its program and arguments only after `--`, verbatim (nothing after `--` is
 //   parsed as an option).
 import { parseArgs } from 'node:util';
-import { LEASE_ID_PATTERN, NAME_PATTERN } from '../protocol/methods.ts';
-import { parseSize } from '../protocol/sizes.ts';
-import { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SOCKET } from './defaults.ts';
+import {
+  commonOptions, dimmIdOption, fdnameOption, keepFdOption, leaseArg, namedRequest, nodeOption, openRequest, optionalPid, required, sizeOption,
+  UsageError,
+} from './cli-arg-values.ts';
+
+export { UsageError } from './cli-arg-values.ts';
 
 /** The token `exec` replaces with the received fd number. */
 export const FD_TOKEN = '{iommufd}';
@@ -28,10 +31,17 @@ export interface OpenRequest {
   requestId?: string;
 }
 
+/** `pass` with --size-from-qmp: the size is read from QEMU over --qmp, not given. */
+export interface SizedRequest {
+  name: string;
+  sizeFromQmp: true;
+  requestId?: string;
+}
+
 export type Command =
   | { kind: 'help'; topic?: string }
   | { kind: 'open'; common: CommonOptions; request: OpenRequest; targetPid?: number; hold: boolean }
-  | { kind: 'resize'; common: CommonOptions; lease: string; memoryBytes: number }
+  | ({ kind: 'resize'; common: CommonOptions; lease: string } & ({ memoryBytes: number } | { sizeFromQmp: string }))
   | { kind: 'release'; common: CommonOptions; lease: string }
   | { kind: 'list'; common: CommonOptions }
   | { kind: 'status'; common: CommonOptions }
@@ -41,19 +51,12 @@ export type Command =
     keepFds: number[];
     program: string; args: string[];
   }
-  | { kind: 'pass'; common: CommonOptions; request: OpenRequest; qmpSocket: string; fdname: string; targetPid?: number };
+  | { kind: 'pass'; common: CommonOptions; request: OpenRequest | SizedRequest; qmpSocket: string; fdname: string; targetPid?: number }
+  | { kind: 'hotplug'; common: CommonOptions; lease: string; qmpSocket: string; sizeBytes: number; dimmId?: string; node?: number }
+  | { kind: 'unplug'; common: CommonOptions; lease: string; qmpSocket: string; dimmId: string }
+  | { kind: 'measure'; common: CommonOptions; qmpSocket: string };
 
 export type CommandKind = Command['kind'];
-
-/** A mistake in how iommufdctl was called; the CLI prints it with the usage and exits 2. */
-export class UsageError extends Error {
-  readonly command: string | undefined;
-  constructor(message: string, command?: string) {
-    super(message);
-    this.name = 'UsageError';
-    this.command = command;
-  }
-}
 
 const optionSpec = {
   socket: { type: 'string' },
@@ -69,6 +72,9 @@ const optionSpec = {
   qmp: { type: 'string' },
   fdname: { type: 'string' },
   'keep-fd': { type: 'string', multiple: true },
+  'size-from-qmp': { type: 'boolean' },
+  id: { type: 'string' },
+  node: { type: 'string' },
 } as const;
 
 type OptionName = keyof typeof optionSpec;
@@ -80,16 +86,20 @@ type Values = {
 const GLOBAL_OPTIONS: readonly OptionName[] = ['socket', 'json', 'timeout', 'help'];
 const COMMAND_OPTIONS: Record<Exclude<CommandKind, 'help'>, readonly OptionName[]> = {
   open: ['name', 'memory', 'target-pid', 'request-id', 'hold'],
-  resize: ['memory'],
+  resize: ['memory', 'qmp', 'size-from-qmp'],
   release: [],
   list: [],
   status: [],
   exec: ['name', 'memory', 'request-id', 'no-substitute', 'keep-fd'],
-  pass: ['qmp', 'fdname', 'name', 'memory', 'target-pid', 'request-id'],
+  pass: ['qmp', 'fdname', 'name', 'memory', 'size-from-qmp', 'target-pid', 'request-id'],
+  hotplug: ['qmp', 'memory', 'id', 'node'],
+  unplug: ['qmp', 'id'],
+  measure: ['qmp'],
 };
 /** Positional arguments each command takes after its name. */
 const POSITIONALS: Record<Exclude<CommandKind, 'help'>, readonly string[]> = {
   open: [], resize: ['LEASE'], release: ['LEASE'], list: [], status: [], exec: [], pass: [],
+  hotplug: ['LEASE'], unplug: ['LEASE'], measure: [],
 };
 
 function isCommandKind(s: string): s is Exclude<CommandKind, 'help'> {
@@ -141,8 +151,12 @@ export function parseCommand(argv: readonly string[]): Command {
         ...(targetPid === undefined ? {} : { targetPid }),
       };
     }
-    case 'resize':
-      return { kind: 'resize', common, lease: leaseArg(rest[0], word), memoryBytes: sizeOption(values.memory, word) };
+    case 'resize': {
+      const lease = leaseArg(rest[0], word);
+      return sizedFromQmp(values, word)
+        ? { kind: 'resize', common, lease, sizeFromQmp: required(values.qmp, 'qmp', word) }
+        : { kind: 'resize', common, lease, memoryBytes: sizeOption(values.memory, word) };
+    }
     case 'release':
       return { kind: 'release', common, lease: leaseArg(rest[0], word) };
     case 'list':
@@ -164,92 +178,48 @@ export function parseCommand(argv: readonly string[]): Command {
     }
     case 'pass': {
       const targetPid = optionalPid(values['target-pid'], word);
+      const qmpSocket = required(values.qmp, 'qmp', word);
+      let request: OpenRequest | SizedRequest;
+      if (sizedFromQmp(values, word)) {
+        const { name, requestId } = namedRequest(values, word);
+        request = { name, sizeFromQmp: true, ...(requestId === undefined ? {} : { requestId }) };
+      } else {
+        request = openRequest(values, word);
+      }
       return {
-        kind: 'pass', common, request: openRequest(values, word),
-        qmpSocket: required(values.qmp, 'qmp', word), fdname: fdnameOption(values.fdname, word),
+        kind: 'pass', common, request, qmpSocket, fdname: fdnameOption(values.fdname, word),
         ...(targetPid === undefined ? {} : { targetPid }),
       };
     }
+    case 'hotplug': {
+      const dimmId = dimmIdOption(values.id, word);
+      const node = nodeOption(values.node, word);
+      return {
+        kind: 'hotplug', common, lease: leaseArg(rest[0], word), qmpSocket: required(values.qmp, 'qmp', word),
+        sizeBytes: sizeOption(values.memory, word), ...(dimmId === undefined ? {} : { dimmId }), ...(node === undefined ? {} : { node }),
+      };
+    }
+    case 'unplug':
+      return {
+        kind: 'unplug', common, lease: leaseArg(rest[0], word), qmpSocket: required(values.qmp, 'qmp', word),
+        dimmId: required(dimmIdOption(values.id, word), 'id', word),
+      };
+    case 'measure':
+      return { kind: 'measure', common, qmpSocket: required(values.qmp, 'qmp', word) };
   }
+}
+
+/** --size-from-qmp instead of --memory (exactly one of them); --qmp with resize only when sizing. */
+function sizedFromQmp(values: Values, command: string): boolean {
+  if (values['size-from-qmp'] === true) {
+    if (values.memory !== undefined) throw new UsageError('give --memory SIZE or --size-from-qmp, not both', command);
+    return true;
+  }
+  if (command === 'resize' && values.qmp !== undefined) throw new UsageError('--qmp applies to resize only with --size-from-qmp', command);
+  return false;
 }
 
 function commandWord(args: readonly string[]): string | undefined {
   return args.find((a) => isCommandKind(a));
 }
 
-function commonOptions(values: Values, command: string): CommonOptions {
-  const socketPath = values.socket ?? DEFAULT_SOCKET;
-  if (socketPath === '') throw new UsageError('--socket must not be empty', command);
-  return { socketPath, json: values.json === true, timeoutMs: timeoutOption(values.timeout, command) };
-}
-
-function required(value: string | undefined, option: string, command: string): string {
-  if (value === undefined || value === '') throw new UsageError(`'${command}' needs --${option}`, command);
-  return value;
-}
-
-function openRequest(values: Values, command: string): OpenRequest {
-  const name = required(values.name, 'name', command);
-  if (!NAME_PATTERN.test(name)) {
-    throw new UsageError(`--name '${name}' is not a valid name: 1-128 characters of [A-Za-z0-9._:@+-], starting with a letter or digit`, command);
-  }
-  const memoryBytes = sizeOption(values.memory, command);
-  const requestId = values['request-id'];
-  if (requestId === undefined) return { name, memoryBytes };
-  if (requestId.length < 1 || requestId.length > 128) {
-    throw new UsageError('--request-id must be 1-128 characters long', command);
-  }
-  return { name, memoryBytes, requestId };
-}
-
-function sizeOption(value: string | undefined, command: string): number {
-  const text = required(value, 'memory', command);
-  let bytes: number;
-  try {
-    bytes = parseSize(text);
-  } catch (e) {
-    throw new UsageError(`--memory '${text}': ${e instanceof Error ? e.message : String(e)}`, command);
-  }
-  if (bytes < 1) throw new UsageError(`--memory '${text}' must be at least one byte`, command);
-  return bytes;
-}
-
-function leaseArg(value: string | undefined, command: string): string {
-  if (value === undefined || !LEASE_ID_PATTERN.test(value)) {
-    throw new UsageError(`'${value ?? ''}' is not a lease id (they look like l-0123456789abcdef; see 'iommufdctl list')`, command);
-  }
-  return value;
-}
-
-function optionalPid(value: string | undefined, command: string): number | undefined {
-  if (value === undefined) return undefined;
-  if (!/^[1-9][0-9]{0,9}$/.test(value) || Number(value) > 0x3fffffff) {
-    throw new UsageError(`--target-pid '${value}' is not a process id (a positive integer)`, command);
-  }
-  return Number(value);
-}
-
-function keepFdOption(value: string, command: string): number {
-  if (!/^[0-9]{1,7}$/.test(value) || Number(value) < 3) {
-    throw new UsageError(`--keep-fd '${value}' is not an fd number above 2 (0, 1 and 2 are always inherited)`, command);
-  }
-  return Number(value);
-}
-
-function timeoutOption(value: string | undefined, command: string): number {
-  if (value === undefined) return DEFAULT_CALL_TIMEOUT_MS;
-  const seconds = /^[0-9]+(\.[0-9]+)?$/.test(value) ? Number(value) : NaN;
-  if (!(seconds > 0) || seconds > 86_400) {
-    throw new UsageError(`--timeout '${value}' must be a number of seconds in (0, 86400]`, command);
-  }
-  return Math.ceil(seconds * 1000);
-}
-
-function fdnameOption(value: string | undefined, command: string): string {
-  const fdname = required(value, 'fdname', command);
-  // QEMU refuses names starting with a digit (they would read as fd numbers in fd=).
-  if (/^[0-9]/.test(fdname) || /[\s,]/.test(fdname)) {
-    throw new UsageError(`--fdname '${fdname}' must not start with a digit nor contain spaces or commas (QEMU takes it in fd=NAME)`, command);
-  }
-  return fdname;
-}

@@ -7,12 +7,21 @@
 // - Every broker error name has an explanation here (the Record type makes a new name in
 //   protocol/errors.ts fail to compile until it is explained).
 // - Pure: an error in, text and a number out; no I/O.
+// - Sizes are printed in one style, formatSize's exact binary units ("4 GiB", "82048 KiB"):
+//   a refusal's *Bytes parameters too (the --json form keeps the broker's byte counts).
+// - A HotplugError exits as its cause would (a QEMU or broker refusal 1, silence 3); without a
+//   cause (nothing to plug into, no such lease or DIMM) it is a refusal, 1. Its text always
+//   says where the lease's limit was left.
 import { SysError } from '../native/sys.ts';
 import { BrokerError, type BrokerErrorName } from '../protocol/errors.ts';
 import { UsageError } from './cli-args.ts';
 import { BrokerClientError, VarlinkServiceError } from './client-errors.ts';
 import { ProgramNotFound } from './exec-program.ts';
+import { HotplugError } from './memory-hotplug-error.ts';
 import { QmpError } from './qmp.ts';
+import { SizingError } from './qmp-sizing.ts';
+import { describeBrokerError } from '../protocol/errors.ts';
+import { formatSize } from '../protocol/sizes.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_REFUSED = 1;
@@ -40,6 +49,8 @@ export const BROKER_ERROR_EXPLANATIONS: Readonly<Record<BrokerErrorName, string>
 };
 
 export function exitCodeFor(error: unknown): number {
+  if (error instanceof HotplugError) return error.cause === undefined ? EXIT_REFUSED : exitCodeFor(error.cause);
+  if (error instanceof SizingError) return EXIT_INTERNAL;
   if (error instanceof UsageError || error instanceof ProgramNotFound) return EXIT_USAGE;
   if (error instanceof BrokerError || error instanceof VarlinkServiceError) return EXIT_REFUSED;
   if (error instanceof BrokerClientError) {
@@ -60,6 +71,7 @@ export function exitCodeFor(error: unknown): number {
       case 'QmpUnreachable':
       case 'QmpConnectionLost':
       case 'QmpTimeout':
+      case 'QmpEventTimeout':
         return EXIT_UNREACHABLE;
       case 'QmpProtocolViolation':
         return EXIT_INTERNAL;
@@ -82,6 +94,14 @@ export function failureJson(error: unknown): Record<string, unknown> {
   if (error instanceof QmpError) {
     return { error: error.errorName, parameters: { socket: error.socketPath, ...(error.qmpClass === undefined ? {} : { class: error.qmpClass }) }, message: error.message };
   }
+  if (error instanceof HotplugError) {
+    const cause = error.cause === undefined ? {} : { cause: failureJson(error.cause)['error'] };
+    return {
+      error: error.errorName, message: error.message,
+      parameters: { step: error.step, lease: error.lease, limit: error.limit, undone: error.undone, undoFailures: error.undoFailures, ...cause },
+    };
+  }
+  if (error instanceof SizingError) return { error: error.errorName, parameters: {}, message: error.message };
   if (error instanceof UsageError) return { error: 'UsageError', parameters: {}, message: error.message };
   if (error instanceof ProgramNotFound) return { error: 'ProgramNotFound', parameters: { program: error.program }, message: error.message };
   if (error instanceof SysError) return { error: 'InternalError', parameters: { syscall: error.syscall, errno: error.code }, message: error.message };
@@ -92,8 +112,10 @@ export function failureJson(error: unknown): Record<string, unknown> {
 export function failureText(error: unknown): string {
   if (error instanceof BrokerError) {
     const name: BrokerErrorName = error.errorName;
-    return `iommufdctl: the broker refused: ${error.message}\n  ${BROKER_ERROR_EXPLANATIONS[name]}\n`;
+    return `iommufdctl: the broker refused: ${refusal(error)}\n  ${BROKER_ERROR_EXPLANATIONS[name]}\n${refusalHint(error)}`;
   }
+  if (error instanceof HotplugError) return hotplugText(error);
+  if (error instanceof SizingError) return `iommufdctl: cannot size the lease from QMP: ${error.message}\n`;
   if (error instanceof VarlinkServiceError) {
     return `iommufdctl: the broker refused the call: ${error.message}\n` +
       (error.errorName === 'MethodNotFound' || error.errorName === 'InterfaceNotFound'
@@ -107,4 +129,36 @@ export function failureText(error: unknown): string {
     return `iommufdctl: ${error.message}\n`;
   }
   return `iommufdctl: internal error: ${error instanceof Error ? error.message : String(error)}\n`;
+}
+
+/** The refusal's name and parameters, byte counts in formatSize's units. */
+function refusal(error: BrokerError): string {
+  const parameters: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(error.parameters)) {
+    parameters[key] = key.endsWith('Bytes') && typeof value === 'number' && Number.isSafeInteger(value) && value >= 0 ? formatSize(value) : value;
+  }
+  return describeBrokerError(error.errorName, parameters);
+}
+
+/** What to do about the refusals whose fix is not obvious from the explanation. */
+function refusalHint(error: BrokerError): string {
+  if (error.errorName === 'PermissionDenied' && (error.parameters as { rule?: unknown }).rule === 'target-not-self') {
+    return '  only a manager (policy [managers]) may open for another process, even a QEMU of your own uid: start QEMU with ' +
+      "'iommufdctl exec' so that it is the caller itself, or have a manager run 'pass'\n";
+  }
+  return '';
+}
+
+const LIMIT_STATE = {
+  unchanged: 'the lease\'s limit is where it was before',
+  raised: 'the lease\'s limit was LEFT RAISED on purpose (lowering it could make a DMA map fail and abort QEMU)',
+  lowered: 'the lease\'s limit was lowered',
+} as const;
+
+function hotplugText(error: HotplugError): string {
+  const lines = [`iommufdctl: ${error.message}`];
+  for (const step of error.undone) lines.push(`  undone: ${step}`);
+  for (const step of error.undoFailures) lines.push(`  NOT undone (finish by hand): ${step}`);
+  lines.push(`  ${LIMIT_STATE[error.limit]}`);
+  return `${lines.join('\n')}\n`;
 }

@@ -6,12 +6,18 @@
 //   connection is closed before execve. The exec'd program inherits exactly the iommufd FD,
 //   stdin/stdout/stderr and the --keep-fd fds (exec-inheritance.ts). If execve fails, the FD
 //   is closed and the lease ends with this process (its target).
-// - `exec` writes nothing to stdout/stderr on success: the output is the program's.
+// - `exec` writes one line to stderr before the execve, naming the pid, the lease and its limit
+//   (formatSize), and what QEMU's ENOMEM from a DMA map means: QEMU's own message names neither.
+//   Nothing else is written on success, nothing at all to stdout. There is no supervising
+//   parent: the lease's target must be QEMU's own pid (a later Resize reaches only the target),
+//   and a process that is not a manager may only Open for itself.
 // - `pass`: QMP is reached before the broker is asked, so an unreachable QEMU costs no lease.
 //   The FD goes to QmpClient.getfd, which closes our copy once sent. If QEMU does not take it,
 //   the lease is released again (best effort, reported). The target pidfd (ours) is closed
 //   once Open answered.
 import { closeFd, execve, pidfdOpen, setCloexec, SysError } from '../native/sys.ts';
+import type { Lease } from '../protocol/methods.ts';
+import { formatSize } from '../protocol/sizes.ts';
 import type { Command, CommonOptions } from './cli-args.ts';
 import { EXIT_OK, failureText } from './cli-failures.ts';
 import type { CliIo } from './cli-io.ts';
@@ -20,7 +26,9 @@ import { openTargetPidfd, withBroker } from './cli-session.ts';
 import { BrokerClient } from './client.ts';
 import { checkKeptFds, prepareInheritance } from './exec-inheritance.ts';
 import { buildArgv, buildEnv, resolveProgram } from './exec-program.ts';
+import { noteOverhead, sizedOpenRequest } from './cli-memory.ts';
 import { QmpClient } from './qmp.ts';
+import type { PinnedEstimate } from './qmp-sizing.ts';
 
 export async function runExec(command: Extract<Command, { kind: 'exec' }>, io: CliIo): Promise<number> {
   const path = resolveProgram(command.program, io.env['PATH']);
@@ -30,6 +38,7 @@ export async function runExec(command: Extract<Command, { kind: 'exec' }>, io: C
     setCloexec(fd, false);
     const argv = buildArgv(command.program, command.args, fd, command.substitute);
     const envp = buildEnv(io.env, fd, lease.id);
+    io.stderr(execNote(lease));
     prepareInheritance(command.keepFds);
     execve(path, argv, envp);
   } catch (error) {
@@ -39,6 +48,13 @@ export async function runExec(command: Extract<Command, { kind: 'exec' }>, io: C
     }
     throw error;
   }
+}
+
+/** The line `exec` prints before becoming QEMU: who the lease limits, to what, and what ENOMEM means. */
+export function execNote(lease: Lease): string {
+  return `iommufdctl: pid ${lease.pid} runs under lease ${lease.id}, which limits what it may pin to ${formatSize(lease.limitBytes)} (RLIMIT_MEMLOCK); ` +
+    'a "vfio_container_dma_map(...) = -12 (Cannot allocate memory)" or "DMA mapping failed" from QEMU means that limit was reached: ' +
+    `a manager raises it with 'iommufdctl resize ${lease.id}'\n`;
 }
 
 /** A pidfd for the process at the other end of the QMP socket; the caller owns it. */
@@ -53,9 +69,12 @@ function qmpPeerPidfd(qmp: QmpClient): number {
 }
 
 export async function runPass(command: Extract<Command, { kind: 'pass' }>, io: CliIo): Promise<number> {
-  const { common, request, fdname } = command;
+  const { common, fdname } = command;
   const qmp = await QmpClient.connect(command.qmpSocket, { timeoutMs: common.timeoutMs });
   try {
+    let request = command.request;
+    let estimate: PinnedEstimate | undefined;
+    if ('sizeFromQmp' in request) ({ request, estimate } = await sizedOpenRequest(qmp, request));
     const pidfd = command.targetPid === undefined ? qmpPeerPidfd(qmp) : openTargetPidfd(command.targetPid);
     const client = await connectOrClose(common, pidfd);
     try {
@@ -73,11 +92,12 @@ export async function runPass(command: Extract<Command, { kind: 'pass' }>, io: C
         throw error;
       }
       if (common.json) {
-        io.stdout(`${JSON.stringify({ lease, fdname })}\n`);
+        io.stdout(`${JSON.stringify({ lease, fdname, ...(estimate === undefined ? {} : { estimate }) })}\n`);
       } else {
         io.stdout(formatLease(lease));
         io.stdout(`QEMU (pid ${lease.pid}) holds the FD as '${fdname}': use fd=${fdname}\n`);
       }
+      if (estimate !== undefined) noteOverhead(io, lease, estimate);
       return EXIT_OK;
     } finally {
       client.close();

@@ -17,8 +17,10 @@ export const COMMAND_HELP: Readonly<Record<Topic, string>> = {
     manage). An FD cannot outlive iommufdctl: without --hold it is closed at once and only the
     lease remains (a lease on iommufdctl itself then ends as it exits); with --hold the FD is
     kept open until SIGINT, SIGTERM or SIGHUP. To give the FD to QEMU use 'exec' or 'pass'.`,
-  resize: `resize LEASE --memory SIZE
-    Change the lease's memory size: raise it before memory hotplug, lower it after unplug.`,
+  resize: `resize LEASE (--memory SIZE | --qmp SOCKET --size-from-qmp)
+    Change the lease's memory size: raise it before memory hotplug, lower it after unplug ('hotplug'
+    and 'unplug' do both in the safe order). With --size-from-qmp the size is what the QEMU at
+    SOCKET will pin, read from its memory layout (see 'measure'). Managers only.`,
   release: `release LEASE
     Give up control of the lease (no more resize). The target keeps its RLIMIT_MEMLOCK, and the
     lease stays listed and charged to the budget until the target exits.`,
@@ -37,12 +39,34 @@ export const COMMAND_HELP: Readonly<Record<Topic, string>> = {
     Some argument must contain {iommufd} unless --no-substitute is given. The FD number and the
     lease id are also in $IOMMUFD_BROKER_FD and $IOMMUFD_BROKER_LEASE. PROGRAM inherits stdin,
     stdout, stderr and the FD; other fds iommufdctl inherited (a tap device, say) only when
-    named with --keep-fd N (repeatable).`,
-  pass: `pass --qmp SOCKET --fdname NAME --name NAME --memory SIZE [--target-pid PID] [--request-id ID]
-    Open for a running QEMU and hand it the FD over its QMP socket (QMP getfd NAME); QEMU then
-    takes it as fd=NAME, e.g. QMP object-add {"qom-type":"iommufd","id":"iommufd0","fd":"NAME"}.
-    The target is the process at the other end of the QMP socket unless --target-pid names
-    it. If QEMU refuses the FD, the lease is released again.`,
+    named with --keep-fd N (repeatable). Before the execve one line on stderr names the lease and
+    its limit: QEMU's own "vfio_container_dma_map(...) = -12 (Cannot allocate memory)" or "DMA
+    mapping failed" names neither, and means that limit was reached (resize the lease).`,
+  pass: `pass --qmp SOCKET --fdname NAME --name NAME (--memory SIZE | --size-from-qmp) [--target-pid PID] [--request-id ID]
+    Open for a running (or -S paused) QEMU and hand it the FD over its QMP socket (QMP getfd
+    NAME); QEMU then takes it as fd=NAME, e.g. QMP object-add
+    {"qom-type":"iommufd","id":"iommufd0","fd":"NAME"}. The target is the process at the other
+    end of the QMP socket unless --target-pid names it. If QEMU refuses the FD, the lease is
+    released again. With --size-from-qmp the memory size is what that QEMU will pin ('measure').
+    Who may pass to whose QEMU: the target is another process than iommufdctl, and only a
+    manager (policy [managers], root by default) may Open for another process, even one running
+    as the caller's own uid; anyone else is refused with PermissionDenied (target-not-self).
+    An unprivileged user starts its own QEMU with 'exec' instead, or asks its manager to 'pass'.`,
+  hotplug: `hotplug LEASE --qmp SOCKET --memory SIZE [--id DIMM] [--node N]
+    Add a SIZE DIMM to the running QEMU at SOCKET without risking it: first Resize the lease up
+    by SIZE, then QMP object-add memory-backend-ram (id DIMM-mem) and device_add pc-dimm (id
+    DIMM, default the first free dimm-<n>). If a step fails, the steps taken are undone (the
+    backend deleted, the limit lowered back), except after a device_add with no answer: the
+    DIMM may be in use, so the limit stays raised and the error says so. Managers only.`,
+  unplug: `unplug LEASE --qmp SOCKET --id DIMM
+    Remove the DIMM: QMP device_del, wait (up to --timeout) for QEMU's DEVICE_DELETED (the guest
+    must release the memory), object-del its backend, and only then Resize the lease down by the
+    DIMM's size. If any step before the lowering fails, the limit stays where it was.`,
+  measure: `measure --qmp SOCKET
+    Show what the QEMU at SOCKET will pin through VFIO (read from 'info mtree -f' and 'info
+    ramblock'): each RAM/ROM region mapped now and its RAM blocks, and the estimate that
+    --size-from-qmp leases (every block at full size, aliases counted again, plus 1 MiB).
+    Asks nothing of the broker.`,
 };
 
 const SHARED = `Options for every command:
@@ -54,8 +78,9 @@ const SHARED = `Options for every command:
 SIZE: bytes, or a number with a binary unit: 512M, 8G, 8GiB, 1.5G (G = 2^30, as QEMU's -m).
   Decimal units (MB, GB) are refused: they are ambiguous.
 
-Exit status: 0 ok; 1 refused by the broker (for 'pass', also by QEMU); 2 usage error;
-  3 cannot reach the broker (or QEMU's QMP socket); 4 internal error.
+Exit status: 0 ok; 1 refused by the broker (for 'pass', 'hotplug', 'unplug', also by QEMU);
+  2 usage error; 3 cannot reach the broker or QEMU's QMP socket, or no reply or event in time;
+  4 internal error (including QEMU output 'measure' does not understand).
 `;
 
 export function isHelpTopic(topic: string): topic is Topic {

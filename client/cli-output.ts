@@ -10,6 +10,8 @@
 import type { Lease, Status } from '../protocol/methods.ts';
 import { formatSize, formatSizeApprox } from '../protocol/sizes.ts';
 import { budgetBar, leaseBarRows } from './cli-status-bars.ts';
+import type { MemoryChange } from './memory-hotplug.ts';
+import type { PinnedEstimate } from './qmp-sizing.ts';
 
 /** Escapes C0/C1 controls and DEL (a name can only hold printable ASCII, but notes come from the daemon). */
 export function printable(text: string): string {
@@ -111,4 +113,21 @@ export function formatRelease(lease: string, limitRestored: boolean): string {
 function keyValues(lines: readonly (readonly [string, string])[]): string {
   const width = Math.max(...lines.map(([k]) => k.length)) + 1;
   return lines.map(([k, v]) => `${`${k}:`.padEnd(width)} ${v}`).join('\n') + '\n';
+}
+
+/** What hotplug added or unplug removed, and the limit change that came with it. */
+export function formatMemoryChange(change: MemoryChange, what: 'added' | 'removed'): string {
+  return `${what} ${formatSize(change.sizeBytes)} DIMM ${change.dimmId} (backend ${change.backendId})\n` +
+    formatResize(change.lease, change.previousLimitBytes);
+}
+
+/** The QMP sizing: each region counted, the margin, and the size to lease. */
+export function formatEstimate(estimate: PinnedEstimate): string {
+  const rows = estimate.regions.map((r) => [printable(r.name), formatSize(r.mappedBytes), formatSize(r.blockBytes), formatSize(r.countedBytes)]);
+  return formatTable(['REGION', 'MAPPED NOW', 'RAM BLOCKS', 'COUNTED'], rows) + keyValues([
+    ['guest RAM', formatSize(estimate.guestRamBytes)],
+    ['mapped now', `${formatSize(estimate.mappedBytes)} (what VFIO would pin at this moment)`],
+    ['margin', formatSize(estimate.marginBytes)],
+    ['estimate', `${formatSize(estimate.estimateBytes)} (the memory size to lease: --size-from-qmp)`],
+  ]);
 }

@@ -15,6 +15,7 @@ import { EXIT_OK, exitCodeFor, failureJson, failureText } from './cli-failures.t
 import { runExec, runPass } from './cli-handoff.ts';
 import { helpText, isHelpTopic, usageHint } from './cli-help.ts';
 import { processIo, type CliIo } from './cli-io.ts';
+import { runHotplug, runMeasure, runSizedResize, runUnplug } from './cli-memory.ts';
 import { formatLease, formatLeaseTable, formatRelease, formatResize, formatStatus } from './cli-output.ts';
 import { openTargetPidfd, withBroker } from './cli-session.ts';
 
@@ -60,7 +61,9 @@ async function run(command: Exclude<Command, { kind: 'help' }>, io: CliIo): Prom
     case 'open':
       return runOpen(command, io);
     case 'resize': {
-      const reply = await withBroker(common, (c) => c.resize(command.lease, command.memoryBytes));
+      if ('sizeFromQmp' in command) return runSizedResize(common, command.lease, command.sizeFromQmp, io);
+      const { memoryBytes } = command;
+      const reply = await withBroker(common, (c) => c.resize(command.lease, memoryBytes));
       if (common.json) printJson(io, reply);
       else io.stdout(formatResize(reply.lease, reply.previousLimitBytes));
       return EXIT_OK;
@@ -91,6 +94,12 @@ async function run(command: Exclude<Command, { kind: 'help' }>, io: CliIo): Prom
       return runExec(command, io);
     case 'pass':
       return runPass(command, io);
+    case 'hotplug':
+      return runHotplug(command, io);
+    case 'unplug':
+      return runUnplug(command, io);
+    case 'measure':
+      return runMeasure(command, io);
   }
 }
 

@@ -10,47 +10,50 @@
 //   QmpClient and closed by close() or on any failure.
 // - QEMU answers commands in order; every command carries a numeric id and the reply must echo
 //   it, else the connection is a ProtocolViolation and is closed. Asynchronous events
-//   ({"event": ...}) are skipped.
-// - Every wait is bounded by a timeout; a timeout closes the connection (a late reply could
-//   otherwise be taken for the next command's).
+//   ({"event": ...}) never count as replies: each goes to the expectEvent() waiters registered
+//   before it arrived (at most MAX_EVENT_WAITERS at once) and is otherwise dropped, so events
+//   are never stored.
+// - Every wait is bounded by a timeout. A reply's timeout closes the connection (a late reply
+//   could otherwise be taken for the next command's); an event's timeout (QmpEventTimeout)
+//   does not, since a late event cannot be mistaken for anything.
 // - Incoming lines are bounded (MAX_LINE_BYTES); a longer one is a ProtocolViolation.
 import { StringDecoder } from 'node:string_decoder';
 import { closeFd, SysError } from '../native/sys.ts';
 import { UnixConnection } from '../native/socket.ts';
+import { QmpError } from './qmp-error.ts';
+
+export { QmpError, type QmpErrorName } from './qmp-error.ts';
 
 const MAX_LINE_BYTES = 1024 * 1024;
 export const DEFAULT_QMP_TIMEOUT_MS = 10_000;
-
-export type QmpErrorName =
-  /** connect() to the QMP socket failed. */
-  | 'QmpUnreachable'
-  /** QEMU answered a command with {"error": ...}. */
-  | 'QmpCommandFailed'
-  /** The socket ended or failed before the answer came. */
-  | 'QmpConnectionLost'
-  /** No answer within the timeout. */
-  | 'QmpTimeout'
-  /** What came back is not QMP. */
-  | 'QmpProtocolViolation';
-
-export class QmpError extends Error {
-  readonly errorName: QmpErrorName;
-  readonly socketPath: string;
-  /** QEMU's error class (e.g. GenericError) for QmpCommandFailed. */
-  readonly qmpClass: string | undefined;
-  constructor(errorName: QmpErrorName, socketPath: string, message: string, qmpClass?: string, cause?: unknown) {
-    super(message, cause === undefined ? undefined : { cause });
-    this.name = 'QmpError';
-    this.errorName = errorName;
-    this.socketPath = socketPath;
-    this.qmpClass = qmpClass;
-  }
-}
 
 export interface QmpGreeting {
   version: unknown;
   capabilities: unknown[];
 }
+
+/** An asynchronous QMP event, e.g. {"event":"DEVICE_DELETED","data":{"device":"dimm-1",...}}. */
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+}
+
+/** A registered wait for one event: `event` settles once; cancel() drops the wait. */
+export interface EventWait {
+  readonly event: Promise<QmpEvent>;
+  cancel(): void;
+}
+
+interface EventWaiter {
+  name: string;
+  match: (data: Record<string, unknown>) => boolean;
+  resolve: (event: QmpEvent) => void;
+  reject: (error: QmpError) => void;
+  timer: NodeJS.Timeout;
+}
+
+/** Most event waits one client holds at once: waits are ours, never the peer's, to add. */
+const MAX_EVENT_WAITERS = 16;
 
 interface Waiter {
   /** The id the reply must carry; undefined while waiting for the greeting. */
@@ -71,6 +74,7 @@ export class QmpClient {
   readonly #utf8 = new StringDecoder('utf8');
   #nextId = 1;
   readonly #waiters: Waiter[] = [];
+  readonly #eventWaiters = new Set<EventWaiter>();
   #failure: QmpError | undefined;
 
   private constructor(socketPath: string, conn: UnixConnection, timeoutMs: number) {
@@ -159,6 +163,35 @@ export class QmpClient {
     await this.execute('closefd', { fdname });
   }
 
+  /**
+   * Waits for the first event `name` whose data satisfies `match` that arrives from now on
+   * (register before sending the command that causes it: QEMU may send the event before the
+   * reply). Rejects with QmpEventTimeout after timeoutMs (the connection stays usable), or with
+   * the connection's failure.
+   */
+  expectEvent(name: string, match: (data: Record<string, unknown>) => boolean, timeoutMs: number = this.#timeoutMs): EventWait {
+    let waiter: EventWaiter | undefined;
+    const event = new Promise<QmpEvent>((resolve, reject) => {
+      if (this.#failure !== undefined) { reject(this.#failure); return; }
+      if (this.#eventWaiters.size >= MAX_EVENT_WAITERS) throw new Error(`QmpClient: more than ${MAX_EVENT_WAITERS} event waits at once`);
+      const timer = setTimeout(() => {
+        if (waiter !== undefined) this.#eventWaiters.delete(waiter);
+        reject(new QmpError('QmpEventTimeout', this.socketPath, `QEMU on ${this.socketPath} sent no ${name} event within ${timeoutMs} ms`));
+      }, timeoutMs);
+      waiter = { name, match, resolve, reject, timer };
+      this.#eventWaiters.add(waiter);
+    });
+    // A rejection before the caller awaits (the connection failed meanwhile) is not "unhandled".
+    event.catch(() => {});
+    return {
+      event,
+      cancel: () => {
+        if (waiter === undefined || !this.#eventWaiters.delete(waiter)) return;
+        clearTimeout(waiter.timer);
+      },
+    };
+  }
+
   /** Closes the socket; pending commands reject with QmpConnectionLost. Idempotent. */
   close(): void {
     this.#fail(new QmpError('QmpConnectionLost', this.socketPath, `the QMP connection to ${this.socketPath} was closed`));
@@ -201,7 +234,10 @@ export class QmpClient {
       this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `not a JSON object on the QMP socket: ${line.slice(0, 200)}`));
       return;
     }
-    if ('event' in message) return;
+    if ('event' in message) {
+      this.#onEvent(message);
+      return;
+    }
     const waiter = this.#waiters.shift();
     if (waiter === undefined) {
       this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `an answer nobody asked for: ${line.slice(0, 200)}`));
@@ -217,6 +253,21 @@ export class QmpClient {
     waiter.resolve(message);
   }
 
+  #onEvent(message: Record<string, unknown>): void {
+    const name = message['event'];
+    if (typeof name !== 'string') {
+      this.#fail(new QmpError('QmpProtocolViolation', this.socketPath, `an event without a name: ${JSON.stringify(message).slice(0, 200)}`));
+      return;
+    }
+    const data = isRecord(message['data']) ? message['data'] : {};
+    for (const w of this.#eventWaiters) {
+      if (w.name !== name || !w.match(data)) continue;
+      this.#eventWaiters.delete(w);
+      clearTimeout(w.timer);
+      w.resolve({ event: name, data });
+    }
+  }
+
   #fail(error: QmpError): void {
     if (this.#failure !== undefined) return;
     this.#failure = error;
@@ -225,6 +276,11 @@ export class QmpClient {
       clearTimeout(w.timer);
       w.reject(error);
     }
+    for (const w of this.#eventWaiters) {
+      clearTimeout(w.timer);
+      w.reject(error);
+    }
+    this.#eventWaiters.clear();
   }
 }
 

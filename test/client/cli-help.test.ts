@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { parseCommand } from '../../client/cli-args.ts';
 import { COMMAND_HELP, helpText, isHelpTopic, usageHint } from '../../client/cli-help.ts';
 
-const COMMANDS = ['open', 'resize', 'release', 'list', 'status', 'exec', 'pass'];
+const COMMANDS = ['open', 'resize', 'release', 'list', 'status', 'exec', 'pass', 'hotplug', 'unplug', 'measure'];
 
 test('every command has a help block, and nothing else does', () => {
   assert.deepEqual(Object.keys(COMMAND_HELP).sort(), [...COMMANDS].sort());
@@ -34,8 +34,11 @@ test('every option a command accepts appears in its block (checked through the p
   for (const [command, options] of Object.entries({
     open: ['--name', '--memory', '--target-pid', '--request-id', '--hold'],
     exec: ['--name', '--memory', '--request-id', '--no-substitute', '--keep-fd'],
-    pass: ['--qmp', '--fdname', '--name', '--memory', '--target-pid', '--request-id'],
-    resize: ['--memory'],
+    pass: ['--qmp', '--fdname', '--name', '--memory', '--size-from-qmp', '--target-pid', '--request-id'],
+    resize: ['--memory', '--qmp', '--size-from-qmp'],
+    hotplug: ['--qmp', '--memory', '--id', '--node'],
+    unplug: ['--qmp', '--id'],
+    measure: ['--qmp'],
   })) {
     for (const o of options) assert.ok(COMMAND_HELP[command as keyof typeof COMMAND_HELP].includes(o), `${command} documents ${o}`);
   }
@@ -52,6 +55,11 @@ test('topic help shows that command only; the usage hint points at it', () => {
   const text = helpText('pass');
   assert.ok(text.includes('--qmp SOCKET'));
   assert.ok(!text.includes('--keep-fd'));
-  assert.match(usageHint('resize'), /^usage: iommufdctl resize LEASE --memory SIZE\n.*help resize/s);
+  assert.match(usageHint('resize'), /^usage: iommufdctl resize LEASE \(--memory SIZE \| --qmp SOCKET --size-from-qmp\)\n.*help resize/s);
   assert.equal(usageHint('nonsense'), "see 'iommufdctl --help'\n");
+});
+
+test('pass says who may pass to whose QEMU; exec says what QEMU\'s ENOMEM means', () => {
+  assert.match(COMMAND_HELP.pass, /only a\s+manager .* may Open for another process, even one running\s+as the caller's own uid.*target-not-self/s);
+  assert.match(COMMAND_HELP.exec, /Cannot allocate memory.*means that limit was reached/s);
 });

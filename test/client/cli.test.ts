@@ -112,7 +112,7 @@ test('a refusal exits 1 with the error name, its parameters and an explanation (
   const human = await cli(['open', '--name', 'vm1', '--memory', '8G'], refuse);
   assert.equal(human.code, 1);
   assert.equal(human.stdout, '');
-  assert.match(human.stderr, /the broker refused: BudgetExceeded: requestedBytes=9663676416, availableBytes=1073741824.*\n  .*budget/);
+  assert.match(human.stderr, /the broker refused: BudgetExceeded: requestedBytes=9 GiB, availableBytes=1 GiB, budgetBytes=10 GiB\n  .*budget/);
   const json = await cli(['open', '--name', 'vm1', '--memory', '8G', '--json'], refuse);
   assert.equal(json.code, 1);
   assert.equal(JSON.parse(json.stderr).error, 'io.iommufd.Broker.BudgetExceeded');
@@ -123,7 +123,7 @@ test('a refusal exits 1 with the error name, its parameters and an explanation (
 test('usage errors exit 2 without contacting the broker; help exits 0', async () => {
   const r = await cli(['resize', LEASE, '--memory', '8GB'], () => 'hang');
   assert.equal(r.code, 2);
-  assert.match(r.stderr, /--memory '8GB'.*ambiguous.*\nusage: iommufdctl resize LEASE --memory SIZE/s);
+  assert.match(r.stderr, /--memory '8GB'.*ambiguous.*\nusage: iommufdctl resize LEASE \(--memory SIZE \| --qmp SOCKET --size-from-qmp\)/s);
   assert.equal(r.fake.calls.length, 0);
   const help = captureIo();
   assert.equal(await runCli(['help', 'exec'], help.io), 0);

@@ -1,5 +1,5 @@
-// Test support: Debian's QEMU (qemu-system-x86, machine none) with a QMP socket, for tests that
-// hand it fds.
+// Test support: Debian's QEMU (qemu-system-x86; machine none unless a test asks for a real
+// machine) with a QMP socket, for tests that hand it fds, size it, or hotplug memory into it.
 //
 // Invariants:
 // - Each Qemu has its own temp dir (the QMP socket), removed by stopQemu, which also kills
@@ -17,10 +17,10 @@ import { openFds } from '../support/fds.ts';
 export interface Qemu { child: ChildProcess; pid: number; qmp: string; dir: string }
 
 /** Starts QEMU with a QMP socket and waits (bounded) until it accepts a QMP session. */
-export async function startQemu(): Promise<Qemu> {
+export async function startQemu(machineArgs: readonly string[] = ['-machine', 'none', '-nodefaults']): Promise<Qemu> {
   const dir = mkdtempSync(join(tmpdir(), 'iommufdctl-qmp-'));
   const qmp = join(dir, 'qmp.sock');
-  const child = spawn('qemu-system-x86_64', ['-machine', 'none', '-nodefaults', '-display', 'none',
+  const child = spawn('qemu-system-x86_64', [...machineArgs, '-display', 'none',
     '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (s: string) => { stderr += s; });

@@ -132,3 +132,30 @@ test('silence is a QmpTimeout, and something that is not QMP a QmpProtocolViolat
   }
   assert.deepEqual(leakedSince(before), []);
 });
+
+test('expectEvent: an event after the call resolves it; a timeout leaves the session usable; a lost connection rejects it', async () => {
+  const { FakeQmp } = await import('./fake-qmp.ts');
+  const before = openFds();
+  const fake = FakeQmp.start((c) => c.execute === 'poke'
+    ? { return: {}, eventsBefore: [{ event: 'DEVICE_DELETED', data: { device: 'd1' } }], eventsAfter: [{ event: 'DEVICE_DELETED', data: { device: 'd2' } }] }
+    : { return: {} });
+  const qmp = await QmpClient.connect(fake.socket);
+  try {
+    fake.emit({ event: 'DEVICE_DELETED', data: { device: 'd2' } }); // before the wait: not kept
+    await qmp.execute('query-status');
+    const d2 = qmp.expectEvent('DEVICE_DELETED', (d) => d['device'] === 'd2');
+    const d1 = qmp.expectEvent('DEVICE_DELETED', (d) => d['device'] === 'd1');
+    await qmp.execute('poke');
+    assert.deepEqual(await d1.event, { event: 'DEVICE_DELETED', data: { device: 'd1' } });
+    assert.deepEqual((await d2.event).data, { device: 'd2' });
+    await assert.rejects(qmp.expectEvent('DEVICE_DELETED', () => true, 30).event, qmpError('QmpEventTimeout', /no DEVICE_DELETED event within 30 ms/));
+    await qmp.execute('query-status');
+    const lost = qmp.expectEvent('NEVER', () => true);
+    fake.close();
+    await assert.rejects(lost.event, qmpError('QmpConnectionLost'));
+  } finally {
+    qmp.close();
+    fake.close();
+  }
+  assert.deepEqual(leakedSince(before), []);
+});
