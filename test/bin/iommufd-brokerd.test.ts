@@ -18,7 +18,7 @@ function scratchTree(): string {
   const root = mkdtempSync(join(tmpdir(), 'brokerd-launcher-'));
   for (const dir of ['bin', 'dist', 'daemon/shell', 'protocol', 'native']) mkdirSync(join(root, dir), { recursive: true });
   copyFileSync(LAUNCHER, join(root, 'bin', 'iommufd-brokerd'));
-  copyFileSync(join(REPO, 'bin', 'launch.mjs'), join(root, 'bin', 'launch.mjs'));
+  for (const f of ['launch.cjs', 'package.json']) copyFileSync(join(REPO, 'bin', f), join(root, 'bin', f));
   symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
   writeFileSync(join(root, 'package.json'), '{"type":"module"}\n');
   writeFileSync(join(root, 'package-lock.json'), '{}\n');

@@ -75,8 +75,8 @@ test('npm run package makes iommufd-broker_<version>_<arch>.deb: control, Depend
 test('the .deb holds the bundles, the native helper, the units and their files, and no TypeScript', () => {
   const listing = run('dpkg-deb', ['--contents', deb]).stdout;
   const paths = listing.split('\n').filter(Boolean).map((l) => (/ \.\/(\S*)/.exec(l)?.[1] ?? '').replace(/\/$/, ''));
-  for (const p of [`${LIB}/dist/iommufd-brokerd.mjs`, `${LIB}/dist/iommufdctl.mjs`, `${LIB}/build/Release/iommufd_native.node`,
-    `${LIB}/bin/iommufd-brokerd`, `${LIB}/bin/iommufdctl`, `${LIB}/bin/launch.mjs`, `${LIB}/package.json`,
+  for (const p of [`${LIB}/dist/iommufd-brokerd.mjs`, `${LIB}/dist/iommufdctl.cjs`, `${LIB}/build/Release/iommufd_native.node`,
+    `${LIB}/bin/iommufd-brokerd`, `${LIB}/bin/iommufdctl`, `${LIB}/bin/launch.cjs`, `${LIB}/bin/package.json`, `${LIB}/package.json`,
     `${LIB}/node_modules/unix-dgram/build/Release/unix_dgram.node`, `${LIB}/node_modules/bindings/bindings.js`,
     'usr/lib/systemd/system/iommufd-broker.service', 'usr/lib/systemd/system/iommufd-broker.socket',
     'usr/lib/systemd/system/iommufd-broker-admin.socket', 'usr/lib/sysusers.d/iommufd-broker.conf',

@@ -8,13 +8,16 @@
 // - A source path that does not exist counts as no source: the installed package
 //   (scripts/package) ships the bundles and no TypeScript, so there the bundle always runs and
 //   tsx (not shipped either) is never needed.
-// - Only this file and the launcher are read before the bundle: a `--help` costs one stat walk
-//   and one module load (`npm run bench -- --only cli` measures it against `node -e 0`).
-import { readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+// - bin/ is CommonJS (bin/package.json) so that `iommufdctl` starts without Node's ESM loader:
+//   its bundle is CommonJS too and is require()d; under TCG every VM start pays for each
+//   module system initialised (`npm run bench -- --only cli` measures it against `node -e 0`).
+//   Only the fallback to the sources (tsx) and the daemon's ESM bundle use import().
+'use strict';
+const { readdirSync, statSync } = require('node:fs');
+const { join } = require('node:path');
+const { pathToFileURL } = require('node:url');
 
-const root = fileURLToPath(new URL('..', import.meta.url));
+const root = join(__dirname, '..');
 
 /** The newest mtime (ms) of the .ts/.json files under `paths` (relative to the tree); 0 if none. */
 function newestSource(paths) {
@@ -33,17 +36,24 @@ function newestSource(paths) {
 }
 
 /**
- * Imports `bundle` (relative to the tree) when it is current, else `entry` (a .ts file relative
- * to the tree) through tsx, after one line on stderr naming `command` and why.
- * @param {{ command: string, bundle: string, sources: string[], entry: string }} spec
+ * The absolute path of `spec.bundle` when it is current, else undefined after one line on
+ * stderr naming `spec.command` and why (the caller then runs the sources: importSources).
+ * @param {{ command: string, bundle: string, sources: string[] }} spec
  */
-export async function load(spec) {
+function currentBundle(spec) {
   const bundle = join(root, spec.bundle);
   const builtAt = statSync(bundle, { throwIfNoEntry: false })?.mtimeMs;
-  if (builtAt !== undefined && builtAt >= newestSource(spec.sources)) return import(pathToFileURL(bundle).href);
+  if (builtAt !== undefined && builtAt >= newestSource(spec.sources)) return bundle;
   process.stderr.write(`${spec.command}: ${builtAt === undefined ? 'no bundle' : 'the bundle is older than the sources'} `
     + `(${bundle}); running the TypeScript sources through tsx (slower start). \`npm run build\` makes the bundle.\n`);
+  return undefined;
+}
+
+/** Imports a .ts entry (relative to the tree) through tsx. */
+async function importSources(entry) {
   const { register } = await import('tsx/esm/api');
   register();
-  return import(pathToFileURL(join(root, spec.entry)).href);
+  return import(pathToFileURL(join(root, entry)).href);
 }
+
+module.exports = { currentBundle, importSources };
