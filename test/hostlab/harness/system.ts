@@ -74,8 +74,12 @@ export async function broker<T>(fn: (c: BrokerClient) => Promise<T>): Promise<T>
   }
 }
 
-/** Replaces [limits] overhead in the policy, reloads, and waits until Status shows it. */
+/**
+ * Replaces [limits] overhead in the policy, reloads, and waits until Status shows it. A Status
+ * call first starts the socket-activated service if nothing has yet (reload needs it running).
+ */
 export async function setOverhead(overhead: string, bytes: number): Promise<void> {
+  await broker((c) => c.status());
   const text = readFileSync(POLICY, 'utf8');
   const next = text.replace(/^overhead\s*=.*$/m, `overhead = "${overhead}"`);
   if (next === text && !text.includes(`overhead = "${overhead}"`)) throw new Error(`no overhead line in ${POLICY}`);
