@@ -103,6 +103,23 @@ export async function coldStarts(programs: Programs, o: { runs: number; progress
   return [...runs].map(([what, runsMs]) => ({ what, medianMs: median(runsMs), runsMs }));
 }
 
+/**
+ * The CLI's start (issue #11): `iommufdctl --help` from its bundle against `node -e 0`, spawn to
+ * exit, interleaved so both see the same load. Under TCG every VM start pays this per call.
+ */
+export async function cliStarts(o: { runs: number; progress: (l: string) => void }): Promise<ColdRow[]> {
+  const kinds: Array<[string, readonly string[]]> = [
+    ['node -e 0 (spawn to exit)', [process.execPath, '-e', '0']],
+    ['iommufdctl --help (spawn to exit)', [join(REPO, 'bin', 'iommufdctl'), '--help']],
+  ];
+  const runs = new Map<string, number[]>();
+  for (let i = 0; i < o.runs; i++) {
+    for (const [what, argv] of kinds) runs.set(what, [...(runs.get(what) ?? []), (await timeToExit(argv)) / 1e6]);
+  }
+  o.progress(`  cli: ${[...runs].map(([w, r]) => `${w.split(' (')[0]} median ${median(r).toFixed(0)} ms`).join(', ')}`);
+  return [...runs].map(([what, runsMs]) => ({ what, medianMs: median(runsMs), runsMs }));
+}
+
 export interface ManyLeasesResult {
   requested: number;
   granted: number;

@@ -15,6 +15,7 @@ export interface BenchResults {
   cycles: CycleRow[];
   resizes: ResizeRow[];
   coldStarts: ColdRow[];
+  cliStarts: ColdRow[];
   manyLeases: ManyLeasesResult | null;
 }
 
@@ -53,6 +54,14 @@ export function goals(r: BenchResults): Goal[] {
     out.push({ goal: 'cold first reply <= 3x node -e 0 (socket-activated)', measured: `${ratio.toFixed(2)}x (${activated.medianMs.toFixed(0)} vs ${nodeE0.medianMs.toFixed(0)} ms)`, verdict: verdict(ratio <= 3) });
   } else {
     out.push({ goal: 'cold first reply <= 3x node -e 0', measured: '-', verdict: 'not measured' });
+  }
+  const cliNode = r.cliStarts.find((c) => c.what.startsWith('node -e 0'));
+  const cli = r.cliStarts.find((c) => c.what.startsWith('iommufdctl'));
+  if (cliNode !== undefined && cli !== undefined) {
+    const ratio = cli.medianMs / cliNode.medianMs;
+    out.push({ goal: 'iommufdctl --help <= 2x node -e 0 (issue #11)', measured: `${ratio.toFixed(2)}x (${cli.medianMs.toFixed(0)} vs ${cliNode.medianMs.toFixed(0)} ms)`, verdict: verdict(ratio <= 2) });
+  } else {
+    out.push({ goal: 'iommufdctl --help <= 2x node -e 0 (issue #11)', measured: '-', verdict: 'not measured' });
   }
   const m = r.manyLeases;
   if (m !== null) {
@@ -96,6 +105,10 @@ export function render(r: BenchResults): string {
   if (r.coldStarts.length > 0) {
     parts.push('Cold start, medians:\n' + table(['what', 'median ms', 'runs ms'],
       r.coldStarts.map((c) => [c.what, c.medianMs.toFixed(0), c.runsMs.map((x) => x.toFixed(0)).join(' ')])));
+  }
+  if (r.cliStarts.length > 0) {
+    parts.push('CLI start (spawn to exit), medians:\n' + table(['what', 'median ms', 'runs ms'],
+      r.cliStarts.map((c) => [c.what, c.medianMs.toFixed(0), c.runsMs.map((x) => x.toFixed(0)).join(' ')])));
   }
   const m = r.manyLeases;
   if (m !== null) {

@@ -12,12 +12,12 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { coldStarts, manyLeases } from './lifecycle-scenarios.ts';
+import { cliStarts, coldStarts, manyLeases } from './lifecycle-scenarios.ts';
 import { cycles, resizes } from './load-scenarios.ts';
 import { render, type BenchResults } from './report.ts';
 import { REPO, buildPrograms } from './servers.ts';
 
-const SCENARIOS = ['cycles', 'durable', 'resize', 'cold', 'leases'] as const;
+const SCENARIOS = ['cycles', 'durable', 'resize', 'cold', 'cli', 'leases'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 const USAGE = `usage: npm run bench -- [options]
@@ -26,7 +26,7 @@ const USAGE = `usage: npm run bench -- [options]
   --rounds N        rounds per load scenario, servers interleaved (default 3)
   --clients LIST    client counts for the cycle scenarios (default 1,16)
   --resizes N       Resizes per resize run (default 1000, at most 1500)
-  --cold-runs N     runs per cold-start kind (default 10)
+  --cold-runs N     runs per cold-start kind, and of the cli scenario (default 10)
   --leases N        live leases for the scale scenario (default 10000)
   --managers N      managers opening them at once (default 16)
   --tmpfs-dir DIR   journal dir for the non-durable runs (default /dev/shm)
@@ -67,7 +67,7 @@ async function main(): Promise<void> {
   const results: BenchResults = {
     startedAt: new Date().toISOString(),
     machine: { cpus: cpus().length, kernel: release(), node: process.version, loadAverageBefore: loadavg(), loadAverageAfter: [] },
-    config, cycles: [], resizes: [], coldStarts: [], manyLeases: null,
+    config, cycles: [], resizes: [], coldStarts: [], cliStarts: [], manyLeases: null,
   };
   const common = { clients: config.clients, rounds: config.rounds, seconds: config.seconds, warmupSeconds: config.warmup, progress };
   if (only.has('cycles')) {
@@ -87,6 +87,10 @@ async function main(): Promise<void> {
   if (only.has('cold')) {
     progress('bench: cold start');
     results.coldStarts = await coldStarts(programs, { runs: config.coldRuns, progress });
+  }
+  if (only.has('cli')) {
+    progress('bench: iommufdctl --help against node -e 0');
+    results.cliStarts = await cliStarts({ runs: config.coldRuns, progress });
   }
   if (only.has('leases')) {
     progress(`bench: ${config.leases} live leases`);

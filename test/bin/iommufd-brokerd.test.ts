@@ -18,6 +18,7 @@ function scratchTree(): string {
   const root = mkdtempSync(join(tmpdir(), 'brokerd-launcher-'));
   for (const dir of ['bin', 'dist', 'daemon/shell', 'protocol', 'native']) mkdirSync(join(root, dir), { recursive: true });
   copyFileSync(LAUNCHER, join(root, 'bin', 'iommufd-brokerd'));
+  for (const f of ['launch.cjs', 'package.json']) copyFileSync(join(REPO, 'bin', f), join(root, 'bin', f));
   symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
   writeFileSync(join(root, 'package.json'), '{"type":"module"}\n');
   writeFileSync(join(root, 'package-lock.json'), '{}\n');
@@ -76,6 +77,16 @@ test('no bundle at all runs the sources and says so', () => {
     const { stdout, stderr } = launch(root);
     assert.equal(stdout, 'sources ["--x"]\n');
     assert.match(stderr, /no bundle/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('an installed tree (the Debian package: bundle, no TypeScript sources) runs the bundle silently', () => {
+  const root = scratchTree();
+  try {
+    for (const s of ['daemon', 'protocol', 'native', 'package-lock.json']) rmSync(join(root, s), { recursive: true });
+    assert.deepEqual(launch(root), { stdout: 'bundle ["--x"]\n', stderr: '' });
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -1,0 +1,63 @@
+// The broker as systemd runs it, installed from its Debian package (issue #11, item 2): socket
+// activation, its own user with exactly CAP_SYS_RESOURCE and NoNewPrivs, DeviceAllow letting
+// /dev/iommu through and nothing else, READY=1 and its status line seen by systemd.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { SERVICE, broker, mainPid, procStatus, sh, unitProps } from '../harness/system.ts';
+
+const CAP_SYS_RESOURCE = 1n << 24n;
+const T = { timeout: 600_000 };
+
+test('the package enabled both sockets; nothing started the service yet', T, () => {
+  for (const s of ['iommufd-broker.socket', 'iommufd-broker-admin.socket']) {
+    assert.equal(sh('systemctl', ['is-enabled', s]).stdout.trim(), 'enabled', `${s} enabled by the postinst`);
+    assert.equal(sh('systemctl', ['is-active', s]).stdout.trim(), 'active', `${s} listening`);
+  }
+  assert.equal(unitProps(SERVICE, 'ActiveState').ActiveState, 'inactive', 'socket activation: no client has connected yet');
+  assert.match(readFileSync('/usr/bin/iommufdctl', 'utf8').slice(0, 200), /^#!\/usr\/bin\/env node/, 'iommufdctl on PATH from the package');
+  assert.equal(sh('dpkg-query', ['-W', '-f=${Status}', 'iommufd-broker']).stdout, 'install ok installed');
+});
+
+test('the first connection starts the service; systemd saw READY=1 and the status line', T, async () => {
+  const status = await broker((c) => c.status());
+  assert.equal(status.device.kind, 'iommufd', 'the real /dev/iommu, never the simulated device');
+  assert.equal(status.device.path, '/dev/iommu');
+  assert.equal(status.device.rlimitModeSupported, true);
+  assert.equal(status.capabilities.sysResource, true);
+  const p = unitProps(SERVICE, 'ActiveState', 'SubState', 'StatusText', 'TriggeredBy', 'Type', 'NRestarts');
+  assert.equal(p.ActiveState, 'active');
+  assert.equal(p.SubState, 'running', 'Type=notify: running only after READY=1');
+  assert.ok((p.StatusText ?? '').length > 0, 'STATUS= reached systemd');
+  assert.match(p.TriggeredBy ?? '', /iommufd-broker\.socket/);
+});
+
+test('the daemon runs as its own user, CapEff/CapPrm/CapBnd/CapAmb exactly CAP_SYS_RESOURCE, NoNewPrivs, seccomp', T, () => {
+  const pid = mainPid();
+  assert.ok(pid > 0);
+  const s = procStatus(pid);
+  const uid = sh('id', ['-u', 'iommufd-broker']).stdout.trim();
+  assert.deepEqual((s.Uid ?? '').split(/\s+/), [uid, uid, uid, uid], 'real, effective, saved, fs uid');
+  for (const f of ['CapEff', 'CapPrm', 'CapBnd', 'CapAmb']) assert.equal(BigInt(`0x${s[f] ?? ''}`), CAP_SYS_RESOURCE, `${f} = ${s[f] ?? '?'}`);
+  assert.equal(BigInt(`0x${s.CapInh ?? ''}`) & ~CAP_SYS_RESOURCE, 0n);
+  assert.equal(s.NoNewPrivs, '1');
+  assert.equal(s.Seccomp, '2', 'SystemCallFilter= is in force');
+});
+
+test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu opens, other real devices do not', T, () => {
+  const pid = mainPid();
+  const cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').trim().replace(/^0::/, '');
+  assert.match(cgroup, /iommufd-broker\.service$/);
+  const devices = ['/dev/iommu', '/dev/vfio/vfio', '/dev/vfio/devices/vfio0', '/dev/ttyS0'];
+  // A root shell with every capability moves itself into the service's cgroup and enters its mount
+  // namespace, so only the unit's device policy (a cgroup BPF program) can refuse an open.
+  const probe = (inService: boolean): Record<string, string> => {
+    const opens = devices.map((d) => `if (exec 3<>${d}) 2>/dev/null; then echo "${d} ok"; else echo "${d} refused"; fi`).join('; ');
+    const script = inService ? `echo $$ > /sys/fs/cgroup${cgroup}/cgroup.procs && exec nsenter -t ${pid} -m -- bash -c '${opens}'` : opens;
+    const r = sh('bash', ['-c', script]);
+    assert.equal(r.status, 0, r.stderr);
+    return Object.fromEntries(r.stdout.trim().split('\n').map((l) => l.split(' ') as [string, string]));
+  };
+  assert.deepEqual(probe(false), Object.fromEntries(devices.map((d) => [d, 'ok'])), 'as root outside the unit every device opens');
+  assert.deepEqual(probe(true), { '/dev/iommu': 'ok', '/dev/vfio/vfio': 'refused', '/dev/vfio/devices/vfio0': 'refused', '/dev/ttyS0': 'refused' });
+});
