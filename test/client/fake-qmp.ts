@@ -37,7 +37,9 @@ export class FakeQmp {
   static start(script: QmpScript): FakeQmp {
     const dir = mkdtempSync(join(tmpdir(), 'iommufd-fake-qmp-'));
     const socket = join(dir, 'qmp.sock');
-    return new FakeQmp(dir, socket, UnixServer.listen(socket, { mode: 0o600, backlog: 4 }), script);
+    // closeOffLoop: false: a trusted in-process double (as fake-broker.ts); its closes stay
+    // synchronous so the fd-leak checks right after close() are exact.
+    return new FakeQmp(dir, socket, UnixServer.listen(socket, { mode: 0o600, backlog: 4, closeOffLoop: false }), script);
   }
 
   /** Sends an event to every connected client now. */
