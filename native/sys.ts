@@ -152,10 +152,6 @@ export function fstatFd(fd: number): StatResult {
   return sys('fstat', native.fstat(fd), `fd ${fd}`);
 }
 
-export function fsyncFd(fd: number): void {
-  sys('fsync', native.fsync(fd), `fd ${fd}`);
-}
-
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 
@@ -264,15 +260,4 @@ export function peerGroups(fd: number): number[] {
 /** SO_PEERPIDFD: a close-on-exec pidfd for the peer, owned by the caller. ENOPROTOOPT before Linux 6.5. */
 export function peerPidfd(fd: number): number {
   return sys('getsockopt(SO_PEERPIDFD)', native.peerPidfd(fd), `fd ${fd}`);
-}
-
-// --- memory (kernel lab) ---
-
-/** Anonymous RW private mapping; returns its address. Release with unmapAnon(address, length). */
-export function mmapAnon(length: number): bigint {
-  return sys('mmap', native.mmapAnon(length), `${length} bytes`).address;
-}
-
-export function unmapAnon(address: bigint, length: number): void {
-  sys('munmap', native.munmap(address, length), `0x${address.toString(16)} + ${length}`);
 }
