@@ -1,6 +1,13 @@
 // The raw face of the C helper (native/src/*.c, built by node-gyp into
 // build/Release/iommufd_native.node). This file is the contract between C and TS.
 //
+// Who may import it (test/native/binding.test.ts checks the list): only native/ itself —
+// sys.ts (the face everyone else uses: -errno becomes SysError there) and the socket layer
+// unix-server.ts / unix-connection.ts, which run the hot non-blocking accept/recvmsg/sendmsg
+// loops and branch on EAGAIN without an exception per call; every error they surface is a
+// SysError too. daemon/, client/, protocol/, bench/ and scripts/ import native/sys.ts (or the
+// socket layer), never this file. Tests may call it directly to pin the raw contract.
+//
 // Invariants:
 // - The helper holds no policy: each function is one syscall (or a tiny fixed
 //   sequence of them) and returns either its result or a negative errno number.

@@ -1,7 +1,7 @@
 // The raw helper: results or -errno, TypeErrors only for wrong argument types, CLOEXEC on
 // every fd it creates, MSG_CTRUNC handling, and the exact set of functions the addon exports.
 import assert from 'node:assert/strict';
-import { constants, lstatSync } from 'node:fs';
+import { constants, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { constants as os } from 'node:os';
 import { test } from 'node:test';
 import { native, type RecvResult } from '../../native/binding.ts';
@@ -181,4 +181,19 @@ test('dupCloexec, setCloexec, open, fstat, fsync, ioctl on plain files', async (
   } finally {
     temp.remove();
   }
+});
+
+test('only native/ imports the raw binding: daemon/, client/, protocol/, bench/ and scripts/ go through native/sys.ts', () => {
+  // binding.ts states the rule: sys.ts is the face, unix-server.ts and unix-connection.ts are
+  // the socket layer inside it; everyone else gets SysError, never a -errno to decode by hand.
+  const root = new URL('../../', import.meta.url);
+  const importers: string[] = [];
+  for (const dir of ['daemon', 'client', 'protocol', 'bench', 'scripts', 'native']) {
+    for (const entry of readdirSync(new URL(dir, root), { recursive: true, withFileTypes: true })) {
+      if (!entry.isFile() || !entry.name.endsWith('.ts')) continue;
+      const file = `${entry.parentPath}/${entry.name}`;
+      if (/from '[./]*(native\/)?binding\.ts'/.test(readFileSync(file, 'utf8'))) importers.push(file.slice(new URL(root).pathname.length));
+    }
+  }
+  assert.deepEqual(importers.sort(), ['native/sys.ts', 'native/unix-connection.ts', 'native/unix-server.ts']);
 });
