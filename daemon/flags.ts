@@ -5,8 +5,9 @@
 // - Sizes (--overhead/--budget) stay text here; config.ts parses them with the policy file so
 //   one place says what a size may look like.
 import { parseArgs } from 'node:util';
+import { DEFAULT_SOCKET } from '../protocol/address.ts';
+import { UsageError } from '../shared/usage-error.ts';
 
-export const DEFAULT_SOCKET = '/run/iommufd-broker/broker.sock';
 export const DEFAULT_STATE_DIR = '/var/lib/iommufd-broker';
 export const DEFAULT_DEVICE = '/dev/iommu';
 /** Varlink connections at once, all peers together (each costs two fds: socket and peer pidfd). */
@@ -41,9 +42,7 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --log-level LEVEL    pino level: fatal error warn info debug trace (default info)
   --help               this text`;
 
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+export { UsageError };
 
 export interface Flags {
   readonly socket: string;

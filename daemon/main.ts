@@ -20,7 +20,7 @@
 import { readFileSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { UnixServer } from '../native/socket.ts';
-import { formatSizeApprox } from '../protocol/sizes.ts';
+import { formatSizeApprox } from '../shared/sizes.ts';
 import { parseFlags, USAGE, type Flags } from './flags.ts';
 import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/activation.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';

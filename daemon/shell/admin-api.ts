@@ -23,14 +23,14 @@ import { closeFdQuietly, errnoNumber, isUnixStreamSocket, listenUnix, SysError }
 import { adminRefusal, ConnectionPeers } from './admin-auth.ts';
 import { brokerFailure, notFound, toFailure, type AdminFailure } from './admin-errors.ts';
 import { registerAdminRoutes, type AdminApp, type AdminRouteDeps } from './admin-routes.ts';
-import type { Peer } from './peer.ts';
+import type { ConnectionPeer } from './peer.ts';
 
 export interface AdminApiOptions extends Omit<AdminRouteDeps, 'callerOf'> {
   /**
    * Who is behind a request's socket. Default (production): the SO_PEERCRED read when the
    * connection was accepted. Tests of routes through fastify's inject() pass their own.
    */
-  identify?: (socket: Socket) => Peer | undefined;
+  identify?: (socket: Socket) => ConnectionPeer | undefined;
 }
 
 /** Where to serve: a path the API binds itself, or a listening fd (socket activation). */
@@ -64,7 +64,7 @@ export class AdminApi {
     const peers = new ConnectionPeers(log);
     app.server.on('connection', (socket: Socket) => peers.accept(socket));
     const identify = options.identify ?? ((socket: Socket) => peers.peerOf(socket));
-    const callers = new WeakMap<FastifyRequest, Peer>();
+    const callers = new WeakMap<FastifyRequest, ConnectionPeer>();
     const outcomes = new WeakMap<FastifyRequest, string>();
     const fail = (request: FastifyRequest, failure: AdminFailure): AdminFailure => {
       outcomes.set(request, failure.outcome);

@@ -29,14 +29,14 @@ import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/metho
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { closeFd, closeOffLoop, SysError } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
-import { readPeer, type Peer } from './peer.ts';
+import { readPeer, type ConnectionPeer } from './peer.ts';
 
 /** What a handler answers: reply parameters, and fds to attach (ownership passes to the server). */
 export interface HandlerReply {
   parameters: Record<string, unknown>;
   fds?: number[];
 }
-export type CallHandler = (call: DecodedCall, peer: Peer) => Promise<HandlerReply>;
+export type CallHandler = (call: DecodedCall, peer: ConnectionPeer) => Promise<HandlerReply>;
 
 /** What the server turned away before any handler ran: a connection, or a message. */
 export type Refusal =
@@ -51,7 +51,7 @@ export interface ServerEvents {
    * Whether a peer may use the reserved connections (managers and root), judged once at accept
    * with the kernel's identity of the peer; must not throw. Absent: nobody may.
    */
-  mayUseReserve?: (peer: Peer) => boolean;
+  mayUseReserve?: (peer: ConnectionPeer) => boolean;
 }
 
 export interface ServerLimits {
@@ -110,7 +110,7 @@ export class VarlinkServer {
 
   #accept(socket: UnixConnection): void {
     if (this.#closing) { socket.close(); return; }
-    let peer: Peer;
+    let peer: ConnectionPeer;
     try {
       peer = readPeer(socket, this.log);
     } catch (err) {
@@ -135,7 +135,7 @@ export class VarlinkServer {
   }
 
   /** Why this peer may not have another connection now, or undefined if it may. */
-  #admission(peer: Peer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
+  #admission(peer: ConnectionPeer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
     const total = this.#connections.size;
     const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
     const counts = { total, sameUid };
@@ -163,7 +163,7 @@ class Connection {
   private readonly idleTimeoutMs: number;
   private readonly frameTimeoutMs: number;
 
-  constructor(private readonly socket: UnixConnection, readonly peer: Peer,
+  constructor(private readonly socket: UnixConnection, readonly peer: ConnectionPeer,
     private readonly handle: CallHandler, private readonly log: Logger, limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>,
     private readonly onClose: () => void, private readonly onRefused: (r: Refusal) => void) {
     this.idleTimeoutMs = limits.idleTimeoutMs;

@@ -1,9 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DEFAULT_DEVICE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_RESERVED_CONNECTIONS, DEFAULT_SOCKET,
+  DEFAULT_DEVICE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_RESERVED_CONNECTIONS,
   DEFAULT_STATE_DIR, parseFlags, UsageError, USAGE,
 } from '../../daemon/flags.ts';
+import { DEFAULT_SOCKET } from '../../protocol/address.ts';
 
 test('defaults are the production paths and a 0660 socket', () => {
   const f = parseFlags([]);
