@@ -21,10 +21,8 @@
 //   while serving a connection is logged and closes that connection only (#pump never rejects).
 import type { Logger } from 'pino';
 import { FrameDecoder, FramingError, MAX_REPLY_FRAME_BYTES, type Frame } from '../../protocol/framing.ts';
-import {
-  decodeCall, encodeBrokerError, encodeError, encodeRejection, encodeReply, framingRejection,
-  type DecodedCall, type Rejection,
-} from '../../protocol/decode.ts';
+import { decodeCall, framingRejection, type DecodedCall, type Rejection } from '../../protocol/decode.ts';
+import { encodeBrokerError, encodeError, encodeRejection, encodeReply } from '../../protocol/encode.ts';
 import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { closeFd, closeOffLoop, SysError } from '../../native/sys.ts';
@@ -129,8 +127,10 @@ export class VarlinkServer {
       socket.close();
       return;
     }
-    const conn = new Connection(socket, peer, this.handle, this.log, this.limits,
-      () => this.#connections.delete(conn), (r) => this.events.refused?.(r));
+    const conn = new Connection({
+      socket, peer, handle: this.handle, log: this.log, limits: this.limits,
+      onClose: () => this.#connections.delete(conn), onRefused: (r) => this.events.refused?.(r),
+    });
     this.#connections.add(conn);
   }
 
@@ -149,6 +149,21 @@ export class VarlinkServer {
   }
 }
 
+/** What a Connection is made of at accept, by name (two callbacks of like shape were easy to swap by position). */
+interface ConnectionParts {
+  /** Owned by the connection from now on, closed with it. */
+  socket: UnixConnection;
+  /** Its pidfd is owned by the connection from now on, closed with it. */
+  peer: ConnectionPeer;
+  handle: CallHandler;
+  log: Logger;
+  limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>;
+  /** Called once, after the connection closed. */
+  onClose: () => void;
+  /** Told of every message (or, for a frame timeout, the connection) the connection refused. */
+  onRefused: (r: Refusal) => void;
+}
+
 class Connection {
   readonly #decoder = new FrameDecoder();
   readonly #queue: Frame[] = [];
@@ -162,10 +177,20 @@ class Connection {
   #frameTimer: NodeJS.Timeout | undefined;
   private readonly idleTimeoutMs: number;
   private readonly frameTimeoutMs: number;
+  private readonly socket: UnixConnection;
+  readonly peer: ConnectionPeer;
+  private readonly handle: CallHandler;
+  private readonly log: Logger;
+  private readonly onClose: () => void;
+  private readonly onRefused: (r: Refusal) => void;
 
-  constructor(private readonly socket: UnixConnection, readonly peer: ConnectionPeer,
-    private readonly handle: CallHandler, private readonly log: Logger, limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>,
-    private readonly onClose: () => void, private readonly onRefused: (r: Refusal) => void) {
+  constructor({ socket, peer, handle, log, limits, onClose, onRefused }: ConnectionParts) {
+    this.socket = socket;
+    this.peer = peer;
+    this.handle = handle;
+    this.log = log;
+    this.onClose = onClose;
+    this.onRefused = onRefused;
     this.idleTimeoutMs = limits.idleTimeoutMs;
     this.frameTimeoutMs = limits.frameTimeoutMs;
     this.#armIdleTimer();
