@@ -13,7 +13,6 @@
         "native/src/process.c",
         "native/src/files.c",
         "native/src/closer.c",
-        "native/src/memory.c",
         "native/src/poll.c",
         "native/src/notify.c"
       ],

@@ -5,19 +5,12 @@
 // - Pure: no I/O, no environment reads; every value the broker or QEMU would refuse for its
 //   shape is refused here first (exit code 2, before anything is contacted).
 import { LEASE_ID_PATTERN, NAME_PATTERN } from '../protocol/methods.ts';
-import { parseSize } from '../protocol/sizes.ts';
+import { parseSize } from '../shared/sizes.ts';
+import { UsageError } from '../shared/usage-error.ts';
 import type { CommonOptions, OpenRequest } from './cli-args.ts';
-import { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SOCKET } from './defaults.ts';
+import { DEFAULT_SOCKET } from '../protocol/address.ts';
+import { DEFAULT_CALL_TIMEOUT_MS } from './defaults.ts';
 
-/** A mistake in how iommufdctl was called; the CLI prints it with the usage and exits 2. */
-export class UsageError extends Error {
-  readonly command: string | undefined;
-  constructor(message: string, command?: string) {
-    super(message);
-    this.name = 'UsageError';
-    this.command = command;
-  }
-}
 
 /** The options parseArgs read, as the value checks see them. */
 export interface OptionValues {

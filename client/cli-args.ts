@@ -11,10 +11,11 @@
 import { parseArgs } from 'node:util';
 import {
   commonOptions, dimmIdOption, fdnameOption, keepFdOption, leaseArg, namedRequest, nodeOption, openRequest, optionalPid, required, sizeOption,
-  UsageError,
 } from './cli-arg-values.ts';
+import { UsageError } from '../shared/usage-error.ts';
 
-export { UsageError } from './cli-arg-values.ts';
+/** The CLI's usage mistakes are the shared UsageError (shared/usage-error.ts), with the subcommand. */
+export { UsageError };
 
 /** The token `exec` replaces with the received fd number. */
 export const FD_TOKEN = '{iommufd}';

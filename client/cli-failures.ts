@@ -21,7 +21,7 @@ import { HotplugError } from './memory-hotplug-error.ts';
 import { QmpError } from './qmp.ts';
 import { SizingError } from './qmp-sizing.ts';
 import { describeBrokerError } from '../protocol/errors.ts';
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize } from '../shared/sizes.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_REFUSED = 1;

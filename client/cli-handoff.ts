@@ -17,7 +17,7 @@
 //   once Open answered.
 import { closeFd, execve, pidfdOpen, setCloexec, SysError } from '../native/sys.ts';
 import type { Lease } from '../protocol/methods.ts';
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize } from '../shared/sizes.ts';
 import type { Command, CommonOptions } from './cli-args.ts';
 import { EXIT_OK, failureText } from './cli-failures.ts';
 import type { CliIo } from './cli-io.ts';

@@ -6,7 +6,8 @@
 // - What `open` does with its FD, and how `exec` and `pass` choose their target, is stated
 //   here: it is the documentation of those decisions.
 import type { CommandKind } from './cli-args.ts';
-import { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SOCKET } from './defaults.ts';
+import { DEFAULT_SOCKET } from '../protocol/address.ts';
+import { DEFAULT_CALL_TIMEOUT_MS } from './defaults.ts';
 
 type Topic = Exclude<CommandKind, 'help'>;
 

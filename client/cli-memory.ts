@@ -9,7 +9,7 @@
 // - A size from QMP is the estimate itself (memoryBytes = estimate); the broker adds its
 //   overhead on top, and when that overhead is not negligible a note on stderr says what it costs.
 // - No fd is held here beyond the two sockets (owned by their clients).
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize } from '../shared/sizes.ts';
 import type { Lease } from '../protocol/methods.ts';
 import type { Command, CommonOptions, OpenRequest } from './cli-args.ts';
 import { EXIT_OK } from './cli-failures.ts';

@@ -8,7 +8,7 @@
 // - Text the broker sent (names, notes) is printed with control characters escaped, so a
 //   hostile name cannot move the cursor or forge table rows.
 import type { Lease, Status } from '../protocol/methods.ts';
-import { formatSize, formatSizeApprox } from '../protocol/sizes.ts';
+import { formatSize, formatSizeApprox } from '../shared/sizes.ts';
 import { budgetBar, leaseBarRows } from './cli-status-bars.ts';
 import type { MemoryChange } from './memory-hotplug.ts';
 import type { PinnedEstimate } from './qmp-sizing.ts';

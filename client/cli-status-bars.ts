@@ -10,7 +10,7 @@
 //   and said in words, never as 0. A target that pinned more than its limit (it holds
 //   CAP_IPC_LOCK, or the limit was lowered under pinned memory) gets a full bar and "OVER LIMIT".
 import type { Lease, Status } from '../protocol/methods.ts';
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize } from '../shared/sizes.ts';
 
 export const BAR_WIDTH = 30;
 

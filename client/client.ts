@@ -24,7 +24,8 @@ import type { ParametersOf, QualifiedMethod, ReplyOf } from '../protocol/method-
 import type { BrokerReply, Lease, Status } from '../protocol/methods.ts';
 import { decodeReply, encodeCall } from '../protocol/reply.ts';
 import { BrokerClientError, unreachableAdvice, VarlinkServiceError } from './client-errors.ts';
-import { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SOCKET, MAX_CALL_TIMEOUT_MS } from './defaults.ts';
+import { DEFAULT_SOCKET } from '../protocol/address.ts';
+import { DEFAULT_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS } from './defaults.ts';
 
 export interface CallOptions {
   /** Milliseconds to wait for the reply; on expiry the call rejects (Timeout) and the connection closes. */

@@ -8,7 +8,8 @@
 //   unplug failed, what was undone, where the limit is), SizingError.
 export { BrokerClient, type CallOptions, type ConnectOptions, type GetInfoReply, type OpenedLease, type OpenRequest } from './client.ts';
 export { BrokerClientError, VarlinkServiceError, type ClientErrorName } from './client-errors.ts';
-export { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SOCKET } from './defaults.ts';
+export { DEFAULT_CALL_TIMEOUT_MS } from './defaults.ts';
+export { DEFAULT_SOCKET } from '../protocol/address.ts';
 export { QmpClient, QmpError, type EventWait, type QmpErrorName, type QmpEvent, type QmpGreeting } from './qmp.ts';
 export {
   hotplugMemory, unplugMemory, type HotplugBroker, type HotplugQmp, type HotplugRequest, type MemoryChange, type UnplugRequest,
@@ -17,4 +18,4 @@ export { HotplugError, type HotplugErrorName, type HotplugStep, type LimitState 
 export { estimatePinned, measurePinned, PINNED_MARGIN_BYTES, SizingError, type PinnedEstimate, type PinnedRegion } from './qmp-sizing.ts';
 export { BrokerError, type BrokerErrorName, type BrokerErrorParameters } from '../protocol/errors.ts';
 export type { Lease, Status } from '../protocol/methods.ts';
-export { formatSize, parseSize } from '../protocol/sizes.ts';
+export { formatSize, parseSize } from '../shared/sizes.ts';

@@ -16,7 +16,7 @@
 //   eventTimeoutMs (registered before device_del, as QEMU may send it before the reply).
 // - No fd is held here; the caller owns both connections.
 import type { Lease } from '../protocol/methods.ts';
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize } from '../shared/sizes.ts';
 import { HotplugError, type HotplugErrorName, type HotplugStep } from './memory-hotplug-error.ts';
 import type { EventWait } from './qmp.ts';
 import { QmpError } from './qmp-error.ts';

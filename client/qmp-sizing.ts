@@ -22,7 +22,7 @@
 // - Parsing is pure and tolerant of the known format variants (with or without "prio N, ",
 //   "nv-" types, " @offset" and trailing " KVM"); a flat view without AS "memory" is refused.
 // - Every count is a whole number of 4 KiB pages of a range (VFIO maps page-aligned parts only).
-import { formatSize } from '../protocol/sizes.ts';
+import { formatSize } from '../shared/sizes.ts';
 
 export const PAGE_BYTES = 4096;
 /** Slack for what the model above cannot see (e.g. an alias firmware maps later); documented in README. */

@@ -1,12 +1,14 @@
-// iommufd-brokerd's command line: parsed once, checked, then frozen.
+// iommufd-brokerd's command line: parsed once, checked, then frozen; with it, the defaults and
+// fixed numbers of the sockets the daemon binds (main.ts writes none of them inline).
 //
 // Invariants:
 // - Unknown flags and positionals are errors (UsageError), never ignored.
 // - Sizes (--overhead/--budget) stay text here; config.ts parses them with the policy file so
 //   one place says what a size may look like.
 import { parseArgs } from 'node:util';
+import { DEFAULT_SOCKET } from '../protocol/address.ts';
+import { UsageError } from '../shared/usage-error.ts';
 
-export const DEFAULT_SOCKET = '/run/iommufd-broker/broker.sock';
 export const DEFAULT_STATE_DIR = '/var/lib/iommufd-broker';
 export const DEFAULT_DEVICE = '/dev/iommu';
 /** Varlink connections at once, all peers together (each costs two fds: socket and peer pidfd). */
@@ -19,6 +21,10 @@ export const DEFAULT_RESERVED_CONNECTIONS = 64;
 export const DEFAULT_FRAME_TIMEOUT_SECONDS = 10;
 /** Seconds a connection may stay silent with nothing in flight. */
 export const DEFAULT_IDLE_TIMEOUT_SECONDS = 300;
+/** listen(2) backlog of the Varlink socket the daemon binds itself (systemd's Backlog= otherwise). */
+export const LISTEN_BACKLOG = 128;
+/** Mode of the admin API socket the daemon binds itself (--admin-socket): its owner only. */
+export const ADMIN_SOCKET_MODE = 0o600;
 
 export const USAGE = `usage: iommufd-brokerd [options]
   --socket PATH        Varlink socket to bind when systemd passes none (default ${DEFAULT_SOCKET})
@@ -41,9 +47,7 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --log-level LEVEL    pino level: fatal error warn info debug trace (default info)
   --help               this text`;
 
-export class UsageError extends Error {
-  override name = 'UsageError';
-}
+export { UsageError };
 
 export interface Flags {
   readonly socket: string;

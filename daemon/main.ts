@@ -20,8 +20,8 @@
 import { readFileSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { UnixServer } from '../native/socket.ts';
-import { formatSizeApprox } from '../protocol/sizes.ts';
-import { parseFlags, USAGE, type Flags } from './flags.ts';
+import { formatSizeApprox } from '../shared/sizes.ts';
+import { ADMIN_SOCKET_MODE, LISTEN_BACKLOG, parseFlags, USAGE, type Flags } from './flags.ts';
 import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/activation.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';
 import { loadPolicy } from './shell/config.ts';
@@ -148,13 +148,13 @@ export async function main(argv: string[]): Promise<void> {
   const brokerFd = activated.fds.get(BROKER_SOCKET_NAME);
   try {
     server.serve(brokerFd !== undefined ? UnixServer.adopt(brokerFd)
-      : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: 128 }));
+      : UnixServer.listen(flags.socket, { mode: flags.socketMode, backlog: LISTEN_BACKLOG }));
   } catch (e) {
     startFailed(log, e, `socket ${flags.socket}: `);
   }
   const adminFd = activated.fds.get(ADMIN_SOCKET_NAME);
   const adminWhere = adminFd !== undefined ? { fd: adminFd }
-    : flags.adminSocket !== undefined ? { path: flags.adminSocket, mode: 0o600 } : undefined;
+    : flags.adminSocket !== undefined ? { path: flags.adminSocket, mode: ADMIN_SOCKET_MODE } : undefined;
   let admin: AdminApi | undefined;
   if (adminWhere !== undefined) {
     // Loaded only when there is an admin socket: fastify is most of what a start evaluates.

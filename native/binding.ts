@@ -1,6 +1,13 @@
 // The raw face of the C helper (native/src/*.c, built by node-gyp into
 // build/Release/iommufd_native.node). This file is the contract between C and TS.
 //
+// Who may import it (test/native/binding.test.ts checks the list): only native/ itself —
+// sys.ts (the face everyone else uses: -errno becomes SysError there) and the socket layer
+// unix-server.ts / unix-connection.ts, which run the hot non-blocking accept/recvmsg/sendmsg
+// loops and branch on EAGAIN without an exception per call; every error they surface is a
+// SysError too. daemon/, client/, protocol/, bench/ and scripts/ import native/sys.ts (or the
+// socket layer), never this file. Tests may call it directly to pin the raw contract.
+//
 // Invariants:
 // - The helper holds no policy: each function is one syscall (or a tiny fixed
 //   sequence of them) and returns either its result or a negative errno number.
@@ -105,20 +112,12 @@ export interface NativeBinding {
   closeLater(fd: number): 0 | NegErrno;
   /** fds handed to closeLater that are not closed yet (a stuck close keeps its fd counted here). */
   pendingCloses(): number;
-  /** fsync(fd). */
-  fsync(fd: number): 0 | NegErrno;
   /** flock(fd, operation): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; -EWOULDBLOCK when LOCK_NB meets a holder. */
   flock(fd: number, operation: number): 0 | NegErrno;
   /** ioctl(fd, request, buf): buf is read and written in place (struct in, struct out). */
   ioctl(fd: number, request: number, buf: Buffer): number | NegErrno;
   /** execve(path, argv, envp): returns only on failure. */
   execve(path: string, argv: string[], envp: string[]): NegErrno;
-
-  // --- anonymous memory (the kernel lab's IOAS_MAP needs a user virtual address) ---
-  /** mmap(NULL, length, RW, PRIVATE|ANONYMOUS); the helper records the region. */
-  mmapAnon(length: number): { address: bigint } | NegErrno;
-  /** munmap of a region mmapAnon returned, exact address and length; anything else -> -EINVAL. */
-  munmap(address: bigint, length: number): 0 | NegErrno;
 
   // --- readiness on Node's loop (uv_poll) ---
   /**

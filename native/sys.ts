@@ -1,4 +1,6 @@
-// The typed, throwing face of the native helper: every failed syscall becomes a SysError.
+// The typed, throwing face of the native helper: every failed syscall becomes a SysError
+// (errno.ts, re-exported here). The one door to the helper for daemon/ and client/: nothing
+// outside native/ imports native/binding.ts (test/native/binding.test.ts checks it).
 //
 // Invariants:
 // - A SysError carries the errno's stable symbolic name (`code`, e.g. 'EPERM'), the positive
@@ -10,89 +12,15 @@
 // - closeFd never retries: Linux releases the fd even when close() reports an error.
 import { constants as fsConstants, readFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { getSystemErrorMap } from 'node:util';
-import { native, type NegErrno, type PeerCred, type Rlimit, type StatResult } from './binding.ts';
+import { native, type PeerCred, type PollHandle, type Rlimit, type StatResult } from './binding.ts';
+import { errnoName, SysError, sys } from './errno.ts';
 
-export type { PeerCred, Rlimit, StatResult } from './binding.ts';
+export type { PeerCred, PollHandle, Rlimit, StatResult } from './binding.ts';
+export { POLL_READABLE, POLL_WRITABLE } from './binding.ts';
+export { errnoName, errnoNumber, errnoText, SysError, sys } from './errno.ts';
 
 export const RLIMIT_MEMLOCK = 8;
 export const KCMP_FILE = 0;
-
-/** Linux errnos that os.constants.errno lacks (asm-generic/errno.h, as on x86-64 and arm64). */
-const LINUX_ONLY: Readonly<Record<string, number>> = {
-  ENOTBLK: 15, ECHRNG: 44, EL2NSYNC: 45, EL3HLT: 46, EL3RST: 47, ELNRNG: 48, EUNATCH: 49,
-  ENOCSI: 50, EL2HLT: 51, EBADE: 52, EBADR: 53, EXFULL: 54, ENOANO: 55, EBADRQC: 56,
-  EBADSLT: 57, EBFONT: 59, ENONET: 64, ENOPKG: 65, EREMOTE: 66, EADV: 68, ESRMNT: 69,
-  ECOMM: 70, EDOTDOT: 73, ENOTUNIQ: 76, EBADFD: 77, EREMCHG: 78, ELIBACC: 79, ELIBBAD: 80,
-  ELIBSCN: 81, ELIBMAX: 82, ELIBEXEC: 83, ERESTART: 85, ESTRPIPE: 86, EUSERS: 87,
-  ESOCKTNOSUPPORT: 94, EPFNOSUPPORT: 96, ESHUTDOWN: 108, ETOOMANYREFS: 109, EHOSTDOWN: 112,
-  EUCLEAN: 117, ENOTNAM: 118, ENAVAIL: 119, EISNAM: 120, EREMOTEIO: 121, ENOMEDIUM: 123,
-  EMEDIUMTYPE: 124, ENOKEY: 126, EKEYEXPIRED: 127, EKEYREVOKED: 128, EKEYREJECTED: 129,
-  EOWNERDEAD: 130, ENOTRECOVERABLE: 131, ERFKILL: 132, EHWPOISON: 133,
-};
-/** Aliases share a number on Linux; these are the names the kernel sources use. */
-const PREFERRED_NAMES = new Set(['EAGAIN', 'EOPNOTSUPP', 'EDEADLK']);
-const NAMES = new Map<number, string>();
-const NUMBERS = new Map<string, number>();
-for (const [name, value] of [...Object.entries(constants.errno), ...Object.entries(LINUX_ONLY)]) {
-  if (!NAMES.has(value) || PREFERRED_NAMES.has(name)) NAMES.set(value, name);
-  NUMBERS.set(name, value);
-}
-
-/** Meanings libuv lacks or words misleadingly for our syscalls. */
-const TEXT_OVERRIDES: Readonly<Record<string, string>> = {
-  EOPNOTSUPP: 'operation not supported',
-  ENOTTY: 'inappropriate ioctl for device',
-  ENOPROTOOPT: 'protocol option not available (kernel too old?)',
-  EXFULL: 'exchange full (more fds than the receiver accepts)',
-  ETOOMANYREFS: 'too many references (fds in flight)',
-  ESRCH: 'no such process',
-};
-
-const LIBUV_MESSAGES = getSystemErrorMap();
-
-/** The symbolic name of an errno number (sign ignored), e.g. errnoName(1) === 'EPERM'. */
-export function errnoName(errno: number): string {
-  return NAMES.get(Math.abs(errno)) ?? `ERRNO_${Math.abs(errno)}`;
-}
-
-/** The positive errno number of a symbolic name, e.g. errnoNumber('EXFULL') === 54. */
-export function errnoNumber(name: string): number {
-  const value = NUMBERS.get(name);
-  if (value === undefined) throw new RangeError(`unknown errno name ${name}`);
-  return value;
-}
-
-/** A short strerror-like meaning of an errno number (sign ignored). */
-export function errnoText(errno: number): string {
-  const name = errnoName(errno);
-  return TEXT_OVERRIDES[name] ?? LIBUV_MESSAGES.get(-Math.abs(errno))?.[1] ?? 'unknown error';
-}
-
-export class SysError extends Error {
-  override readonly name = 'SysError';
-  /** Symbolic errno name, e.g. 'EPERM'. The stable contract. */
-  readonly code: string;
-  /** Positive errno number (for logs only). */
-  readonly errno: number;
-  /** The syscall (or helper operation) that failed. */
-  readonly syscall: string;
-
-  constructor(syscall: string, errno: number, detail?: string) {
-    const positive = Math.abs(errno);
-    const code = errnoName(positive);
-    super(`${syscall} failed: ${code} (${errnoText(positive)})${detail === undefined ? '' : `: ${detail}`}`);
-    this.code = code;
-    this.errno = positive;
-    this.syscall = syscall;
-  }
-}
-
-/** Returns `result` unless it is a negative number, which it throws as a SysError. */
-export function sys<T>(syscall: string, result: T | NegErrno, detail?: string): T {
-  if (typeof result === 'number' && result < 0) throw new SysError(syscall, result, detail);
-  return result as T;
-}
 
 /** Turns an fs error (which has `errno` < 0 and `code`) into a SysError; rethrows anything else. */
 function fromNodeError(syscall: string, error: unknown, detail: string): SysError {
@@ -128,6 +56,14 @@ export function pendingCloses(): number {
   return native.pendingCloses();
 }
 
+/**
+ * close(fd) once, its result ignored: only for error paths, where the error being handled is the
+ * one to report. (EBUSY, a poll watcher still on fd, leaves it open: a bug elsewhere.)
+ */
+export function closeFdQuietly(fd: number): void {
+  native.close(fd);
+}
+
 /** A new close-on-exec fd (>= minFd) for the same open file; the caller owns it. */
 export function dupCloexec(fd: number, minFd = 3): number {
   return sys('fcntl(F_DUPFD_CLOEXEC)', native.dupCloexec(fd, minFd), `fd ${fd}`);
@@ -150,10 +86,6 @@ export function memfd(name: string): number {
 
 export function fstatFd(fd: number): StatResult {
   return sys('fstat', native.fstat(fd), `fd ${fd}`);
-}
-
-export function fsyncFd(fd: number): void {
-  sys('fsync', native.fsync(fd), `fd ${fd}`);
 }
 
 export const LOCK_EX = 2;
@@ -266,13 +198,43 @@ export function peerPidfd(fd: number): number {
   return sys('getsockopt(SO_PEERPIDFD)', native.peerPidfd(fd), `fd ${fd}`);
 }
 
-// --- memory (kernel lab) ---
+// --- sockets (listening, kinds, datagrams) ---
 
-/** Anonymous RW private mapping; returns its address. Release with unmapAnon(address, length). */
-export function mmapAnon(length: number): bigint {
-  return sys('mmap', native.mmapAnon(length), `${length} bytes`).address;
+/**
+ * socket+bind+listen on path; the socket file gets `mode` at bind (umask around bind, no chmod
+ * window). The caller owns the listening fd.
+ */
+export function listenUnix(path: string, backlog: number, mode: number): number {
+  return sys('listen', native.listenUnix(path, backlog, mode), path);
 }
 
-export function unmapAnon(address: bigint, length: number): void {
-  sys('munmap', native.munmap(address, length), `0x${address.toString(16)} + ${length}`);
+/**
+ * Whether fd is an AF_UNIX SOCK_STREAM socket: true, or false for another kind of socket.
+ * Throws SysError for an fd that is no socket (ENOTSOCK) or not open (EBADF).
+ */
+export function isUnixStreamSocket(fd: number): boolean {
+  return sys('getsockopt(SO_TYPE)', native.isUnixStreamSocket(fd), `fd ${fd}`) === 1;
+}
+
+/**
+ * One datagram to the abstract AF_UNIX address "\0name" (sd_notify's '@' sockets), on a socket
+ * created and closed inside this call; returns the bytes sent.
+ */
+export function sendAbstractDatagram(name: string, data: Buffer): number {
+  return sys('sendto', native.sendDatagram(name, true, data), `@${name}`);
+}
+
+// --- readiness on Node's loop ---
+
+/**
+ * Starts watching fd for `events` (POLL_* bits) on Node's loop; the callback gets (status,
+ * events), status < 0 a -errno. The caller owns the handle: stopPoll it before closing fd.
+ */
+export function startPoll(fd: number, events: number, callback: (status: number, events: number) => void): PollHandle {
+  return sys<PollHandle>('uv_poll_start', native.startPoll(fd, events, callback), `fd ${fd}`);
+}
+
+/** Stops and frees a handle from startPoll, once; the fd stays open. */
+export function stopPoll(handle: PollHandle): void {
+  native.stopPoll(handle);
 }

@@ -1,5 +1,6 @@
-// The one gate every incoming Varlink call passes before any handler runs, and the encoders
-// for what the daemon sends back. Pure: bytes and fd numbers in, values out; closes nothing.
+// The one gate every incoming Varlink call passes before any handler runs. Pure: bytes and fd
+// numbers in, values out; closes nothing. What the daemon sends back is encoded by encode.ts;
+// the client's side of the wire (encodeCall, decodeReply) is reply.ts.
 //
 // Invariants:
 // - decodeCall never throws. Its result either is a DecodedCall whose parameters passed the
@@ -15,15 +16,11 @@
 //   stays open.
 // - A oneway call gets no reply, not even an error (`reply: false`); fatal rejections are
 //   always answered (best effort) before closing.
-// - Only names from the registries go on the wire: encodeError refuses anything else, and
-//   refuses parameters that do not match that error's schema.
 import { z } from 'zod';
-import type { BrokerError } from './errors.ts';
-import { encodeFrame, type Frame, type FramingError } from './framing.ts';
+import type { Frame, FramingError } from './framing.ts';
 import { firstProblem, parseJsonBytes } from './json-message.ts';
 import {
-  callFdParameter, lookupError, lookupMethod,
-  type ErrorParametersOf, type ParametersOf, type QualifiedErrorName, type QualifiedMethod,
+  callFdParameter, lookupMethod, type ParametersOf, type QualifiedErrorName, type QualifiedMethod,
 } from './method-table.ts';
 
 /** The Varlink call object. Unknown fields are refused (fatal). */
@@ -182,36 +179,6 @@ export function decodeCall(frame: Frame): DecodedCall | Rejection {
   return call as DecodedCall;
 }
 
-/** A success reply. The shell sends the reply's fds (if any) with these bytes. */
-export function encodeReply(parameters: Record<string, unknown>): Buffer {
-  return encodeFrame({ parameters });
-}
-
-/**
- * An error reply. Throws TypeError (a daemon bug) if the name is not in the registries or the
- * parameters do not match its schema; fields the schema does not declare are not sent.
- */
-export function encodeError<Q extends QualifiedErrorName>(name: Q, parameters: ErrorParametersOf<Q>): Buffer {
-  const found = lookupError(name);
-  if (!found.found) throw new TypeError(`encodeError: ${name} is not an error in protocol/errors.ts`);
-  const checked = found.schema.safeParse(parameters);
-  if (!checked.success) {
-    const problem = firstProblem(checked.error, parameters, []);
-    throw new TypeError(`encodeError: parameters of ${name} do not match the registry: ${problem.path || '(object)'}: ${problem.reason}`);
-  }
-  return encodeFrame({ error: name, parameters: checked.data });
-}
-
-/** The error reply for a BrokerError a handler threw. */
-export function encodeBrokerError(error: BrokerError): Buffer {
-  return encodeError(`io.iommufd.Broker.${error.errorName}`, error.parameters);
-}
-
-/** The error reply for a Rejection (send it only when `rejection.reply`). */
-export function encodeRejection(rejection: Rejection): Buffer {
-  return encodeError(rejection.error.name, rejection.error.parameters as ErrorParametersOf<QualifiedErrorName>);
-}
-
 /**
  * What to do after FrameDecoder.push threw: answer InvalidParameter (best effort), close the
  * connection, and close `heldFds` (from decoder.takeHeldFds()).
@@ -219,7 +186,3 @@ export function encodeRejection(rejection: Rejection): Buffer {
 export function framingRejection(error: FramingError, heldFds: number[]): Rejection {
   return { kind: 'rejection', fatal: true, reply: true, error: invalidParameter('', error.message), fdsToClose: heldFds };
 }
-
-// The client's side (encodeCall, decodeReply) lives in reply.ts; re-exported so that one module
-// holds the whole wire contract.
-export { decodeReply, encodeCall, type CallFlags, type DecodedReply } from './reply.ts';

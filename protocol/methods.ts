@@ -10,7 +10,6 @@
 //   List page of MAX_LIST_LIMIT leases provably fits MAX_REPLY_FRAME_BYTES (the bound is
 //   computed from these schemas in test/protocol/list-page-bound.test.ts).
 import { z } from 'zod';
-import { BROKER_INTERFACE, SERVICE_INTERFACE } from './errors.ts';
 
 /** Largest byte count we accept: JSON numbers are exact up to 2^53. */
 export const MAX_BYTES = Number.MAX_SAFE_INTEGER;
@@ -160,10 +159,3 @@ export type BrokerMethod = keyof typeof brokerMethods;
 export type ServiceMethod = keyof typeof serviceMethods;
 export type BrokerParameters<M extends BrokerMethod> = z.infer<(typeof brokerMethods)[M]['parameters']>;
 export type BrokerReply<M extends BrokerMethod> = z.infer<(typeof brokerMethods)[M]['reply']>;
-
-export function qualifiedBrokerMethod(m: BrokerMethod): string {
-  return `${BROKER_INTERFACE}.${m}`;
-}
-export function qualifiedServiceMethod(m: ServiceMethod): string {
-  return `${SERVICE_INTERFACE}.${m}`;
-}

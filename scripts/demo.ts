@@ -4,7 +4,7 @@
 // resizes it as a manager would around hotplug, and shows the lease end when the VM exits.
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { BrokerClient, BrokerError, formatSize, type Lease } from '../client/index.ts';
-import { formatSizeApprox } from '../protocol/sizes.ts';
+import { formatSizeApprox } from '../shared/sizes.ts';
 import { prlimitMemlock } from '../native/sys.ts';
 import { ownCapabilities } from '../daemon/shell/procfs.ts';
 import { BrokerProcess } from '../test/support/daemon.ts';

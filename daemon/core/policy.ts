@@ -51,6 +51,7 @@ export interface Policy {
 
 /** The process on the other end of a connection, as the kernel vouches for it. */
 export interface Peer {
+  /** As of connect(), for logs and messages only; may name another process by now. */
   readonly pid: number;
   readonly uid: number;
   readonly gid: number;

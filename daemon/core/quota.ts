@@ -19,22 +19,7 @@ import { BrokerError } from '../../protocol/errors.ts';
 import { largestMemoryBytes, limitBytesFor } from './limit.ts';
 import type { Ledger } from './ledger.ts';
 import type { Policy } from './policy.ts';
-
-const UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB'] as const;
-
-/** "5368709120 bytes (5 GiB)": exact for the record, readable for the operator. */
-export function describeBytes(bytes: number): string {
-  let value = bytes;
-  let unit = '';
-  for (const u of UNITS) {
-    if (value < 1024) break;
-    value /= 1024;
-    unit = u;
-  }
-  if (unit === '') return `${bytes} bytes`;
-  const shown = Number.isInteger(value) ? String(value) : value.toFixed(2);
-  return `${bytes} bytes (${shown} ${unit})`;
-}
+import { describeBytes } from '../../shared/sizes.ts';
 
 /** The limit for memoryBytes under this policy, or LimitExceeded if it cannot be represented. */
 export function limitFor(policy: Policy, memoryBytes: number, pageSize: number): { limitBytes: number } | { error: BrokerError } {

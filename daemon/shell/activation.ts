@@ -14,8 +14,7 @@
 //   passed, and the fd may then be one of Node's own (epoll, eventfd). It is reported instead.
 // - fd ownership: until this function returns, the passed fds are owned by it; afterwards each
 //   returned fd is owned by the caller (who hands it to the server that listens on it).
-import { native } from '../../native/binding.ts';
-import { errnoName } from '../../native/sys.ts';
+import { closeFdQuietly, isUnixStreamSocket, setCloexec, SysError } from '../../native/sys.ts';
 
 /** The FileDescriptorName= of each socket unit (systemd/iommufd-broker*.socket): the contract. */
 export const BROKER_SOCKET_NAME = 'broker';
@@ -99,9 +98,9 @@ export function listenFdsFromEnv(env: NodeJS.ProcessEnv, ownPid: number, knownNa
       result.warnings.push(`passed fd ${fd} is named "${name}", not one of ${knownNames.join(', ')}: ${isSocket(fd) ? 'closed' : 'not a socket, left alone'}`);
       return;
     }
-    const kind = native.isUnixStreamSocket(fd);
-    if (kind !== 1) {
-      const why = kind === 0 ? 'is a socket but not AF_UNIX SOCK_STREAM' : `cannot be inspected (${errnoName(-kind)})`;
+    const kind = unixStreamKind(fd);
+    if (kind !== true) {
+      const why = kind === false ? 'is a socket but not AF_UNIX SOCK_STREAM' : `cannot be inspected (${kind})`;
       problems.push({ problem: 'NotAUnixStreamSocket', text: `passed fd ${fd} ("${name}") ${why}` });
       return;
     }
@@ -109,9 +108,9 @@ export function listenFdsFromEnv(env: NodeJS.ProcessEnv, ownPid: number, knownNa
       problems.push({ problem: 'DuplicateName', text: `passed fds ${keep.get(name)} and ${fd} are both named "${name}": which one to serve is ambiguous` });
       return;
     }
-    const cloexec = native.setCloexec(fd, true);
-    if (cloexec !== 0) {
-      problems.push({ problem: 'CloexecFailed', text: `passed fd ${fd} ("${name}"): setting FD_CLOEXEC failed (${errnoName(-cloexec)})` });
+    const cloexec = errnoOf(() => setCloexec(fd, true));
+    if (cloexec !== undefined) {
+      problems.push({ problem: 'CloexecFailed', text: `passed fd ${fd} ("${name}"): setting FD_CLOEXEC failed (${cloexec})` });
       return;
     }
     keep.set(name, fd);
@@ -133,12 +132,33 @@ function parseDecimal(text: string): number | undefined {
   return Number(text);
 }
 
-/** Whether fd is an open socket of any kind (isUnixStreamSocket answers 0 or 1 for sockets). */
-function isSocket(fd: number): boolean {
-  return native.isUnixStreamSocket(fd) >= 0;
+/** The errno name `call` failed with (a SysError), or undefined if it succeeded. */
+function errnoOf(call: () => void): string | undefined {
+  try {
+    call();
+    return undefined;
+  } catch (error) {
+    if (error instanceof SysError) return error.code;
+    throw error;
+  }
 }
 
-/** close() each fd that is a socket, once (see the invariant on non-sockets). */
+/** true: an AF_UNIX stream socket; false: another kind of socket; a string: the errno naming why fd cannot be inspected. */
+function unixStreamKind(fd: number): boolean | string {
+  try {
+    return isUnixStreamSocket(fd);
+  } catch (error) {
+    if (error instanceof SysError) return error.code;
+    throw error;
+  }
+}
+
+/** Whether fd is an open socket of any kind. */
+function isSocket(fd: number): boolean {
+  return typeof unixStreamKind(fd) === 'boolean';
+}
+
+/** close() each fd that is a socket, once (see the invariant on non-sockets); nothing to report. */
 function closeSockets(fds: readonly number[]): void {
-  for (const fd of fds) if (isSocket(fd)) native.close(fd);
+  for (const fd of fds) if (isSocket(fd)) closeFdQuietly(fd);
 }

@@ -18,20 +18,19 @@ import type { Socket } from 'node:net';
 import { lstatSync, unlinkSync, type Stats } from 'node:fs';
 import Fastify, { type FastifyRequest } from 'fastify';
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { native } from '../../native/binding.ts';
 import { clearStaleSocket, lstatOrNull } from '../../native/unix-server.ts';
-import { errnoNumber, sys, SysError } from '../../native/sys.ts';
+import { closeFdQuietly, errnoNumber, isUnixStreamSocket, listenUnix, SysError } from '../../native/sys.ts';
 import { adminRefusal, ConnectionPeers } from './admin-auth.ts';
 import { brokerFailure, notFound, toFailure, type AdminFailure } from './admin-errors.ts';
 import { registerAdminRoutes, type AdminApp, type AdminRouteDeps } from './admin-routes.ts';
-import type { Peer } from './peer.ts';
+import type { ConnectionPeer } from './peer.ts';
 
 export interface AdminApiOptions extends Omit<AdminRouteDeps, 'callerOf'> {
   /**
    * Who is behind a request's socket. Default (production): the SO_PEERCRED read when the
    * connection was accepted. Tests of routes through fastify's inject() pass their own.
    */
-  identify?: (socket: Socket) => Peer | undefined;
+  identify?: (socket: Socket) => ConnectionPeer | undefined;
 }
 
 /** Where to serve: a path the API binds itself, or a listening fd (socket activation). */
@@ -65,7 +64,7 @@ export class AdminApi {
     const peers = new ConnectionPeers(log);
     app.server.on('connection', (socket: Socket) => peers.accept(socket));
     const identify = options.identify ?? ((socket: Socket) => peers.peerOf(socket));
-    const callers = new WeakMap<FastifyRequest, Peer>();
+    const callers = new WeakMap<FastifyRequest, ConnectionPeer>();
     const outcomes = new WeakMap<FastifyRequest, string>();
     const fail = (request: FastifyRequest, failure: AdminFailure): AdminFailure => {
       outcomes.set(request, failure.outcome);
@@ -128,12 +127,12 @@ export class AdminApi {
 
   async #servePath(path: string, mode: number, backlog: number): Promise<void> {
     clearStaleSocket(path);
-    const fd = sys('listen', native.listenUnix(path, backlog, mode), path);
+    const fd = listenUnix(path, backlog, mode);
     let st: Stats;
     try {
       st = lstatSync(path);
     } catch (error) {
-      native.close(fd);
+      closeFdQuietly(fd);
       throw error;
     }
     this.#created = { path, dev: st.dev, ino: st.ino };
@@ -160,10 +159,16 @@ export class AdminApi {
   }
 
   async #serveFd(fd: number): Promise<void> {
-    const kind = native.isUnixStreamSocket(fd);
-    if (kind !== 1) {
-      native.close(fd);
-      throw new SysError('listen', kind < 0 ? kind : errnoNumber('ENOTSOCK'), `admin API: fd ${fd} is not an AF_UNIX stream socket`);
+    let errno = 0;
+    try {
+      if (!isUnixStreamSocket(fd)) errno = errnoNumber('ENOTSOCK');
+    } catch (error) {
+      if (!(error instanceof SysError)) throw error;
+      errno = error.errno;
+    }
+    if (errno !== 0) {
+      closeFdQuietly(fd);
+      throw new SysError('listen', errno, `admin API: fd ${fd} is not an AF_UNIX stream socket`);
     }
     const server = this.app.server;
     await new Promise<void>((resolve, reject) => {

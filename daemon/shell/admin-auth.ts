@@ -16,7 +16,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { BrokerError } from '../../protocol/errors.ts';
 import { describePeer, isManager, isObserver, type Policy } from '../core/policy.ts';
-import { credentialsOf, type Peer } from './peer.ts';
+import { credentialsOf, type ConnectionPeer } from './peer.ts';
 
 /** The fd under a Unix-socket net.Socket (libuv's pipe handle), or undefined if it has none. */
 export function socketFd(socket: Socket): number | undefined {
@@ -27,13 +27,13 @@ export function socketFd(socket: Socket): number | undefined {
 }
 
 /** SO_PEERCRED and SO_PEERGROUPS of a connected socket (never /proc: a pid can be reused). */
-export function readSocketPeer(fd: number): Peer {
+export function readSocketPeer(fd: number): ConnectionPeer {
   return credentialsOf(fd);
 }
 
 /** Remembers each accepted connection's peer, for as long as the connection object lives. */
 export class ConnectionPeers {
-  readonly #peers = new WeakMap<Socket, Peer>();
+  readonly #peers = new WeakMap<Socket, ConnectionPeer>();
 
   constructor(private readonly log: Logger) {}
 
@@ -49,13 +49,13 @@ export class ConnectionPeers {
     }
   }
 
-  peerOf(socket: Socket): Peer | undefined {
+  peerOf(socket: Socket): ConnectionPeer | undefined {
     return this.#peers.get(socket);
   }
 }
 
 /** undefined if the peer may use the admin API under `policy`, else the refusal to send. */
-export function adminRefusal(policy: Readonly<Policy>, peer: Peer | undefined, method: string): BrokerError<'PermissionDenied'> | undefined {
+export function adminRefusal(policy: Readonly<Policy>, peer: ConnectionPeer | undefined, method: string): BrokerError<'PermissionDenied'> | undefined {
   if (peer === undefined) {
     return new BrokerError('PermissionDenied', { rule: 'admin-peer', reason: 'the caller could not be identified (no peer credentials)' });
   }

@@ -20,7 +20,7 @@ import { brokerMethods, Lease, Status } from '../../protocol/methods.ts';
 import type { Policy } from '../core/policy.ts';
 import { AdminErrorBody } from './admin-errors.ts';
 import { PROMETHEUS_CONTENT_TYPE, type Metrics } from './metrics.ts';
-import type { Peer } from './peer.ts';
+import type { ConnectionPeer } from './peer.ts';
 import type { BrokerService } from './service.ts';
 
 export type AdminApp = FastifyInstance<RawServerDefault, IncomingMessage, ServerResponse, FastifyBaseLogger, ZodTypeProvider>;
@@ -35,7 +35,7 @@ export interface AdminRouteDeps {
   reloadPolicy: () => void;
   log: Logger;
   /** The manager behind a request (set by the admin check). */
-  callerOf: (request: FastifyRequest) => Peer;
+  callerOf: (request: FastifyRequest) => ConnectionPeer;
 }
 
 const ids = z.array(z.number().int().nonnegative());

@@ -20,7 +20,7 @@ import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs
 import { extname } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
-import { parseSize } from '../../protocol/sizes.ts';
+import { parseSize } from '../../shared/sizes.ts';
 import { DEFAULT_OVERHEAD_BYTES, type Policy } from '../core/policy.ts';
 import { AccountFiles } from './accounts.ts';
 

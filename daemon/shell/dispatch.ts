@@ -7,10 +7,10 @@ import type { DecodedCall } from '../../protocol/decode.ts';
 import { interfaceDescription, SERVICE_INFO } from '../../protocol/interface.ts';
 import { VarlinkServiceError } from '../../protocol/errors.ts';
 import type { BrokerService } from './service.ts';
-import type { Peer } from './peer.ts';
+import type { ConnectionPeer } from './peer.ts';
 import type { HandlerReply } from './varlink-server.ts';
 
-export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer: Peer) => Promise<HandlerReply> {
+export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer: ConnectionPeer) => Promise<HandlerReply> {
   return async (call, peer) => {
     switch (call.method) {
       case 'io.iommufd.Broker.Open': {

@@ -10,12 +10,11 @@
 // - Each message is one datagram of "KEY=value" lines; STATUS= text is made one line.
 // - fd ownership: every datagram goes out on a socket created, used and closed inside one
 //   call (as libsystemd's sd_notify does): path sockets through unix-dgram, whose Socket object
-//   owns its fd until close(); abstract ('@') sockets through the native helper's
-//   sendDatagram, which owns its socket for the duration of the syscall. No fd outlives a call.
+//   owns its fd until close(); abstract ('@') sockets through native/sys.ts's
+//   sendAbstractDatagram, whose helper call owns its socket for the duration of the syscall. No fd outlives a call.
 // - The watchdog timer is unref'd: it never keeps the process alive on its own.
 import { createRequire } from 'node:module';
-import { native } from '../../native/binding.ts';
-import { errnoName } from '../../native/sys.ts';
+import { errnoName, sendAbstractDatagram, SysError } from '../../native/sys.ts';
 
 /** Where messages go: what the log needs (pino's Logger fits). */
 export interface NotifyLog {
@@ -170,8 +169,13 @@ let unixDgram: UnixDgram | undefined;
 /** The default transport: unix-dgram for paths, the native helper for abstract names. */
 export function sendDatagram(address: NotifyAddress, data: Buffer): string | undefined {
   if (address.kind === 'abstract') {
-    const r = native.sendDatagram(address.name, true, data);
-    return r < 0 ? errnoName(r) : undefined;
+    try {
+      sendAbstractDatagram(address.name, data);
+      return undefined;
+    } catch (error) {
+      if (error instanceof SysError) return error.code;
+      throw error;
+    }
   }
   unixDgram ??= createRequire(import.meta.url)('unix-dgram') as UnixDgram;
   let socket: UnixDgramSocket;

@@ -1,4 +1,4 @@
-// Who is on the other end of a connection.
+// Who is on the other end of a connection: a ConnectionPeer, the core's Peer plus its pidfd.
 //
 // Invariants:
 // - Identity is taken from the kernel once, at accept, never from anything the peer says and
@@ -15,22 +15,21 @@
 import type { Logger } from 'pino';
 import { peerCred, peerGroups, peerPidfd, pidfdIsAlive, pidfdOpen, pidOfPidfd, SysError } from '../../native/sys.ts';
 import type { UnixConnection } from '../../native/socket.ts';
+import type { Peer } from '../core/policy.ts';
 
-export interface Peer {
-  /** As of connect(), for logs and messages; may name another process by now. */
-  pid: number;
-  uid: number;
-  gid: number;
-  /** Supplementary groups of the peer process (SO_PEERGROUPS), for group-based policy rules. */
-  groups: number[];
+/**
+ * The core's Peer (pid as of connect(), for logs only; uid, gid and SO_PEERGROUPS groups for
+ * the policy) plus the pidfd the connection owns. The identity fields are defined once, there.
+ */
+export interface ConnectionPeer extends Peer {
   /** owner: the connection. The peer's process, taken at accept; undefined for admin API peers. */
-  pidfd: number | undefined;
+  readonly pidfd: number | undefined;
 }
 
 let warnedNoPeerPidfd = false;
 
 /** The peer of an accepted Varlink connection; throws if it cannot be identified (then refuse it). */
-export function readPeer(socket: UnixConnection, log?: Logger): Peer {
+export function readPeer(socket: UnixConnection, log?: Logger): ConnectionPeer {
   const cred = peerCred(socket.fd);
   const groups = peerGroups(socket.fd);
   let pidfd: number;
@@ -49,13 +48,13 @@ export function readPeer(socket: UnixConnection, log?: Logger): Peer {
 }
 
 /** uid, gid and groups of any connected Unix socket's peer, with no pidfd (the admin API's peers). */
-export function credentialsOf(fd: number): Peer {
+export function credentialsOf(fd: number): ConnectionPeer {
   const cred = peerCred(fd);
   return { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups: peerGroups(fd), pidfd: undefined };
 }
 
 /** Whether the process that connected still lives (false without a pidfd). */
-export function peerIsAlive(peer: Peer): boolean {
+export function peerIsAlive(peer: ConnectionPeer): boolean {
   return peer.pidfd !== undefined && pidfdIsAlive(peer.pidfd);
 }
 
@@ -63,7 +62,7 @@ export function peerIsAlive(peer: Peer): boolean {
  * Whether `targetPidfd` names the peer's own process: both pidfds alive and naming the same
  * pid now (two live processes never share a pid, so this is the same process).
  */
-export function isPeerProcess(peer: Peer, targetPidfd: number): boolean {
+export function isPeerProcess(peer: ConnectionPeer, targetPidfd: number): boolean {
   if (peer.pidfd === undefined) return false;
   const pid = pidOfPidfd(peer.pidfd);
   if (pid <= 0 || pid !== pidOfPidfd(targetPidfd)) return false;

@@ -39,7 +39,7 @@ import { callerExited } from '../core/open-decision.ts';
 import type { Device } from './device.ts';
 import type { LeaseJournal } from './journal.ts';
 import { checkRestorable, durable, journalReady } from './journal-guard.ts';
-import { isPeerProcess, peerIsAlive, type Peer } from './peer.ts';
+import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
 import { pageSize } from './procfs.ts';
 import {
   applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type TargetUsage,

@@ -6,8 +6,7 @@
 // - The exit callback runs at most once per entry: the poll is level-triggered (an exited
 //   pidfd stays readable), so it is stopped before the callback runs, and whatever the
 //   callback does (or fails to do) can never make it fire again.
-import { native, POLL_READABLE, type PollHandle } from '../../native/binding.ts';
-import { closeFd } from '../../native/sys.ts';
+import { closeFd, POLL_READABLE, startPoll, stopPoll, SysError, type PollHandle } from '../../native/sys.ts';
 import type { Target } from './target.ts';
 
 interface Watched {
@@ -23,15 +22,18 @@ export class TargetWatch {
 
   /** Takes ownership of target.pidfd on success; on failure the caller still owns it. */
   watch(leaseId: string, target: Target): void {
-    const poll = native.startPoll(target.pidfd, POLL_READABLE, () => {
-      const w = this.#byLease.get(leaseId);
-      if (w?.poll === undefined || w.poll === null || w.poll !== poll) return;
-      native.stopPoll(w.poll);
-      w.poll = null;
-      this.onExit(leaseId);
-    });
-    if (typeof poll === 'number') {
-      throw new Error(`cannot watch pid ${target.pid} for exit: uv_poll_start failed (${poll})`);
+    let poll: PollHandle;
+    try {
+      poll = startPoll(target.pidfd, POLL_READABLE, () => {
+        const w = this.#byLease.get(leaseId);
+        if (w?.poll === undefined || w.poll === null || w.poll !== poll) return;
+        stopPoll(w.poll);
+        w.poll = null;
+        this.onExit(leaseId);
+      });
+    } catch (error) {
+      if (!(error instanceof SysError)) throw error;
+      throw new Error(`cannot watch pid ${target.pid} for exit: ${error.message}`, { cause: error });
     }
     this.#byLease.set(leaseId, { target, poll });
   }
@@ -45,7 +47,7 @@ export class TargetWatch {
     const w = this.#byLease.get(leaseId);
     if (w === undefined) return;
     this.#byLease.delete(leaseId);
-    if (w.poll !== null) native.stopPoll(w.poll);
+    if (w.poll !== null) stopPoll(w.poll);
     closeFd(w.target.pidfd);
   }
 

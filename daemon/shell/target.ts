@@ -15,9 +15,8 @@
 //   operation, the cause and what to do; an error says a change was undone only if it was.
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import {
-  closeFd, closeOffLoop, pidfdIsAlive, pidfdIsThread, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError,
+  closeFd, closeOffLoop, pidfdIsAlive, pidfdIsThread, pidfdOpen, pidOfPidfd, prlimitMemlock, SysError, type Rlimit,
 } from '../../native/sys.ts';
-import type { Rlimit } from '../../native/binding.ts';
 import { readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
 import { capabilityFacts } from './target-caps.ts';
 

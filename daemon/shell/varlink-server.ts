@@ -21,22 +21,20 @@
 //   while serving a connection is logged and closes that connection only (#pump never rejects).
 import type { Logger } from 'pino';
 import { FrameDecoder, FramingError, MAX_REPLY_FRAME_BYTES, type Frame } from '../../protocol/framing.ts';
-import {
-  decodeCall, encodeBrokerError, encodeError, encodeRejection, encodeReply, framingRejection,
-  type DecodedCall, type Rejection,
-} from '../../protocol/decode.ts';
+import { decodeCall, framingRejection, type DecodedCall, type Rejection } from '../../protocol/decode.ts';
+import { encodeBrokerError, encodeError, encodeRejection, encodeReply } from '../../protocol/encode.ts';
 import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { closeFd, closeOffLoop, SysError } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
-import { readPeer, type Peer } from './peer.ts';
+import { readPeer, type ConnectionPeer } from './peer.ts';
 
 /** What a handler answers: reply parameters, and fds to attach (ownership passes to the server). */
 export interface HandlerReply {
   parameters: Record<string, unknown>;
   fds?: number[];
 }
-export type CallHandler = (call: DecodedCall, peer: Peer) => Promise<HandlerReply>;
+export type CallHandler = (call: DecodedCall, peer: ConnectionPeer) => Promise<HandlerReply>;
 
 /** What the server turned away before any handler ran: a connection, or a message. */
 export type Refusal =
@@ -51,7 +49,7 @@ export interface ServerEvents {
    * Whether a peer may use the reserved connections (managers and root), judged once at accept
    * with the kernel's identity of the peer; must not throw. Absent: nobody may.
    */
-  mayUseReserve?: (peer: Peer) => boolean;
+  mayUseReserve?: (peer: ConnectionPeer) => boolean;
 }
 
 export interface ServerLimits {
@@ -110,7 +108,7 @@ export class VarlinkServer {
 
   #accept(socket: UnixConnection): void {
     if (this.#closing) { socket.close(); return; }
-    let peer: Peer;
+    let peer: ConnectionPeer;
     try {
       peer = readPeer(socket, this.log);
     } catch (err) {
@@ -129,13 +127,15 @@ export class VarlinkServer {
       socket.close();
       return;
     }
-    const conn = new Connection(socket, peer, this.handle, this.log, this.limits,
-      () => this.#connections.delete(conn), (r) => this.events.refused?.(r));
+    const conn = new Connection({
+      socket, peer, handle: this.handle, log: this.log, limits: this.limits,
+      onClose: () => this.#connections.delete(conn), onRefused: (r) => this.events.refused?.(r),
+    });
     this.#connections.add(conn);
   }
 
   /** Why this peer may not have another connection now, or undefined if it may. */
-  #admission(peer: Peer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
+  #admission(peer: ConnectionPeer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
     const total = this.#connections.size;
     const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
     const counts = { total, sameUid };
@@ -147,6 +147,21 @@ export class VarlinkServer {
     }
     return undefined;
   }
+}
+
+/** What a Connection is made of at accept, by name (two callbacks of like shape were easy to swap by position). */
+interface ConnectionParts {
+  /** Owned by the connection from now on, closed with it. */
+  socket: UnixConnection;
+  /** Its pidfd is owned by the connection from now on, closed with it. */
+  peer: ConnectionPeer;
+  handle: CallHandler;
+  log: Logger;
+  limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>;
+  /** Called once, after the connection closed. */
+  onClose: () => void;
+  /** Told of every message (or, for a frame timeout, the connection) the connection refused. */
+  onRefused: (r: Refusal) => void;
 }
 
 class Connection {
@@ -162,10 +177,20 @@ class Connection {
   #frameTimer: NodeJS.Timeout | undefined;
   private readonly idleTimeoutMs: number;
   private readonly frameTimeoutMs: number;
+  private readonly socket: UnixConnection;
+  readonly peer: ConnectionPeer;
+  private readonly handle: CallHandler;
+  private readonly log: Logger;
+  private readonly onClose: () => void;
+  private readonly onRefused: (r: Refusal) => void;
 
-  constructor(private readonly socket: UnixConnection, readonly peer: Peer,
-    private readonly handle: CallHandler, private readonly log: Logger, limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>,
-    private readonly onClose: () => void, private readonly onRefused: (r: Refusal) => void) {
+  constructor({ socket, peer, handle, log, limits, onClose, onRefused }: ConnectionParts) {
+    this.socket = socket;
+    this.peer = peer;
+    this.handle = handle;
+    this.log = log;
+    this.onClose = onClose;
+    this.onRefused = onRefused;
     this.idleTimeoutMs = limits.idleTimeoutMs;
     this.frameTimeoutMs = limits.frameTimeoutMs;
     this.#armIdleTimer();

@@ -37,15 +37,11 @@ DECLARE_EXPORT(js_fstat);
 DECLARE_EXPORT(js_dup_cloexec);
 DECLARE_EXPORT(js_set_cloexec);
 DECLARE_EXPORT(js_close);
-DECLARE_EXPORT(js_fsync);
 DECLARE_EXPORT(js_flock);
 DECLARE_EXPORT(js_ioctl);
 /* closer.c */
 DECLARE_EXPORT(js_close_later);
 DECLARE_EXPORT(js_pending_closes);
-/* memory.c */
-DECLARE_EXPORT(js_mmap_anon);
-DECLARE_EXPORT(js_munmap);
 /* poll.c */
 DECLARE_EXPORT(js_start_poll);
 DECLARE_EXPORT(js_update_poll);

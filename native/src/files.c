@@ -1,5 +1,5 @@
 /*
- * Plain file descriptors: open, memfd, fstat, dup, FD_CLOEXEC, close, fsync, flock, ioctl.
+ * Plain file descriptors: open, memfd, fstat, dup, FD_CLOEXEC, close, flock, ioctl.
  *
  * Invariants:
  * - Every fd created here is close-on-exec (O_CLOEXEC, MFD_CLOEXEC, F_DUPFD_CLOEXEC); only
@@ -87,14 +87,6 @@ napi_value js_close(napi_env env, napi_callback_info info) {
   /* Closing an fd under a running uv_poll makes libuv abort() the process: refuse instead. */
   if (poll_is_watching(fd)) return make_number(env, -EBUSY);
   int r = close(fd);
-  return make_number(env, (double)SYS_RESULT(r));
-}
-
-napi_value js_fsync(napi_env env, napi_callback_info info) {
-  napi_value argv[1];
-  int fd;
-  if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
-  int r = fsync(fd);
   return make_number(env, (double)SYS_RESULT(r));
 }
 

@@ -85,16 +85,6 @@ bool arg_bool(napi_env env, napi_value v, const char *name, bool *out) {
   return napi_get_value_bool(env, v, out) == napi_ok || type_error(env, name, "must be a boolean");
 }
 
-bool arg_bigint_u64(napi_env env, napi_value v, const char *name, uint64_t *out) {
-  napi_valuetype type;
-  if (v == NULL || napi_typeof(env, v, &type) != napi_ok || type != napi_bigint)
-    return type_error(env, name, "must be a bigint");
-  bool lossless = false;
-  if (napi_get_value_bigint_uint64(env, v, out, &lossless) != napi_ok || !lossless)
-    return type_error(env, name, "must be a bigint in [0, 2^64)");
-  return true;
-}
-
 bool arg_string(napi_env env, napi_value v, const char *name, char **out) {
   napi_valuetype type;
   if (v == NULL || napi_typeof(env, v, &type) != napi_ok || type != napi_string)

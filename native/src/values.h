@@ -28,7 +28,6 @@ bool arg_fd(napi_env env, napi_value v, const char *name, int *out);
 /* An integral number in [min, max] (both within +-2^53). */
 bool arg_integer(napi_env env, napi_value v, const char *name, double min, double max, double *out);
 bool arg_bool(napi_env env, napi_value v, const char *name, bool *out);
-bool arg_bigint_u64(napi_env env, napi_value v, const char *name, uint64_t *out);
 /* malloc'd, NUL-terminated copy; rejects embedded NULs. */
 bool arg_string(napi_env env, napi_value v, const char *name, char **out);
 bool arg_buffer(napi_env env, napi_value v, const char *name, void **data, size_t *len);

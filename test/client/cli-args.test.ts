@@ -3,7 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseCommand, UsageError, type Command } from '../../client/cli-args.ts';
-import { DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SOCKET } from '../../client/defaults.ts';
+import { DEFAULT_SOCKET } from '../../protocol/address.ts';
+import { DEFAULT_CALL_TIMEOUT_MS } from '../../client/defaults.ts';
 
 const GiB = 1024 ** 3;
 const LEASE = 'l-0123456789abcdef';

@@ -14,7 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { closeFd, pidOfPidfd } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
-import { decodeCall, encodeError, encodeReply } from '../../protocol/decode.ts';
+import { decodeCall } from '../../protocol/decode.ts';
+import { encodeError, encodeReply } from '../../protocol/encode.ts';
 import { FrameDecoder, type Frame } from '../../protocol/framing.ts';
 import type { ErrorParametersOf, QualifiedErrorName } from '../../protocol/method-table.ts';
 

@@ -1,9 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  DEFAULT_DEVICE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_RESERVED_CONNECTIONS, DEFAULT_SOCKET,
+  DEFAULT_DEVICE, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID, DEFAULT_RESERVED_CONNECTIONS,
   DEFAULT_STATE_DIR, parseFlags, UsageError, USAGE,
 } from '../../daemon/flags.ts';
+import { DEFAULT_SOCKET } from '../../protocol/address.ts';
+import { readFileSync } from 'node:fs';
 
 test('defaults are the production paths and a 0660 socket', () => {
   const f = parseFlags([]);
@@ -54,4 +56,9 @@ test('--help names every connection limit with its default', () => {
   }
   assert.match(USAGE, new RegExp(`default ${DEFAULT_MAX_CONNECTIONS}\\)`));
   assert.match(USAGE, new RegExp(`default ${DEFAULT_RESERVED_CONNECTIONS}\\)`));
+});
+
+test('main.ts writes no socket numbers inline: backlogs, modes and limits are named in flags.ts', () => {
+  const main = readFileSync(new URL('../../daemon/main.ts', import.meta.url), 'utf8');
+  assert.deepEqual(main.match(/\b(backlog|mode|\w*[cC]onnections\w*|\w*[tT]imeout\w*): (0o)?\d[\d_]*/g), null);
 });

@@ -1,7 +1,7 @@
 // The raw helper: results or -errno, TypeErrors only for wrong argument types, CLOEXEC on
-// every fd it creates, MSG_CTRUNC handling, and the mmapAnon/munmap registry.
+// every fd it creates, MSG_CTRUNC handling, and the exact set of functions the addon exports.
 import assert from 'node:assert/strict';
-import { constants, lstatSync, readFileSync } from 'node:fs';
+import { constants, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { constants as os } from 'node:os';
 import { test } from 'node:test';
 import { native, type RecvResult } from '../../native/binding.ts';
@@ -33,6 +33,16 @@ test('failed syscalls return -errno instead of throwing', () => {
   assert.equal(native.isUnixStreamSocket(987654), -EBADF);
 });
 
+test('the addon exports exactly the syscalls the daemon uses: no dead memory or fsync exports', () => {
+  // A root daemon carries no code it never calls: mmap/munmap to JS and fsync went (issue #9).
+  assert.deepEqual(Object.keys(native).sort(), [
+    'accept', 'closeLater', 'close', 'connectUnix', 'dupCloexec', 'execve', 'flock', 'fstat', 'ioctl',
+    'isUnixStreamSocket', 'kcmp', 'listenUnix', 'memfdCreate', 'open', 'peerCred', 'peerGroups',
+    'peerPidfd', 'pendingCloses', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'sendDatagram',
+    'sendmsg', 'setCloexec', 'shutdownWrite', 'startPoll', 'stopPoll', 'updatePoll',
+  ].sort());
+});
+
 test('wrong argument types throw TypeError', () => {
   const bad: Array<() => unknown> = [
     () => (native.close as (x: unknown) => number)('3'),
@@ -50,7 +60,6 @@ test('wrong argument types throw TypeError', () => {
     () => (native.startPoll as (f: number, e: number, c: unknown) => unknown)(0, 1, 'not a function'),
     () => native.startPoll(0, 8, () => undefined),
     () => (native.stopPoll as (h: unknown) => void)({}),
-    () => (native.munmap as (a: unknown, l: number) => number)(1, 4096),
   ];
   for (const call of bad) assert.throws(call, TypeError);
 });
@@ -164,7 +173,6 @@ test('dupCloexec, setCloexec, open, fstat, fsync, ioctl on plain files', async (
       assert.equal(fstatFd(copy).ino, stat.ino);
       assert.equal(native.setCloexec(copy, false), 0);
       assert.equal(isCloexec(copy), false);
-      assert.equal(native.fsync(file), 0);
       assert.equal(native.ioctl(file, 0x3b87, Buffer.alloc(24)), -ENOTTY);
       assert.equal(native.close(copy), 0);
       assert.equal(native.close(file), 0);
@@ -175,19 +183,17 @@ test('dupCloexec, setCloexec, open, fstat, fsync, ioctl on plain files', async (
   }
 });
 
-test('mmapAnon maps writable memory; munmap accepts only regions it handed out', () => {
-  const length = 2 * 4096;
-  const mapped = native.mmapAnon(length);
-  assert.notEqual(typeof mapped, 'number');
-  const { address } = mapped as { address: bigint };
-  assert.ok(address > 0n && address % 4096n === 0n);
-  const containing = readFileSync('/proc/self/maps', 'utf8').split('\n').find((line) => {
-    const match = /^([0-9a-f]+)-([0-9a-f]+) (\S+)/.exec(line);
-    return match !== null && BigInt(`0x${match[1] ?? ''}`) <= address && address + BigInt(length) <= BigInt(`0x${match[2] ?? ''}`);
-  });
-  assert.match(containing ?? '', / rw-p /, 'the region is mapped read-write, private');
-  assert.equal(native.munmap(address + 4096n, 4096), -EINVAL, 'part of a region is not a region');
-  assert.equal(native.munmap(address, 4096), -EINVAL, 'the length must match');
-  assert.equal(native.munmap(address, length), 0);
-  assert.equal(native.munmap(address, length), -EINVAL, 'a region is unmapped once');
+test('only native/ imports the raw binding: daemon/, client/, protocol/, bench/ and scripts/ go through native/sys.ts', () => {
+  // binding.ts states the rule: sys.ts is the face, unix-server.ts and unix-connection.ts are
+  // the socket layer inside it; everyone else gets SysError, never a -errno to decode by hand.
+  const root = new URL('../../', import.meta.url);
+  const importers: string[] = [];
+  for (const dir of ['daemon', 'client', 'protocol', 'bench', 'scripts', 'native']) {
+    for (const entry of readdirSync(new URL(dir, root), { recursive: true, withFileTypes: true })) {
+      if (!entry.isFile() || !entry.name.endsWith('.ts')) continue;
+      const file = `${entry.parentPath}/${entry.name}`;
+      if (/from '[./]*(native\/)?binding\.ts'/.test(readFileSync(file, 'utf8'))) importers.push(file.slice(new URL(root).pathname.length));
+    }
+  }
+  assert.deepEqual(importers.sort(), ['native/sys.ts', 'native/unix-connection.ts', 'native/unix-server.ts']);
 });

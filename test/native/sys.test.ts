@@ -7,8 +7,9 @@ import { constants, readFileSync } from 'node:fs';
 import { afterEach, before, test } from 'node:test';
 import { native, POLL_READABLE } from '../../native/binding.ts';
 import {
-  closeFd, closeOffLoop, dupCloexec, errnoName, errnoNumber, execve, fstatFd, kcmpFiles, memfd, openFile,
-  peerGroups, pendingCloses, pidfdIsAlive, pidfdOpen, pidOfPidfd, prlimitMemlock, setCloexec, sys, SysError,
+  closeFd, closeFdQuietly, closeOffLoop, dupCloexec, errnoName, errnoNumber, execve, fstatFd, isUnixStreamSocket,
+  kcmpFiles, listenUnix, memfd, openFile, peerGroups, pendingCloses, pidfdIsAlive, pidfdOpen, pidOfPidfd,
+  prlimitMemlock, sendAbstractDatagram, setCloexec, startPoll, stopPoll, sys, SysError,
 } from '../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../native/socket.ts';
 import { closesDone, isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
@@ -253,4 +254,27 @@ test('rlimit -1 stands for RLIM_INFINITY both ways (RLIMIT_CPU of a child)', GUA
 test('execve that cannot run throws SysError and returns', GUARD, () => {
   assert.throws(() => execve('/nonexistent/program', ['program'], []),
     (e: unknown) => e instanceof SysError && e.code === 'ENOENT' && e.syscall === 'execve');
+});
+
+test('the socket, datagram and poll wrappers answer with values or SysError, never -errno', async () => {
+  await withNoFdLeak(() => {
+    const temp = makeTempDir();
+    try {
+      const listening = listenUnix(`${temp.dir}/s.sock`, 4, 0o600);
+      assert.equal(isUnixStreamSocket(listening), true);
+      const file = memfd('not-a-socket');
+      assert.throws(() => isUnixStreamSocket(file), (e: unknown) => e instanceof SysError && e.code === 'ENOTSOCK');
+      assert.throws(() => listenUnix(`${temp.dir}/s.sock`, 4, 0o600), (e: unknown) => e instanceof SysError && e.syscall === 'listen' && e.code === 'EADDRINUSE');
+      assert.throws(() => startPoll(987654, POLL_READABLE, () => undefined), (e: unknown) => e instanceof SysError && e.syscall === 'uv_poll_start');
+      const handle = startPoll(listening, POLL_READABLE, () => undefined);
+      stopPoll(handle);
+      closeFd(file);
+      closeFdQuietly(listening);
+      assert.equal(isOpen(listening), false);
+    } finally {
+      temp.remove();
+    }
+  });
+  assert.throws(() => sendAbstractDatagram(`iommufd-broker-test-nobody-${process.pid}`, Buffer.from('READY=1')),
+    (e: unknown) => e instanceof SysError && e.syscall === 'sendto' && e.code === 'ECONNREFUSED');
 });

@@ -1,14 +1,12 @@
-// decodeCall and the daemon-side encoders. fds are plain numbers (>= 100) that are never
-// opened or closed: decode.ts does no I/O, so no real fd is involved.
+// decodeCall (decode.ts) and the daemon-side encoders (encode.ts). fds are plain numbers
+// (>= 100) that are never opened or closed: decode.ts does no I/O, so no real fd is involved.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { BrokerError } from '../../protocol/errors.ts';
 import { FramingError, type Frame } from '../../protocol/framing.ts';
-import {
-  decodeCall, encodeBrokerError, encodeError, encodeRejection, encodeReply, framingRejection,
-  type DecodedCall, type Rejection,
-} from '../../protocol/decode.ts';
+import { decodeCall, framingRejection, type DecodedCall, type Rejection } from '../../protocol/decode.ts';
+import { encodeBrokerError, encodeError, encodeRejection, encodeReply } from '../../protocol/encode.ts';
 import { lookupError } from '../../protocol/method-table.ts';
 
 function frame(value: unknown, fds: number[] = []): Frame {
@@ -257,4 +255,9 @@ test('property: every well-formed Open decodes to exactly its parameters', () =>
       assert.deepEqual(call.parameters, parameters);
       assert.equal(call.method === 'io.iommufd.Broker.Open' ? call.targetPidFd : 'not open', withPidfd ? 200 : undefined);
     }));
+});
+
+test('decode.ts is the incoming side only: encoders live in encode.ts, the client\'s helpers in reply.ts', async () => {
+  const decode = await import('../../protocol/decode.ts');
+  assert.deepEqual(Object.keys(decode).sort(), ['decodeCall', 'framingRejection']);
 });

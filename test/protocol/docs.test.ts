@@ -10,7 +10,7 @@ import { MAX_FDS_PER_FRAME, MAX_FRAME_BYTES, MAX_REPLY_FRAME_BYTES } from '../..
 import { decodeCall } from '../../protocol/decode.ts';
 import { decodeReply } from '../../protocol/reply.ts';
 import { qualifiedMethodNames, type QualifiedMethod } from '../../protocol/method-table.ts';
-import { formatSize } from '../../protocol/sizes.ts';
+import { formatSize } from '../../shared/sizes.ts';
 import {
   DEFAULT_FRAME_TIMEOUT_SECONDS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
   DEFAULT_RESERVED_CONNECTIONS,

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { encodeReply } from '../../protocol/decode.ts';
+import { encodeReply } from '../../protocol/encode.ts';
 import { MAX_REPLY_FRAME_BYTES } from '../../protocol/framing.ts';
 import {
   DEFAULT_LIST_LIMIT, LIST_CURSOR_PATTERN, Lease, MAX_BYTES, MAX_LIST_LIMIT, MAX_REQUEST_ID_LENGTH, brokerMethods,

@@ -58,3 +58,13 @@ test('a method takes fds iff it names an fd parameter, which is an optional int 
     assert.ok(Object.hasOwn(found.spec.reply.shape, parameter), `${name} reply has ${parameter}`);
   }
 });
+
+test('method names are qualified in one place: methods.ts exports schemas and limits, no name helpers', async () => {
+  // qualifiedBrokerMethod/qualifiedServiceMethod duplicated method-table.ts and nothing called them (issue #9).
+  const methods = await import('../../protocol/methods.ts');
+  assert.deepEqual(Object.keys(methods).sort(), [
+    'CREATED_AT_PATTERN', 'DEFAULT_LIST_LIMIT', 'LEASE_ID_PATTERN', 'LIST_CURSOR_PATTERN', 'Lease', 'MAX_BYTES',
+    'MAX_LIST_LIMIT', 'MAX_REQUEST_ID_LENGTH', 'NAME_PATTERN', 'Status', 'accountingModes', 'brokerMethods',
+    'deviceKinds', 'serviceMethods',
+  ].sort());
+});

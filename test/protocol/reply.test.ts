@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { BrokerError } from '../../protocol/errors.ts';
 import type { Frame } from '../../protocol/framing.ts';
-import { decodeCall, encodeBrokerError, encodeError, encodeReply } from '../../protocol/decode.ts';
+import { decodeCall } from '../../protocol/decode.ts';
+import { encodeBrokerError, encodeError, encodeReply } from '../../protocol/encode.ts';
 import { decodeReply, encodeCall, type DecodedReply } from '../../protocol/reply.ts';
 import type { QualifiedMethod } from '../../protocol/method-table.ts';
 

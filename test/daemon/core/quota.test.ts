@@ -3,25 +3,9 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Ledger } from '../../../daemon/core/ledger.ts';
 import {
-  availableBytes, checkBudget, checkOwnerBytes, checkOwnerLeaseCount, checkPerVmMax, describeBytes, limitFor,
+  availableBytes, checkBudget, checkOwnerBytes, checkOwnerLeaseCount, checkPerVmMax, limitFor,
 } from '../../../daemon/core/quota.ts';
 import { GiB, KiB, MiB, PAGE, lease, policy } from './lease-fixtures.ts';
-
-describe('describeBytes', () => {
-  it('gives the exact count and a binary unit', () => {
-    assert.equal(describeBytes(0), '0 bytes');
-    assert.equal(describeBytes(1023), '1023 bytes');
-    assert.equal(describeBytes(KiB), '1024 bytes (1 KiB)');
-    assert.equal(describeBytes(1536), '1536 bytes (1.50 KiB)');
-    assert.equal(describeBytes(5 * GiB), '5368709120 bytes (5 GiB)');
-    assert.equal(describeBytes(2 ** 50 * 3), `${2 ** 50 * 3} bytes (3 PiB)`);
-    assert.equal(describeBytes(2 ** 60), `${2 ** 60} bytes (1024 PiB)`, 'PiB is the largest unit');
-  });
-
-  it('always starts with the exact number', () => {
-    fc.assert(fc.property(fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), (n) => describeBytes(n).startsWith(`${n} bytes`)));
-  });
-});
 
 describe('limitFor', () => {
   it('returns the limit, or a LimitExceeded whose maximum is the largest memory that fits', () => {

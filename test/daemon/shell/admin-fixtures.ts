@@ -20,12 +20,12 @@ import { AdminApi, type AdminApiOptions } from '../../../daemon/shell/admin-api.
 import { createDevice } from '../../../daemon/shell/device.ts';
 import { LeaseJournal } from '../../../daemon/shell/journal.ts';
 import { Metrics } from '../../../daemon/shell/metrics.ts';
-import type { Peer } from '../../../daemon/shell/peer.ts';
+import type { ConnectionPeer } from '../../../daemon/shell/peer.ts';
 import { BrokerService } from '../../../daemon/shell/service.ts';
 
 export const MiB = 1024 ** 2;
-export const ROOT_PEER: Peer = { pid: process.pid, uid: 0, gid: 0, groups: [], pidfd: undefined };
-export const NOBODY_PEER: Peer = { pid: process.pid, uid: 65534, gid: 65534, groups: [], pidfd: undefined };
+export const ROOT_PEER: ConnectionPeer = { pid: process.pid, uid: 0, gid: 0, groups: [], pidfd: undefined };
+export const NOBODY_PEER: ConnectionPeer = { pid: process.pid, uid: 65534, gid: 65534, groups: [], pidfd: undefined };
 
 /** uid 0 manages; 1 MiB overhead; a 64 MiB budget. */
 export function testPolicy(over: Partial<Policy> = {}): Readonly<Policy> {
@@ -47,7 +47,7 @@ export interface Harness {
 export interface HarnessOptions {
   policy?: Readonly<Policy>;
   /** Whom inject()ed requests come from (default ROOT_PEER); null: use the real SO_PEERCRED. */
-  injectAs?: Peer | null | (() => Peer | undefined);
+  injectAs?: ConnectionPeer | null | (() => ConnectionPeer | undefined);
   /** What POST /v1/policy/reload does; gets the service and the harness's temp dir. */
   reloadPolicy?: (service: BrokerService, dir: string) => void;
   apiOptions?: Partial<AdminApiOptions>;

@@ -8,7 +8,7 @@ import { BrokerError } from '../../../protocol/errors.ts';
 import type { DecodedCall } from '../../../protocol/decode.ts';
 import type { Lease, Status } from '../../../protocol/methods.ts';
 import { DURATION_BUCKETS, Metrics, outcomeOf, withMetrics, type BrokerSnapshot } from '../../../daemon/shell/metrics.ts';
-import type { Peer } from '../../../daemon/shell/peer.ts';
+import type { ConnectionPeer } from '../../../daemon/shell/peer.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -140,7 +140,7 @@ test('label values are escaped: backslash, double quote and newline', () => {
   assert.match(m.render(SNAPSHOT), /method="a\\"b\\\\c\\nd"/);
 });
 
-const PEER: Peer = { pid: 1, uid: 0, gid: 0, groups: [], pidfd: undefined };
+const PEER: ConnectionPeer = { pid: 1, uid: 0, gid: 0, groups: [], pidfd: undefined };
 const STATUS_CALL = { kind: 'call', method: 'io.iommufd.Broker.Status', parameters: {}, oneway: false, more: false, unusedFds: [] } as const satisfies DecodedCall;
 
 test('withMetrics counts answered and refused calls and passes both through unchanged', async () => {

@@ -1,6 +1,7 @@
 // The Varlink server under malformed and unexpected input, over the real socket.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { memfd } from '../../../native/sys.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { openFds, settledLeaks } from '../../support/fds.ts';
@@ -70,4 +71,10 @@ test('oneway calls get no reply; the next call does', async () => {
   ]), [], 1);
   assert.equal(r.replies.length, 1);
   assert.match(String((r.replies[0]?.['parameters'] as { description?: string }).description), /^interface io\.iommufd\.Broker$/m);
+});
+
+test('a Connection is built from named parts, not seven positional parameters', () => {
+  const source = readFileSync(new URL('../../../daemon/shell/varlink-server.ts', import.meta.url), 'utf8');
+  assert.match(source, /new Connection\(\{/);
+  assert.match(source, /constructor\(\{ socket, peer, handle, log, limits, onClose, onRefused \}: ConnectionParts\)/);
 });

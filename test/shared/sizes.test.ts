@@ -1,7 +1,8 @@
-import { test } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { SizeError, formatSize, formatSizeApprox, parseSize } from '../../protocol/sizes.ts';
+import { SizeError, describeBytes, formatSize, formatSizeApprox, parseSize } from '../../shared/sizes.ts';
+import { filesMatching } from '../support/sources.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -100,4 +101,24 @@ test('formatSizeApprox: exact when formatSize is short, else the largest unit to
   assert.equal(formatSizeApprox(22215258 * 1024), '~21.19 GiB');
   assert.equal(formatSizeApprox(1000), '1000 B');
   assert.equal(formatSizeApprox(0), '0 B');
+});
+
+describe('describeBytes', () => {
+  it('gives the exact count and a binary unit', () => {
+    assert.equal(describeBytes(0), '0 bytes');
+    assert.equal(describeBytes(1023), '1023 bytes');
+    assert.equal(describeBytes(KiB), '1024 bytes (1 KiB)');
+    assert.equal(describeBytes(1536), '1536 bytes (1.50 KiB)');
+    assert.equal(describeBytes(5 * GiB), '5368709120 bytes (5 GiB)');
+    assert.equal(describeBytes(2 ** 50 * 3), `${2 ** 50 * 3} bytes (3 PiB)`);
+    assert.equal(describeBytes(2 ** 60), `${2 ** 60} bytes (1024 PiB)`, 'PiB is the largest unit');
+  });
+
+  it('always starts with the exact number', () => {
+    fc.assert(fc.property(fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }), (n) => describeBytes(n).startsWith(`${n} bytes`)));
+  });
+});
+
+test('byte units are written in shared/sizes.ts only: one module formats sizes for the daemon and the CLI', () => {
+  assert.deepEqual(filesMatching(/['"](KiB|MiB|GiB|TiB|PiB)['"]/), ['shared/sizes.ts']);
 });

@@ -1,5 +1,7 @@
-// Human byte sizes for config files and the CLI: "8G", "8GiB", "512 MiB", "1.5G", "4096".
-// Pure functions; the wire itself only ever carries byte counts as JSON integers.
+// Human byte sizes, the one place that reads and writes them: parsing for config files and the
+// CLI ("8G", "8GiB", "512 MiB", "1.5G", "4096"), formatSize/formatSizeApprox for the CLI and
+// logs, describeBytes for the daemon's refusal reasons. Not protocol: the wire only ever
+// carries byte counts as JSON integers. Pure functions (the core imports describeBytes).
 //
 // Invariants:
 // - Every unit is binary: K = Ki = KiB = 2^10, M = 2^20, G = 2^30, T = 2^40 (QEMU's and
@@ -106,6 +108,26 @@ export function formatSizeApprox(bytes: number): string {
   const unit = FORMAT_UNITS.find((u) => bytes >= 2 ** Number(u.shift));
   if (unit === undefined || exact.endsWith(` ${unit.name}`)) return exact;
   return `~${(bytes / 2 ** Number(unit.shift)).toFixed(2)} ${unit.name}`;
+}
+
+/** describeBytes' units: up to PiB, so any safe integer gets a readable unit. */
+const DESCRIBE_UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB'] as const;
+
+/**
+ * The daemon's style, for refusal reasons and logs: "5368709120 bytes (5 GiB)", the exact count
+ * for the record and a 2-decimal binary unit for the operator ("1536 bytes (1.50 KiB)").
+ */
+export function describeBytes(bytes: number): string {
+  let value = bytes;
+  let unit = '';
+  for (const u of DESCRIBE_UNITS) {
+    if (value < 1024) break;
+    value /= 1024;
+    unit = u;
+  }
+  if (unit === '') return `${bytes} bytes`;
+  const shown = Number.isInteger(value) ? String(value) : value.toFixed(2);
+  return `${bytes} bytes (${shown} ${unit})`;
 }
 
 /** numerator/denominator as a decimal string, for denominators that are powers of ten. */
