@@ -8,6 +8,7 @@ import { constants } from 'node:os';
 import { PIDFD_THREAD, SysError, closeFd, pidfdOpen } from '../../../native/sys.ts';
 import { describeTarget, readLimit, setLimit, type LimitOps, type Target } from '../../../daemon/shell/target.ts';
 import { leakedSince, openFds } from '../../support/fds.ts';
+import { closesDone } from '../../native/fd-audit.ts';
 import { NOBODY } from '../../support/children.ts';
 import { readFileSync } from 'node:fs';
 import { IPC_LOCK_BIT, PYTHON, STRIP_ALL_BUT_IPC_LOCK, capset, python, startChild, stopChild } from './target-helpers.ts';
@@ -23,11 +24,15 @@ async function waitForState(pid: number, state: string): Promise<void> {
   throw new Error(`pid ${pid} never reached state ${state}`);
 }
 
-/** describeTarget must refuse this pidfd with `check`, and close it. */
-function refuses(pidfd: number, check: (e: unknown) => boolean): void {
+/**
+ * describeTarget must refuse this pidfd with `check`, and close it. It closes a refused pidfd
+ * off the loop (closeOffLoop), on a closer thread: wait for those closes before looking.
+ */
+async function refuses(pidfd: number, check: (e: unknown) => boolean): Promise<void> {
   const before = openFds();
   assert.throws(() => describeTarget(pidfd), check);
   before.delete(pidfd);
+  await closesDone();
   assert.deepEqual(leakedSince(before), [], 'the refused pidfd was closed');
 }
 
@@ -45,8 +50,8 @@ test('a thread pidfd is refused: of a thread that is not the leader, and PIDFD_T
   try {
     const tid = Number(child.lines[0]);
     assert.ok(Number.isSafeInteger(tid) && tid !== child.pid, `no thread id in ${child.lines.join('|')}`);
-    refuses(pidfdOpen(tid, PIDFD_THREAD), invalidPidfd);
-    refuses(pidfdOpen(child.pid, PIDFD_THREAD), invalidPidfd);
+    await refuses(pidfdOpen(tid, PIDFD_THREAD), invalidPidfd);
+    await refuses(pidfdOpen(child.pid, PIDFD_THREAD), invalidPidfd);
     const whole = describeTarget(pidfdOpen(child.pid));
     assert.equal(whole.pid, child.pid, 'the process pidfd is accepted');
     closeFd(whole.pidfd);
@@ -66,7 +71,7 @@ test('a zombie is TargetGone, although its pidfd still answers signal 0', async 
   try {
     const zombie = Number(child.lines[0]);
     assert.ok(Number.isSafeInteger(zombie) && zombie > 0, `no zombie pid in ${child.lines.join('|')}`);
-    refuses(pidfdOpen(zombie), (e) => e instanceof BrokerError && e.errorName === 'TargetGone'
+    await refuses(pidfdOpen(zombie), (e) => e instanceof BrokerError && e.errorName === 'TargetGone'
       && e.parameters.pid === zombie && /zombie/.test(e.parameters.reason));
   } finally {
     await stopChild(child);
