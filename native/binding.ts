@@ -72,6 +72,8 @@ export interface NativeBinding {
   shutdownWrite(fd: number): 0 | NegErrno;
   /** getsockopt SO_TYPE == SOCK_STREAM && AF_UNIX? 1 yes, 0 no, or -errno (e.g. -ENOTSOCK). */
   isUnixStreamSocket(fd: number): number | NegErrno;
+  /** setsockopt SO_PASSRIGHTS=0: peers can no longer send fds (EPERM). -ENOPROTOOPT before Linux 6.16. */
+  refuseFdPassing(fd: number): 0 | NegErrno;
 
   // --- credentials and processes ---
   /** SO_PEERCRED (as of connect()). */

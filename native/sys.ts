@@ -217,6 +217,18 @@ export function isUnixStreamSocket(fd: number): boolean {
 }
 
 /**
+ * SO_PASSRIGHTS=0 on a listening socket: its accepted sockets refuse fds a peer sends (the
+ * peer's sendmsg fails with EPERM), so no passed file is dropped by the kernel on our thread.
+ * Returns false on kernels before 6.16 (ENOPROTOOPT), where the option does not exist.
+ */
+export function refuseFdPassing(fd: number): boolean {
+  const r = native.refuseFdPassing(fd);
+  if (r < 0 && errnoName(r) === 'ENOPROTOOPT') return false;
+  sys('setsockopt(SO_PASSRIGHTS)', r, `fd ${fd}`);
+  return true;
+}
+
+/**
  * One datagram to the abstract AF_UNIX address "\0name" (sd_notify's '@' sockets), on a socket
  * created and closed inside this call; returns the bytes sent.
  */

@@ -9,6 +9,12 @@
 // - The socket is never reachable with looser permissions than asked: a path is bound by the
 //   native helper with its mode applied at bind (umask around bind(), no chmod window) and then
 //   handed to Node as an fd; a socket-activated fd (FileDescriptorName=admin) is used as is.
+// - No peer can pass fds through the socket: Node reads it with read(2), and the kernel would
+//   drop (last-close) any fd that came with the bytes in the event loop's thread, where a
+//   lingering socket's close blocks every client. The listener gets SO_PASSRIGHTS=0 before it
+//   serves (accepted sockets inherit it; a peer's SCM_RIGHTS fails with EPERM). Kernels before
+//   6.16 lack the option: there the API still serves, with a warning, and only the peers the
+//   socket's mode admits (root:iommufd-admin 0660) can reach it.
 // - A path is only unlinked on close if it still names the socket this API created (dev/ino),
 //   and a path that exists is only replaced if it is a stale socket nobody listens on.
 // - fd ownership: a listening fd belongs to the caller until listen() checked it is an AF_UNIX
@@ -19,11 +25,12 @@ import { lstatSync, unlinkSync, type Stats } from 'node:fs';
 import Fastify, { type FastifyRequest } from 'fastify';
 import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { clearStaleSocket, lstatOrNull } from '../../native/unix-server.ts';
-import { closeFdQuietly, errnoNumber, isUnixStreamSocket, listenUnix, SysError } from '../../native/sys.ts';
+import { closeFdQuietly, errnoNumber, isUnixStreamSocket, listenUnix, refuseFdPassing, SysError } from '../../native/sys.ts';
 import { adminRefusal, ConnectionPeers } from './admin-auth.ts';
 import { brokerFailure, notFound, toFailure, type AdminFailure } from './admin-errors.ts';
 import { registerAdminRoutes, type AdminApp, type AdminRouteDeps } from './admin-routes.ts';
 import type { ConnectionPeer } from './peer.ts';
+import type { Logger } from 'pino';
 
 export interface AdminApiOptions extends Omit<AdminRouteDeps, 'callerOf'> {
   /**
@@ -42,13 +49,15 @@ const MAX_CONNECTIONS = 64;
 
 export class AdminApi {
   readonly app: AdminApp;
+  readonly #log: Logger;
   /** The socket file listen() created, to unlink on close. */
   #created: { path: string; dev: number; ino: number } | null = null;
   #closing: Promise<void> | undefined;
   #listening = false;
 
-  private constructor(app: AdminApp) {
+  private constructor(app: AdminApp, log: Logger) {
     this.app = app;
+    this.#log = log;
   }
 
   /** Builds the API and its routes (not yet listening). */
@@ -106,7 +115,7 @@ export class AdminApi {
       },
     });
     await app.ready();
-    return new AdminApi(app);
+    return new AdminApi(app, log);
   }
 
   /**
@@ -169,6 +178,17 @@ export class AdminApi {
     if (errno !== 0) {
       closeFdQuietly(fd);
       throw new SysError('listen', errno, `admin API: fd ${fd} is not an AF_UNIX stream socket`);
+    }
+    let refusing: boolean;
+    try {
+      refusing = refuseFdPassing(fd);
+    } catch (error) {
+      closeFdQuietly(fd);
+      throw error instanceof SysError ? new SysError('setsockopt', error.errno, 'admin API: could not refuse fd passing (SO_PASSRIGHTS)') : error;
+    }
+    if (!refusing) {
+      this.#log.warn({ kernelNeeds: 'SO_PASSRIGHTS (Linux 6.16)' },
+        'admin API: this kernel cannot refuse fds sent to the admin socket; a peer that can connect can stall the daemon');
     }
     const server = this.app.server;
     await new Promise<void>((resolve, reject) => {

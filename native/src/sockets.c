@@ -11,6 +11,10 @@
  *   callers give recvmsg room for SCM_MAX_FD (253) fds: then only a full fd table truncates.
  * - sendmsg never blocks and never raises SIGPIPE (MSG_DONTWAIT|MSG_NOSIGNAL); it sends
  *   nothing for empty data (a stream would deliver no fds and look like EOF).
+ * - refuseFdPassing sets SO_PASSRIGHTS=0 (Linux 6.16+; older kernels: -ENOPROTOOPT): a peer's
+ *   sendmsg with SCM_RIGHTS then fails with EPERM, so no fd ever reaches a socket read with
+ *   read(2), where the kernel would drop it (and run its last close) in the reading thread.
+ *   Set on a listener, accepted sockets inherit it from before the peer can send.
  */
 #include "closer.h"
 #include "exports.h"
@@ -26,6 +30,9 @@
 /* The kernel's SCM_MAX_FD: most fds one message can carry. */
 #define MAX_FDS_PER_MESSAGE 253
 #define MAX_RECV_BYTES (16 * 1024 * 1024)
+#ifndef SO_PASSRIGHTS
+#define SO_PASSRIGHTS 83 /* include/uapi/asm-generic/socket.h, Linux 6.16 */
+#endif
 
 static int fill_address(const char *path, struct sockaddr_un *addr, socklen_t *len) {
   size_t n = strlen(path);
@@ -234,4 +241,13 @@ napi_value js_is_unix_stream_socket(napi_env env, napi_callback_info info) {
   len = sizeof type;
   if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0) return make_number(env, -errno);
   return make_number(env, domain == AF_UNIX && type == SOCK_STREAM ? 1 : 0);
+}
+
+napi_value js_refuse_fd_passing(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
+  int off = 0;
+  int r = setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof off);
+  return make_number(env, (double)SYS_RESULT(r));
 }

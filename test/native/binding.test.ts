@@ -9,7 +9,7 @@ import { fstatFd, kcmpFiles, memfd } from '../../native/sys.ts';
 import { isCloexec, isOpen, withNoFdLeak } from './fd-audit.ts';
 import { makeTempDir, rawSocketPair } from './socket-fixtures.ts';
 
-const { EBADF, ENOENT, EINVAL, ENAMETOOLONG, ENOTSOCK, ENOTTY, EAGAIN } = os.errno;
+const { EBADF, ENOENT, EINVAL, ENAMETOOLONG, ENOTSOCK, ENOTTY, EAGAIN, EPERM } = os.errno;
 
 function fd(result: number | object): number {
   assert.equal(typeof result, 'number');
@@ -38,7 +38,7 @@ test('the addon exports exactly the syscalls the daemon uses: no dead memory or 
   assert.deepEqual(Object.keys(native).sort(), [
     'accept', 'closeLater', 'close', 'connectUnix', 'dupCloexec', 'execve', 'flock', 'fstat', 'ioctl',
     'isUnixStreamSocket', 'kcmp', 'listenUnix', 'memfdCreate', 'open', 'peerCred', 'peerGroups',
-    'peerPidfd', 'pendingCloses', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'sendDatagram',
+    'peerPidfd', 'pendingCloses', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'refuseFdPassing', 'sendDatagram',
     'sendmsg', 'setCloexec', 'shutdownWrite', 'startPoll', 'stopPoll', 'updatePoll',
   ].sort());
 });
@@ -139,6 +139,32 @@ test('isUnixStreamSocket tells sockets from other fds', async () => {
     assert.equal(native.isUnixStreamSocket(file), -ENOTSOCK);
     for (const f of [listener, client, server, file]) assert.equal(native.close(f), 0);
   });
+});
+
+test('refuseFdPassing on a listener: its accepted sockets refuse a peer\'s fds (EPERM), bytes still pass', async () => {
+  await withNoFdLeak(() => {
+    const temp = makeTempDir();
+    try {
+      const path = `${temp.dir}/refusing.sock`;
+      const listener = fd(native.listenUnix(path, 4, 0o600));
+      assert.equal(native.refuseFdPassing(listener), 0);
+      const client = fd(native.connectUnix(path));
+      const server = fd(native.accept(listener));
+      const passed = memfd('would-be-passed');
+      assert.equal(native.sendmsg(client, Buffer.from('x'), [passed]), -EPERM);
+      assert.equal(native.sendmsg(client, Buffer.from('y'), []), 1);
+      const got = recv(server, 16, 4);
+      assert.equal(got.data.toString(), 'y');
+      assert.deepEqual(got.fds, []);
+      for (const f of [listener, client, server, passed]) assert.equal(native.close(f), 0);
+    } finally {
+      temp.remove();
+    }
+  });
+  assert.equal(native.refuseFdPassing(987654), -EBADF);
+  const file = memfd('not-a-socket');
+  assert.equal(native.refuseFdPassing(file), -ENOTSOCK);
+  assert.equal(native.close(file), 0);
 });
 
 test('listenUnix creates the socket file with exactly the requested mode', async () => {

@@ -33,6 +33,7 @@ async function refuses(pidfd: number, check: (e: unknown) => boolean): Promise<v
   assert.throws(() => describeTarget(pidfd), check);
   await closesDone();
   before.delete(pidfd);
+  await closesDone();
   assert.deepEqual(leakedSince(before), [], 'the refused pidfd was closed');
 }
 
