@@ -187,6 +187,8 @@ export class BrokerService {
         this.#deny('release', peer, decision.error, { lease: p.lease });
         throw decision.error;
       }
+      // Release journals nothing, but a degraded journal refuses every change (docs/PROTOCOL.md).
+      journalReady(this.deps.journal);
       // The target keeps its FD and may still pin up to the limit the broker set, so Release
       // never touches that limit (restoring the earlier one is usually a raise, often to
       // unlimited) and never returns the bytes: the lease stays charged, marked released, until
