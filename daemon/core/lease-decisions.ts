@@ -1,8 +1,9 @@
 // Who may see, resize and release an existing lease, and whether a new size fits.
 //
 // Invariants:
-// - Pure: values in, a decision out. Nothing here changes the ledger; the shell applies the
-//   decided limit with prlimit, journals it, then commits with ledger.resize / ledger.release.
+// - Pure: values in, a decision out. Nothing here changes the ledger: an allowed Resize or
+//   Release returns its plan (lease-plan.ts), which says in which order the shell's runner
+//   (daemon/shell/lease-transaction.ts) changes the ledger, the journal and the kernel limit.
 // - Visibility: a manager or an observer sees every lease; anyone else sees the leases they
 //   own and those whose target runs as their uid (a QEMU can look at its own lease).
 // - No existence oracle: an id that is unknown, or that names a lease the peer may not see,
@@ -22,23 +23,17 @@
 //   it) and the budget on the increase.
 import { BrokerError } from '../../protocol/errors.ts';
 import type { Ledger, LeaseRecord } from './ledger.ts';
+import { planRelease, planResize, type ChangePlan } from './lease-plan.ts';
 import { describePeer, isManager, isObserver, type Peer, type Policy } from './policy.ts';
 import { checkBudget, checkOwnerBytes, checkPerVmMax, limitFor } from './quota.ts';
 
-export type ResizeDecision =
-  | {
-    readonly ok: true;
-    /** The lease as it is now (before the resize is committed). */
-    readonly lease: LeaseRecord;
-    readonly memoryBytes: number;
-    readonly limitBytes: number;
-    readonly previousLimitBytes: number;
-  }
+/** An allowed Resize or Release: its plan (plan.before is the lease now, plan.after once done). */
+export type LeaseDecision =
+  | { readonly ok: true; readonly plan: ChangePlan }
   | { readonly ok: false; readonly error: BrokerError };
 
-export type ReleaseDecision =
-  | { readonly ok: true; readonly lease: LeaseRecord }
-  | { readonly ok: false; readonly error: BrokerError };
+export type ResizeDecision = LeaseDecision;
+export type ReleaseDecision = LeaseDecision;
 
 /** May this peer see this lease (List, and learning why a Resize/Release is refused)? */
 export function mayView(policy: Policy, peer: Peer, lease: LeaseRecord): boolean {
@@ -95,10 +90,11 @@ export function decideResize(
     checkOwnerBytes(policy, ledger, lease.ownerUid, delta) ??
     checkBudget(policy, ledger, delta);
   if (denial !== undefined) return { ok: false, error: denial };
-  return { ok: true, lease, memoryBytes, limitBytes, previousLimitBytes: lease.limitBytes };
+  return { ok: true, plan: planResize(lease, { memoryBytes, limitBytes }) };
 }
 
-export function decideRelease(policy: Policy, ledger: Ledger, peer: Peer, leaseId: string): ReleaseDecision {
+/** `at`: the time the release is recorded with (the core has no clock). */
+export function decideRelease(policy: Policy, ledger: Ledger, peer: Peer, leaseId: string, at: string): ReleaseDecision {
   const lease = findVisible(policy, ledger, peer, leaseId);
   if (lease instanceof BrokerError) return { ok: false, error: lease };
   if (lease.ownerUid !== peer.uid && !isManager(policy, peer)) {
@@ -111,5 +107,5 @@ export function decideRelease(policy: Policy, ledger: Ledger, peer: Peer, leaseI
       }),
     };
   }
-  return { ok: true, lease };
+  return { ok: true, plan: planRelease(lease, at) };
 }

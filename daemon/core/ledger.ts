@@ -3,8 +3,11 @@
 // Invariants:
 // - Pure state: no I/O, no clock, no randomness. Ids, times and the target's previous limit
 //   come from the shell inside the LeaseRecord it commits.
-// - The ledger only records; it never decides. The shell asks a decide* function, applies the
-//   side effects (prlimit, journal), then commits here with grant/resize/release. Committing
+// - The ledger only records; it never decides. A decide* function returns a plan
+//   (lease-plan.ts) and the shell's runner (daemon/shell/lease-transaction.ts) commits it here
+//   with grant/resize/markReleased/release in the plan's order: a grant or a raise is
+//   committed (reserved) before its journal record and its kernel limit, a lowering after its
+//   kernel limit; a failed step is undone here too. Committing
 //   something no decision could have allowed (a duplicate id, a second lease on one target
 //   pid, a duplicate requestId for one owner, an unknown id) is a programming error and throws
 //   LedgerError; the ledger is unchanged when anything throws.
@@ -29,7 +32,7 @@
 
 export { decideOpen, type OpenDecision, type OpenRequest } from './open-decision.ts';
 export {
-  decideRelease, decideResize, mayView, visibleLeases, type ReleaseDecision, type ResizeDecision,
+  decideRelease, decideResize, mayView, visibleLeases, type LeaseDecision, type ReleaseDecision, type ResizeDecision,
 } from './lease-decisions.ts';
 
 /** An rlimit pair as prlimit returned it; -1 means RLIM_INFINITY. */

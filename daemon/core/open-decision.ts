@@ -1,8 +1,9 @@
 // Whether an Open may be granted, and with which limit. The shell gathers the facts (peer
 // credentials, whether the caller's process still lives and is the target — judged from pidfds,
 // never pids —, the target's pid, uid and capabilities, the page size), asks decideOpen, and
-// only on ok:true sets the target's RLIMIT_MEMLOCK, journals the lease and commits it with
-// ledger.grant (ownerUid = request.peer.uid, limitBytes = the decided limit).
+// only on ok:true builds the lease record (ownerUid = request.peer.uid, limitBytes = the decided
+// limit) and runs planGrant's plan (lease-plan.ts): reserve in the ledger in the same
+// synchronous step as this decision, then journal, flush, set RLIMIT_MEMLOCK, watch the target.
 //
 // Invariants:
 // - Pure: values in, a decision out. Nothing here changes the ledger.

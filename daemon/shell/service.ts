@@ -1,15 +1,14 @@
 // The broker's methods, once: the Varlink layer and the admin API both call this.
 //
 // Invariants:
-// - Decisions come from the pure core; this file only gathers facts (peer, target, device)
-//   and applies side effects in an order that keeps the journal conservative: a lease or a
-//   raise is journaled and flushed to disk before the kernel limit is raised; a lowering is
-//   applied before it is journaled; no reply is sent before its record is on disk. After a
-//   crash at any point the journal therefore never claims less than the kernel enforces, and
-//   the budget stays exact or errs on the safe side.
+// - Decisions and their plans come from the pure core (core/lease-plan.ts decides a lease's
+//   order of effects); this file only gathers facts (peer, target, device), binds the effects
+//   (ledger, journal, the target's limit, its exit watch) and hands each plan to runPlan
+//   (lease-transaction.ts), which enforces that order and undoes a failed plan. No reply is
+//   sent before its record is on disk (except Release, which journals nothing).
 // - Decision and ledger update happen in one synchronous step, before any wait for the disk:
-//   the ledger reserves the bytes at once, so two calls can never both pass a budget check
-//   for the same bytes. A call that fails after its reservation gives it back.
+//   runPlan reserves the bytes at once, so two calls can never both pass a budget check for
+//   the same bytes. A call that fails after its reservation gives it back (the plan's undo).
 // - The calls that change one lease (Resize, Release, its target's exit, and the Open that
 //   creates it) run one at a time in its lane (lease-lanes.ts), so a lease's kernel limit,
 //   ledger entry and journal record change in the same order.
@@ -33,6 +32,7 @@ import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec } from '../../native/sys.ts';
 import { Ledger, decideOpen, decideRelease, decideResize, mayView, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
+import { planGrant, planRestore, planTargetExit, type JournalRecord } from '../core/lease-plan.ts';
 import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
 import { callerExited } from '../core/open-decision.ts';
@@ -42,9 +42,10 @@ import { checkRestorable, durable, journalReady } from './journal-guard.ts';
 import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
 import { pageSize } from './procfs.ts';
 import {
-  applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type TargetUsage,
+  applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type Target, type TargetUsage,
 } from './target.ts';
 import { LeaseLanes } from './lease-lanes.ts';
+import { runPlan, type PlanEffects } from './lease-transaction.ts';
 import { TargetWatch } from './target-watch.ts';
 
 export interface ServiceDeps {
@@ -65,7 +66,7 @@ export class BrokerService {
   readonly #ledger = new Ledger();
   readonly #lanes = new LeaseLanes();
   readonly #targets = new TargetWatch((id) => {
-    void this.#lanes.run(id, async () => this.#endLease(id, 'target exited')).catch((err: unknown) => {
+    void this.#lanes.run(id, async () => this.#targetExited(id)).catch((err: unknown) => {
       this.deps.log.error({ err, lease: id }, 'could not end the lease of an exited target');
       this.deps.fatal?.(err, `could not end lease ${id} of an exited target`);
     });
@@ -100,23 +101,16 @@ export class BrokerService {
     let dropped = 0;
     for (const record of journaled) {
       const target = earlierBoot.has(record.id) ? undefined : reacquireTarget(record.targetPid, record.targetStartTime);
+      // No flush is awaited in a restore plan: runPlan runs it synchronously.
+      void runPlan(planRestore(record, target !== undefined), this.#effects(record.id, target));
       if (target === undefined) {
-        this.deps.journal.recordRelease(record.id);
         this.#audit('release', undefined, record, {
           reason: earlierBoot.has(record.id) ? 'granted in an earlier boot' : 'target exited while the broker was down',
         });
         dropped++;
-        continue;
+      } else {
+        adopted++;
       }
-      // Make the kernel agree with the journal (a crash may have come between a journaled raise and prlimit).
-      try {
-        applyLimit(target, record.limitBytes, this.deps.haveSysResource);
-      } catch (err) {
-        this.deps.log.warn({ err, lease: record.id }, 'could not re-apply the journaled limit; keeping the lease');
-      }
-      this.#ledger.grant(record);
-      this.#targets.watch(record.id, target);
-      adopted++;
     }
     return { adopted, dropped };
   }
@@ -127,10 +121,6 @@ export class BrokerService {
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
-    let record: LeaseRecord | undefined;
-    let reserved = false;
-    let journaled = false;
-    let applied = false;
     let watched = false;
     try {
       // Who the caller is, judged from pidfds right before the decision, never from pids: the
@@ -144,49 +134,25 @@ export class BrokerService {
       if (!decision.ok) throw decision.error;
       journalReady(this.deps.journal);
       deviceFd = this.deps.device.openForLease();
-      record = {
+      const record: LeaseRecord = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
         limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target, this.deps.haveSysResource),
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       };
-      // Reserve, then journal: a crash from here on leaves a lease that restore() re-applies or drops.
-      const granted = record;
-      this.#ledger.grant(granted);
-      reserved = true;
-      await this.#lanes.run(id, async () => {
-        this.deps.journal.recordGrant(granted);
-        journaled = true;
-        await durable(this.deps.journal);
-        applyLimit(target, decision.limitBytes, this.deps.haveSysResource);
-        applied = true;
-        this.#targets.watch(id, target);
-        watched = true;
-      });
-      reserved = false; // granted: from here on the lease is the lane's and the watch's
-      this.#audit('grant', peer, granted);
+      // The lane is idle (a new id): runPlan reserves in this same synchronous step. A crash from
+      // here on leaves a lease that restore() re-applies or drops.
+      await this.#lanes.run(id, async () => runPlan(planGrant(record), this.#effects(id, target)));
+      watched = true; // granted: from here on the lease is the lane's and the watch's
+      this.#audit('grant', peer, record);
       this.deps.onLeasesChanged?.();
-      return { lease: this.#toWire(granted, usage), fd: deviceFd };
+      return { lease: this.#toWire(record, usage), fd: deviceFd };
     } catch (err) {
-      if (applied && !watched && record !== undefined) restoreLimit(target, record.previousLimit);
-      if (reserved) this.#undoGrant(id, journaled);
+      // A failed plan undid itself (lease-transaction.ts); the watch, its last step, never took the pidfd.
       if (deviceFd !== undefined) closeFd(deviceFd);
       if (!watched) closeFd(target.pidfd);
       this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid });
       throw err;
-    }
-  }
-
-  /** A reserved lease that never came into force: back out of the ledger (and the journal). */
-  #undoGrant(id: string, journaled: boolean): void {
-    this.#ledger.release(id);
-    if (!journaled) return;
-    try {
-      this.deps.journal.recordRelease(id);
-    } catch (err) {
-      // Not journaled (or the journal failed): a restart finds the grant and re-applies it to a
-      // live target, erring on the safe side (budget counted, limit no higher than requested).
-      this.deps.log.warn({ err, lease: id }, 'could not journal the end of a failed grant');
     }
   }
 
@@ -205,56 +171,33 @@ export class BrokerService {
     const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize);
     if (!decision.ok) throw decision.error;
     journalReady(this.deps.journal);
-    const record = this.#ledger.get(p.lease);
-    const target = this.#targets.get(p.lease);
-    if (record === undefined || target === undefined) throw new BrokerError('NoSuchLease', { lease: p.lease });
-    const { limitBytes } = decision;
-    const before = record.limitBytes;
-    if (limitBytes > before) {
-      // Raise: reserve and journal first, so a crash leaves the journal claiming the larger (safe) value.
-      this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
-      this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
-      try {
-        await durable(this.deps.journal);
-        applyLimit(target, limitBytes, this.deps.haveSysResource);
-      } catch (err) {
-        this.#ledger.resize(record.id, record.memoryBytes, before);
-        try {
-          this.deps.journal.recordResize(record.id, record.memoryBytes, before);
-        } catch (journalErr) {
-          // The journal keeps claiming the larger limit: the safe side. The caller hears of err.
-          this.deps.log.warn({ err: journalErr, lease: record.id }, 'could not journal the undo of a failed raise');
-        }
-        throw err;
-      }
-    } else {
-      applyLimit(target, limitBytes, this.deps.haveSysResource);
-      this.#ledger.resize(record.id, p.memoryBytes, limitBytes);
-      this.deps.journal.recordResize(record.id, p.memoryBytes, limitBytes);
-      await durable(this.deps.journal); // if this fails, the lowering stays and is journaled when the journal recovers
-    }
-    const updated = this.#ledger.get(record.id) ?? record;
-    this.#audit('resize', peer, updated, { previousLimitBytes: before });
+    const { plan } = decision;
+    // A lowering whose flush fails stays applied (JournalUnavailable); the journal records it on recovery.
+    await runPlan(plan, this.#effects(plan.id, this.#targets.get(plan.id)));
+    const previousLimitBytes = plan.before.limitBytes;
+    this.#audit('resize', peer, plan.after, { previousLimitBytes });
     this.deps.onLeasesChanged?.();
-    return { lease: this.#toWire(updated), previousLimitBytes: before };
+    return { lease: this.#toWire(plan.after), previousLimitBytes };
   }
 
   release(peer: Peer, p: BrokerParameters<'Release'>): Promise<{ limitRestored: boolean }> {
     return this.#lanes.run(p.lease, async () => {
-      const decision = decideRelease(this.#policy, this.#ledger, peer, p.lease);
+      const decision = decideRelease(this.#policy, this.#ledger, peer, p.lease, this.#now().toISOString());
       if (!decision.ok) {
         this.#deny('release', peer, decision.error, { lease: p.lease });
         throw decision.error;
       }
+      // Release journals nothing, but a degraded journal refuses every change (docs/PROTOCOL.md).
+      journalReady(this.deps.journal);
       // The target keeps its FD and may still pin up to the limit the broker set, so Release
       // never touches that limit (restoring the earlier one is usually a raise, often to
       // unlimited) and never returns the bytes: the lease stays charged, marked released, until
-      // its target exits (#endLease). Not journaled: after a restart the lease is re-adopted
-      // as an ordinary one, still charged (the safe side).
-      const { lease } = decision;
-      if (lease.releasedAt === undefined) {
-        const released = this.#ledger.markReleased(lease.id, this.#now().toISOString());
-        this.#audit('release', peer, released, { reason: 'released; charged until the target exits', limitRestored: false });
+      // its target exits (#targetExited). Not journaled: after a restart the lease is re-adopted
+      // as an ordinary one, still charged (the safe side). See planRelease.
+      const { plan } = decision;
+      if (plan.ledger !== undefined) { // undefined: released before, a retried Release changes nothing
+        await runPlan(plan, this.#effects(plan.id, undefined));
+        this.#audit('release', peer, plan.after, { reason: 'released; charged until the target exits', limitRestored: false });
         this.deps.onLeasesChanged?.();
       }
       return { limitRestored: false };
@@ -323,17 +266,38 @@ export class BrokerService {
   }
 
   /**
-   * Ends a lease whose target exited: journal, return the budget. Runs in the lease's lane;
-   * the record is durable after the next flush.
+   * Ends a lease whose target exited (planTargetExit): journal, return the budget, forget the
+   * watch. Runs in the lease's lane; the record is durable after the next flush.
    */
-  #endLease(id: string, why: string): void {
+  #targetExited(id: string): void {
     const record = this.#ledger.get(id);
     if (record === undefined) return;
-    this.deps.journal.recordRelease(id);
-    this.#ledger.release(id);
-    this.#targets.forget(id);
-    this.#audit('release', undefined, record, { reason: why, limitRestored: false });
+    void runPlan(planTargetExit(record), this.#effects(id, undefined)); // synchronous: no flush awaited
+    this.#audit('release', undefined, record, { reason: 'target exited', limitRestored: false });
     this.deps.onLeasesChanged?.();
+  }
+
+  /**
+   * The effects a plan for lease `id` acts on. `target`: the process whose limit it sets and
+   * whose exit it watches (owner of its pidfd: the caller until watch.start, then TargetWatch);
+   * undefined for plans that touch neither.
+   */
+  #effects(id: string, target: Target | undefined): PlanEffects {
+    const { journal, haveSysResource, log } = this.deps;
+    const mustTarget = (): Target => {
+      if (target === undefined) throw new Error(`lease ${id}: a plan touched a target the service did not give it (a bug)`);
+      return target;
+    };
+    return {
+      ledger: this.#ledger,
+      journal: { write: (record) => writeRecord(journal, record), flush: () => durable(journal) },
+      kernel: {
+        set: (limitBytes) => applyLimit(mustTarget(), limitBytes, haveSysResource),
+        restore: (previous) => restoreLimit(mustTarget(), previous),
+      },
+      watch: { start: () => this.#targets.watch(id, mustTarget()), stop: () => this.#targets.forget(id) },
+      warn: (err, what) => log.warn({ err, lease: id }, what),
+    };
   }
 
   /** The caller's own process as the target: a copy of its pidfd (the connection owns peer.pidfd). */
@@ -372,5 +336,13 @@ export class BrokerService {
     this.deps.log.warn({
       audit: 'deny', action, peer: { uid: peer.uid, pid: peer.pid }, request, error: err.errorName, ...err.parameters,
     }, `deny ${action}: ${err.message}`);
+  }
+}
+
+function writeRecord(journal: LeaseJournal, record: JournalRecord): void {
+  switch (record.kind) {
+    case 'grant': journal.recordGrant(record.lease); return;
+    case 'resize': journal.recordResize(record.id, record.to.memoryBytes, record.to.limitBytes); return;
+    case 'release': journal.recordRelease(record.id); return;
   }
 }

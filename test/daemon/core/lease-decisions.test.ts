@@ -11,6 +11,7 @@ const root = peer(0);
 const alice = peer(1000);
 const bob = peer(1001);
 const qemu = peer(107);
+const AT = '2026-02-02T00:00:00.000Z';
 const libvirtGroup = 64055;
 const manager = peer(2000, 50, 2000, [libvirtGroup]);
 
@@ -43,7 +44,7 @@ describe('visibleLeases / mayView', () => {
     const p = policy({ observerUsers: [alice.uid] });
     assert.deepEqual(visibleLeases(p, sample(), alice).map((l) => l.id), ['l-self', 'l-managed', 'l-bob']);
     denied(decideResize(p, sample(), alice, 'l-bob', GiB / 2, PAGE), 'PermissionDenied');
-    denied(decideRelease(p, sample(), alice, 'l-managed'), 'PermissionDenied');
+    denied(decideRelease(p, sample(), alice, 'l-managed', AT), 'PermissionDenied');
   });
 
   it('shows others what they own and what targets their uid', () => {
@@ -63,13 +64,15 @@ describe('decideResize', () => {
     const ledger = sample();
     const up = decideResize(policy(), ledger, root, 'l-managed', 16 * GiB, PAGE);
     assert.ok(up.ok);
-    assert.equal(up.lease.id, 'l-managed');
-    assert.equal(up.memoryBytes, 16 * GiB);
-    assert.equal(up.limitBytes, 17 * GiB);
-    assert.equal(up.previousLimitBytes, 9 * GiB);
+    assert.equal(up.plan.before.id, 'l-managed');
+    assert.equal(up.plan.after.memoryBytes, 16 * GiB);
+    assert.equal(up.plan.after.limitBytes, 17 * GiB);
+    assert.equal(up.plan.before.limitBytes, 9 * GiB);
+    assert.equal(up.plan.order, 'journal-first', 'a raise is journaled and flushed before the kernel');
     const down = decideResize(policy(), ledger, root, 'l-managed', 2 * GiB, PAGE);
     assert.ok(down.ok);
-    assert.equal(down.limitBytes, 3 * GiB);
+    assert.equal(down.plan.after.limitBytes, 3 * GiB);
+    assert.equal(down.plan.order, 'kernel-first', 'a lowering reaches the kernel before the journal');
   });
 
   it('NoSuchLease for an unknown id, for managers and others alike', () => {
@@ -107,7 +110,7 @@ describe('decideResize', () => {
     assert.ok(decideResize(p, sample(), root, 'l-self', 5 * GiB, PAGE).ok);
     // l-managed (9 GiB) is above the cap already: shrinking it to 7 GiB (still above) is allowed
     const shrink = decideResize(p, sample(), root, 'l-managed', 6 * GiB, PAGE);
-    assert.ok(shrink.ok && shrink.limitBytes === 7 * GiB);
+    assert.ok(shrink.ok && shrink.plan.after.limitBytes === 7 * GiB);
     // ... keeping its size is allowed, growing it is not
     assert.ok(decideResize(p, sample(), root, 'l-managed', 8 * GiB, PAGE).ok);
     denied(decideResize(p, sample(), root, 'l-managed', 8 * GiB + 1, PAGE), 'LimitExceeded');
@@ -138,21 +141,21 @@ describe('decideResize', () => {
 
 describe('decideRelease', () => {
   it('lets the owner release its lease, and a manager release any', () => {
-    const own = decideRelease(policy(), sample(), alice, 'l-self');
-    assert.ok(own.ok && own.lease.id === 'l-self');
-    assert.ok(decideRelease(policy(), sample(), root, 'l-bob').ok);
-    assert.ok(decideRelease(policy({ managerGroups: [libvirtGroup] }), sample(), manager, 'l-managed').ok);
+    const own = decideRelease(policy(), sample(), alice, 'l-self', AT);
+    assert.ok(own.ok && own.plan.before.id === 'l-self');
+    assert.ok(decideRelease(policy(), sample(), root, 'l-bob', AT).ok);
+    assert.ok(decideRelease(policy({ managerGroups: [libvirtGroup] }), sample(), manager, 'l-managed', AT).ok);
   });
 
   it('refuses the target uid of a lease a manager opened (it would take the lease out of its owner\'s hands)', () => {
-    const params = denied(decideRelease(policy(), sample(), qemu, 'l-managed'), 'PermissionDenied');
+    const params = denied(decideRelease(policy(), sample(), qemu, 'l-managed', AT), 'PermissionDenied');
     assert.equal(params.rule, 'release-owner-or-manager');
     assert.match(String(params.reason), /neither the owner \(uid 0\) of lease l-managed nor a manager/);
   });
 
   it('NoSuchLease for unknown or invisible leases', () => {
-    assert.deepEqual(denied(decideRelease(policy(), sample(), alice, 'l-bob'), 'NoSuchLease'), { lease: 'l-bob' });
-    assert.deepEqual(denied(decideRelease(policy(), sample(), root, 'l-gone'), 'NoSuchLease'), { lease: 'l-gone' });
+    assert.deepEqual(denied(decideRelease(policy(), sample(), alice, 'l-bob', AT), 'NoSuchLease'), { lease: 'l-bob' });
+    assert.deepEqual(denied(decideRelease(policy(), sample(), root, 'l-gone', AT), 'NoSuchLease'), { lease: 'l-gone' });
   });
 });
 
@@ -172,7 +175,7 @@ describe('released leases (issue #8 item 5)', () => {
   });
 
   it('releasing a released lease again is allowed (a retried Release) and names the released lease', () => {
-    const again = decideRelease(policy(), released(), root, 'l-managed');
-    assert.ok(again.ok && again.lease.releasedAt === '2026-01-01T00:00:00.000Z');
+    const again = decideRelease(policy(), released(), root, 'l-managed', AT);
+    assert.ok(again.ok && again.plan.before.releasedAt === '2026-01-01T00:00:00.000Z');
   });
 });

@@ -154,10 +154,10 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const decision = decideResize(policy, ledger, peer, id, step.memory, pageSize);
       if (decision.ok) {
         assert.ok(isManager(policy, peer), 'only managers resize: a VM never raises its own limit');
-        assert.equal(decision.lease.releasedAt, undefined, 'a released lease is never resized');
-        ledger.resize(id, decision.memoryBytes, decision.limitBytes);
-        pinning.set(decision.lease.targetPid, { owner: decision.lease.ownerUid, limit: decision.limitBytes });
-        if (decision.limitBytes > decision.previousLimitBytes) raises++;
+        assert.equal(decision.plan.before.releasedAt, undefined, 'a released lease is never resized');
+        ledger.resize(id, decision.plan.after.memoryBytes, decision.plan.after.limitBytes);
+        pinning.set(decision.plan.before.targetPid, { owner: decision.plan.before.ownerUid, limit: decision.plan.after.limitBytes });
+        if (decision.plan.after.limitBytes > decision.plan.before.limitBytes) raises++;
       } else if (hidden) {
         assert.deepEqual([decision.error.errorName, decision.error.parameters], ['NoSuchLease', { lease: id }],
           'an invisible lease looks exactly like a missing one');
@@ -168,12 +168,12 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const peer = at(PEERS, step.peer);
       const id = leaseId(step.lease);
       const hidden = hiddenFrom(policy, ledger, peer, id);
-      const decision = decideRelease(policy, ledger, peer, id);
+      const decision = decideRelease(policy, ledger, peer, id, `r${releases}`);
       if (!decision.ok && hidden) assert.equal(decision.error.errorName, 'NoSuchLease');
       if (decision.ok) {
-        assert.ok(decision.lease.ownerUid === peer.uid || isManager(policy, peer), 'release: owner or manager');
+        assert.ok(decision.plan.before.ownerUid === peer.uid || isManager(policy, peer), 'release: owner or manager');
         // As the shell does: mark it (once); the bytes stay charged while the target lives.
-        if (decision.lease.releasedAt === undefined) ledger.markReleased(id, `r${releases++}`);
+        if (decision.plan.before.releasedAt === undefined) ledger.markReleased(id, `r${releases++}`);
       }
     } else if (step.op === 'exit') {
       // Only a target's exit takes a lease out of the ledger and returns its bytes.
