@@ -73,9 +73,7 @@ test('a full disk: JournalUnavailable, no spin on an exited target, recovery by 
     assert.deepEqual((await client.list()).leases.map((l) => l.id), granted);
     // Changes are refused before they touch anything.
     await assert.rejects(client.resize(first.id, 1), (e: Refusal) => e.errorName === 'JournalUnavailable');
-    // Release writes no record (a released lease stays charged until its target exits, issue #8
-    // item 5), so it needs no journal and works while degraded; the lease stays listed.
-    assert.deepEqual(await client.release(first.id), { limitRestored: false });
+    await assert.rejects(client.release(first.id), (e: Refusal) => e.errorName === 'JournalUnavailable');
     assert.deepEqual((await client.list()).leases.map((l) => l.id), granted, 'nothing changed');
 
     // The first target exits while the journal cannot record it: its lease ends once, in memory.
