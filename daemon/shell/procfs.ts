@@ -11,7 +11,7 @@
 //   bigints (64 bits wide; CapInh/CapPrm/CapEff/CapBnd/CapAmb are printed in hex).
 // - Reading /proc/PID/* says nothing about *which* process owned that PID at the time; callers
 //   that hold a pidfd must check it is still alive afterwards (see target.ts).
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { endianness } from 'node:os';
 
 export const CAP_IPC_LOCK = 14;
@@ -220,20 +220,20 @@ export function startTimeFromStat(text: string, path: string): string {
   return start;
 }
 
-/** A namespace's identity: the device and inode of its /proc/PID/ns/<type> file. */
-export interface NamespaceId { dev: number; ino: number }
-
-/** The user namespace of `pid` (stat of /proc/PID/ns/user; ProcessGone if it has exited). */
-export function userNamespaceOf(pid: Pid): NamespaceId {
-  const path = procPath(pid, 'ns/user');
-  try {
-    const st = statSync(path);
-    return { dev: st.dev, ino: st.ino };
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ESRCH') throw new ProcessGone(pid, path, code);
-    throw new ProcfsFormatError(path, `cannot be read (${code ?? String(e)})`, { cause: e });
-  }
+/**
+ * /proc/PID/uid_map as the reader sees it: the mapping of pid's user namespace into the
+ * reader's, one [inside, outside, count] triple per line. Readable by anyone (unlike
+ * /proc/PID/ns/user, whose stat needs ptrace access to pid: a broker running as its own user
+ * gets EACCES there for every target of another uid). ProcessGone if pid has exited.
+ */
+export function readUidMap(pid: Pid): Array<[number, number, number]> {
+  const path = procPath(pid, 'uid_map');
+  return readProcessFile(pid, 'uid_map').split('\n').filter((line) => line.trim() !== '').map((line) => {
+    const parts = line.trim().split(/\s+/);
+    if (parts.length !== 3) throw new ProcfsFormatError(path, `a mapping line should have 3 numbers: "${line}"`);
+    const [inside, outside, count] = parts.map((part) => decimal(part, path, 'uid_map')) as [number, number, number];
+    return [inside, outside, count];
+  });
 }
 
 /** MemTotal from /proc/meminfo, in bytes. */

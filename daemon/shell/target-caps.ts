@@ -20,25 +20,25 @@
 //   The bounding set alone is not counted: nearly every process has the full bounding set, and
 //   what it allows (a setuid-root or file-capability exec) is what the policy option
 //   requireNoNewPrivs closes.
-// - The initial user namespace is taken to be the daemon's own (/proc/self/ns/user): the
-//   broker runs in it (the unit keeps PrivateUsers= off). Read once, then cached. A daemon in
-//   a child namespace would still treat every target of ITS namespace as capable (the safe
-//   side); only targets in a namespace other than the daemon's are exempt.
+// - Which namespace: /proc/PID/uid_map as the daemon reads it. A process in the daemon's own
+//   user namespace maps every uid to itself, "0 0 4294967295" (the whole 32-bit range), and
+//   the daemon runs in the initial namespace (the unit keeps PrivateUsers= off). A process in a
+//   child namespace shows only the uids its creator mapped; a child that maps the whole range
+//   to itself is taken for the initial namespace and judged by its sets (refused if it holds
+//   the capability there): the safe side. uid_map is readable by anyone, where a stat of
+//   /proc/PID/ns/user needs ptrace access, which a broker running as its own user lacks for
+//   every target of another uid (seen in the host lab: every Open failed with InternalError).
 // - Reads /proc only (procfs.ts); ProcessGone and ProcfsFormatError pass through.
-import { CAP_IPC_LOCK, hasCapability, userNamespaceOf, type NamespaceId, type ProcStatus } from './procfs.ts';
+import { CAP_IPC_LOCK, hasCapability, readUidMap, type ProcStatus } from './procfs.ts';
 
-let initialNamespace: NamespaceId | undefined;
+/** The whole 32-bit uid range mapped to itself: how a process of the reader's own namespace looks. */
+const IDENTITY_OF_EVERY_UID = 4294967295;
 
-function daemonNamespace(): NamespaceId {
-  initialNamespace ??= userNamespaceOf('self');
-  return initialNamespace;
-}
-
-/** Whether pid lives in the daemon's (the initial) user namespace. */
+/** Whether pid lives in the daemon's (the initial) user namespace, judged by its uid_map. */
 export function inInitialUserNamespace(pid: number): boolean {
-  const own = daemonNamespace();
-  const theirs = userNamespaceOf(pid);
-  return theirs.dev === own.dev && theirs.ino === own.ino;
+  const map = readUidMap(pid);
+  const only = map[0];
+  return map.length === 1 && only !== undefined && only[0] === 0 && only[1] === 0 && only[2] === IDENTITY_OF_EVERY_UID;
 }
 
 /**

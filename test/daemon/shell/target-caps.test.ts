@@ -3,6 +3,7 @@
 // own user namespace (unshare --user --map-root-user), whose full CapEff does not reach the host.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { capabilityFacts, inInitialUserNamespace, ipcLockSetOf } from '../../../daemon/shell/target-caps.ts';
 import { readProcStatus, type ProcStatus } from '../../../daemon/shell/procfs.ts';
 import { IPC_LOCK_BIT, STRIP_ALL_BUT_IPC_LOCK, capset, python, startChild, stopChild } from './target-helpers.ts';
@@ -69,4 +70,17 @@ test('root only inside its own user namespace: full CapEff, yet not capable(CAP_
   } finally {
     await stopChild(child);
   }
+});
+
+test('the namespace check works for a reader without ptrace access to the target, as the broker under systemd is', () => {
+  // Under its unit the broker runs as its own user: a stat of /proc/PID/ns/user of a target of
+  // another uid is EACCES there (every Open of the host lab failed with InternalError). Run the
+  // check as uid 65534 against this (root) process and a root-owned child namespace.
+  const child = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups',
+    process.execPath, '--import', 'tsx', '-e',
+    `import('${new URL('../../../daemon/shell/target-caps.ts', import.meta.url).pathname}')`
+    + `.then((m) => console.log(JSON.stringify(m.inInitialUserNamespace(${process.pid}))))`
+    + `.catch((e) => { console.log('threw ' + e.message); process.exitCode = 1; })`,
+  ], { encoding: 'utf8', cwd: new URL('../../..', import.meta.url).pathname });
+  assert.equal(child.stdout.trim(), 'true', `as uid 65534: ${child.stdout}${child.stderr}`);
 });
