@@ -2,7 +2,7 @@
 // capabilities and locked memory we choose (setpriv, python3's mlock).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import { tmpdir, totalmem } from 'node:os';
@@ -12,33 +12,9 @@ import {
   ownCapabilities, pageSize, readProcStatus, readStartTime, startTimeFromStat,
 } from '../../../daemon/shell/procfs.ts';
 import { leakedSince, openFds } from '../../support/fds.ts';
+import { PYTHON, startChild, stopChild } from './target-helpers.ts';
 
-const PYTHON = '/usr/bin/python3';
 
-
-interface Child { process: ChildProcess; pid: number }
-
-/** Runs argv (ending in a python3 -c program that prints "ready" then reads stdin) until "ready". */
-async function startChild(argv: string[]): Promise<Child> {
-  const [cmd, ...args] = argv;
-  assert.ok(cmd !== undefined);
-  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'inherit'] });
-  assert.ok(child.pid !== undefined, `spawn ${cmd} failed`);
-  let out = '';
-  for await (const chunk of child.stdout!) {
-    out += String(chunk);
-    if (out.includes('ready\n')) break;
-  }
-  assert.ok(out.includes('ready\n'), `child ${argv.join(' ')} never became ready: ${out}`);
-  return { process: child, pid: child.pid };
-}
-
-/** Closes the child's stdin (it exits) and waits until it has been reaped. */
-async function stopChild(child: Child): Promise<void> {
-  const exited = once(child.process, 'exit');
-  child.process.stdin!.end();
-  await exited;
-}
 
 const waitForStdin = "import sys; print('ready', flush=True); sys.stdin.read()";
 

@@ -1,4 +1,4 @@
-// Test support for target.test.ts and target-caps.test.ts: python3 children whose capability
+// Test support for target.test.ts, target-caps.test.ts and procfs.test.ts: python3 children whose capability
 // sets, threads, user namespace or state (zombie) we choose. Not a test file itself.
 //
 // Invariants:
