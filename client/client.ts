@@ -23,7 +23,7 @@ import { FrameDecoder, FramingError, MAX_REPLY_FRAME_BYTES, type Frame } from '.
 import type { ParametersOf, QualifiedMethod, ReplyOf } from '../protocol/method-table.ts';
 import type { BrokerReply, Lease, Status } from '../protocol/methods.ts';
 import { decodeReply, encodeCall } from '../protocol/reply.ts';
-import { BrokerClientError, unreachableAdvice, VarlinkServiceError } from './client-errors.ts';
+import { BrokerClientError, unreachableAdvice, VarlinkServiceError } from './errors.ts';
 import { DEFAULT_SOCKET } from '../protocol/address.ts';
 import { DEFAULT_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS } from './defaults.ts';
 

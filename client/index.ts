@@ -7,7 +7,7 @@
 //   timed out, protocol violation, closed), QmpError, HotplugError (which step of a hotplug or
 //   unplug failed, what was undone, where the limit is), SizingError.
 export { BrokerClient, type CallOptions, type ConnectOptions, type GetInfoReply, type OpenedLease, type OpenRequest } from './client.ts';
-export { BrokerClientError, VarlinkServiceError, type ClientErrorName } from './client-errors.ts';
+export { BrokerClientError, VarlinkServiceError, type ClientErrorName } from './errors.ts';
 export { DEFAULT_CALL_TIMEOUT_MS } from './defaults.ts';
 export { DEFAULT_SOCKET } from '../protocol/address.ts';
 export { QmpClient, QmpError, type EventWait, type QmpErrorName, type QmpEvent, type QmpGreeting } from './qmp.ts';

@@ -10,7 +10,7 @@
 //   details go to the log); nothing falls back silently (the simulated device is only ever
 //   chosen by its flag, and is refused under systemd).
 // - After the start the daemon exits non-zero only when BrokerService says it cannot vouch for
-//   its state (deps.fatal, exit 1): a failing disk degrades the journal instead (journal.ts).
+//   its state (deps.fatal, exit 1): a failing disk degrades the journal instead (shell/journal/journal.ts).
 // - Sockets come from systemd by name (LISTEN_FDNAMES) when activated; otherwise the daemon
 //   binds its own paths with their final permissions from the start.
 // - SIGTERM/SIGINT: STOPPING=1, stop accepting, finish in-flight calls, close the journal,
@@ -22,18 +22,18 @@ import pino, { type Logger } from 'pino';
 import { UnixServer } from '../native/socket.ts';
 import { formatSizeApprox } from '../shared/sizes.ts';
 import { ADMIN_SOCKET_MODE, LISTEN_BACKLOG, parseFlags, USAGE, type Flags } from './flags.ts';
-import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/activation.ts';
+import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/systemd/activation.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';
 import { loadPolicy } from './shell/config.ts';
-import { LeaseJournal } from './shell/journal.ts';
-import { Notifier } from './shell/notify.ts';
-import { memTotalBytes, ownCapabilities } from './shell/procfs.ts';
+import { LeaseJournal } from './shell/journal/journal.ts';
+import { Notifier } from './shell/systemd/notify.ts';
+import { memTotalBytes, ownCapabilities } from './shell/target/procfs.ts';
 import { BrokerService } from './shell/service.ts';
-import { VarlinkServer } from './shell/varlink-server.ts';
-import { makeDispatcher } from './shell/dispatch.ts';
+import { VarlinkServer } from './shell/varlink/server.ts';
+import { makeDispatcher } from './shell/varlink/dispatch.ts';
 import { isManager } from './core/policy.ts';
-import type { AdminApi } from './shell/admin-api.ts';
-import { Metrics, withMetrics } from './shell/metrics.ts';
+import type { AdminApi } from './shell/admin/api.ts';
+import { Metrics, withMetrics } from './shell/admin/metrics.ts';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -158,7 +158,7 @@ export async function main(argv: string[]): Promise<void> {
   let admin: AdminApi | undefined;
   if (adminWhere !== undefined) {
     // Loaded only when there is an admin socket: fastify is most of what a start evaluates.
-    const { AdminApi } = await import('./shell/admin-api.ts');
+    const { AdminApi } = await import('./shell/admin/api.ts');
     admin = await AdminApi.create({ service, metrics, log, reloadPolicy });
     try {
       await admin.listen(adminWhere);

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { BrokerClient, BrokerError, formatSize, type Lease } from '../client/index.ts';
 import { formatSizeApprox } from '../shared/sizes.ts';
 import { prlimitMemlock } from '../native/sys.ts';
-import { ownCapabilities } from '../daemon/shell/procfs.ts';
+import { ownCapabilities } from '../daemon/shell/target/procfs.ts';
 import { BrokerProcess } from '../test/support/daemon.ts';
 import { LineReader, exited, spawnStripped } from '../test/support/children.ts';
 

@@ -1,5 +1,5 @@
 // The one error class for "this program was called wrongly": iommufd-brokerd's flags
-// (daemon/flags.ts) and iommufdctl's arguments (client/cli-args.ts) both throw it.
+// (daemon/flags.ts) and iommufdctl's arguments (cli/args.ts) both throw it.
 //
 // Invariants:
 // - The message names the offending flag or option and says what is expected; callers print

@@ -26,14 +26,8 @@
 // - At most one lease per target pid (released or not), and per (ownerUid, requestId).
 // - A released lease is never resized and never released twice (LedgerError).
 // - limitBytes >= memoryBytes for every lease (a lease never limits below the VM's RAM).
-// - This module is also the core's entry point for the shell: it re-exports the decisions
-//   (open-decision.ts, lease-decisions.ts), which import only types from here (no cycle at run
-//   time).
-
-export { decideOpen, type OpenDecision, type OpenRequest } from './open-decision.ts';
-export {
-  decideRelease, decideResize, mayView, visibleLeases, type LeaseDecision, type ReleaseDecision, type ResizeDecision,
-} from './lease-decisions.ts';
+// - The decisions (open-decision.ts, lease-decisions.ts) read the ledger; it imports nothing
+//   from them, so the core has no import cycle.
 
 /** An rlimit pair as prlimit returned it; -1 means RLIM_INFINITY. */
 export interface PreviousLimit {

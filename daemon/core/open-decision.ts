@@ -47,7 +47,7 @@ export interface OpenRequest {
   readonly targetUid: number;
   /**
    * The set from which the target holds or may gain CAP_IPC_LOCK in the initial user namespace
-   * (effective, permitted, ambient, inheritable: see daemon/shell/target-caps.ts), or undefined.
+   * (effective, permitted, ambient, inheritable: see daemon/shell/target/caps.ts), or undefined.
    * iommufd never charges a mapping made with it.
    */
   readonly targetIpcLockSet: string | undefined;

@@ -2,7 +2,7 @@
 //
 // Invariants:
 // - A lease's calls now wait for the journal between their decision and their kernel limit
-//   change (group commit, journal.ts). Without a lane, a lowering Resize could run inside a
+//   change (group commit, journal/journal.ts). Without a lane, a lowering Resize could run inside a
 //   raise's wait and the raise would then land last in the kernel but not in the ledger.
 // - run(key, step) starts step at once (synchronously) if the lane is idle, else after the
 //   lane's earlier steps have settled; a step that throws does not stop the ones behind it.

@@ -15,14 +15,14 @@
 // - Release never changes a target's limit and never returns bytes while the target lives: the
 //   lease stays in the ledger, charged and marked released, until TargetWatch sees the target
 //   exit (the budget never counts less than live targets may pin; see core/ledger.ts).
-// - A degraded journal (journal.ts): Open, Resize and Release are JournalUnavailable before any
+// - A degraded journal (journal/journal.ts): Open, Resize and Release are JournalUnavailable before any
 //   side effect (or after undoing their reservation if it degrades under them); List and
 //   Status work. A target's exit still ends its lease in memory; the journal makes that durable
 //   when it recovers. Nothing is raised while degraded, so the journal on disk never claims
 //   less than the kernel enforces: a failing disk is no reason to exit. The daemon gives up
 //   (deps.fatal: exit 1, systemd restarts it and replays) only if ending an exited target's
 //   lease throws, a bug after which only a replay can settle what the broker holds.
-// - restore() validates the leases it will re-adopt (journal-guard.ts) before touching any limit.
+// - restore() validates the leases it will re-adopt (journal/guard.ts) before touching any limit.
 // - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
 //   TargetWatch. The device fd returned by open() belongs to the caller (the server sends and
 //   closes it).
@@ -31,22 +31,24 @@ import type { Logger } from 'pino';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
 import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec } from '../../native/sys.ts';
-import { Ledger, decideOpen, decideRelease, decideResize, mayView, visibleLeases, type LeaseRecord } from '../core/ledger.ts';
+import { decideRelease, decideResize, mayView, visibleLeases } from '../core/lease-decisions.ts';
+import { Ledger, type LeaseRecord } from '../core/ledger.ts';
+import { decideOpen } from '../core/open-decision.ts';
 import { planGrant, planRestore, planTargetExit, type JournalRecord } from '../core/lease-plan.ts';
 import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
 import { callerExited } from '../core/open-decision.ts';
 import type { Device } from './device.ts';
-import type { LeaseJournal } from './journal.ts';
-import { checkRestorable, durable, journalReady } from './journal-guard.ts';
+import type { LeaseJournal } from './journal/journal.ts';
+import { checkRestorable, durable, journalReady } from './journal/guard.ts';
 import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
-import { pageSize } from './procfs.ts';
+import { pageSize } from './target/procfs.ts';
 import {
   applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type Target, type TargetUsage,
-} from './target.ts';
+} from './target/target.ts';
 import { LeaseLanes } from './lease-lanes.ts';
 import { runPlan, type PlanEffects } from './lease-transaction.ts';
-import { TargetWatch } from './target-watch.ts';
+import { TargetWatch } from './target/watch.ts';
 
 export interface ServiceDeps {
   policy: Readonly<Policy>;

@@ -16,7 +16,7 @@ const LAUNCHER = join(REPO, 'bin', 'iommufd-brokerd');
 /** A tree with the launcher, a bundle and sources that print which of them ran, all dated `at`. */
 function scratchTree(): string {
   const root = mkdtempSync(join(tmpdir(), 'brokerd-launcher-'));
-  for (const dir of ['bin', 'dist', 'daemon/shell', 'protocol', 'native']) mkdirSync(join(root, dir), { recursive: true });
+  for (const dir of ['bin', 'dist', 'daemon/shell', 'protocol', 'native', 'shared']) mkdirSync(join(root, dir), { recursive: true });
   copyFileSync(LAUNCHER, join(root, 'bin', 'iommufd-brokerd'));
   for (const f of ['launch.cjs', 'package.json']) copyFileSync(join(REPO, 'bin', f), join(root, 'bin', f));
   symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
@@ -28,6 +28,7 @@ function scratchTree(): string {
   writeFileSync(join(root, 'daemon', 'shell', 'service.ts'), '// a source file deeper down\n');
   writeFileSync(join(root, 'protocol', 'errors.ts'), '\n');
   writeFileSync(join(root, 'native', 'binding.ts'), '\n');
+  writeFileSync(join(root, 'shared', 'sizes.ts'), '\n');
   return root;
 }
 
@@ -41,7 +42,7 @@ function launch(root: string): { stdout: string; stderr: string } {
   return { stdout: r.stdout, stderr: r.stderr };
 }
 
-const SOURCES = ['daemon/main.ts', 'daemon/shell/service.ts', 'protocol/errors.ts', 'native/binding.ts', 'package-lock.json'];
+const SOURCES = ['daemon/main.ts', 'daemon/shell/service.ts', 'protocol/errors.ts', 'native/binding.ts', 'shared/sizes.ts', 'package-lock.json'];
 
 test('a bundle newer than every source runs, with the arguments, silently', () => {
   const root = scratchTree();

@@ -1,6 +1,6 @@
 // bin/iommufdctl: like the daemon's launcher (bin/launch.cjs), it runs dist/iommufdctl.cjs only
-// while that bundle is newer than every source it was made of (client, protocol, native, the
-// lock file), else client/cli.ts through tsx with a note on stderr; a tree without sources (the
+// while that bundle is newer than every source it was made of (cli, client, protocol, native,
+// shared, the lock file), else cli/main.ts through tsx with a note on stderr; a tree without sources (the
 // Debian package) runs the bundle. Checked on a copy of the launcher in a scratch tree whose
 // "bundle" and "sources" only say which one ran, and against this checkout's real bundle.
 import { test } from 'node:test';
@@ -11,11 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const REPO = join(import.meta.dirname, '..', '..');
-const SOURCES = ['client/cli.ts', 'client/deeper/qmp.ts', 'protocol/errors.ts', 'native/binding.ts', 'package-lock.json'];
+const SOURCES = ['cli/main.ts', 'client/deeper/qmp.ts', 'protocol/errors.ts', 'native/binding.ts', 'shared/sizes.ts', 'package-lock.json'];
 
 function scratchTree(): string {
   const root = mkdtempSync(join(tmpdir(), 'iommufdctl-launcher-'));
-  for (const dir of ['bin', 'dist', 'client/deeper', 'protocol', 'native']) mkdirSync(join(root, dir), { recursive: true });
+  for (const dir of ['bin', 'dist', 'cli', 'client/deeper', 'protocol', 'native', 'shared']) mkdirSync(join(root, dir), { recursive: true });
   for (const f of ['iommufdctl', 'launch.cjs', 'package.json']) copyFileSync(join(REPO, 'bin', f), join(root, 'bin', f));
   symlinkSync(join(REPO, 'node_modules'), join(root, 'node_modules'));
   writeFileSync(join(root, 'package.json'), '{"type":"module"}\n');
@@ -23,8 +23,8 @@ function scratchTree(): string {
   const body = (who: string): string => `async function runCli(argv) { console.log('${who}', JSON.stringify(argv)); return 7; }\n`;
   // The real bundle is CommonJS (required without the ESM loader); the sources are ESM.
   writeFileSync(join(root, 'dist', 'iommufdctl.cjs'), `${body('bundle')}exports.runCli = runCli;\n`);
-  writeFileSync(join(root, 'client', 'cli.ts'), `export ${body('sources')}`);
-  for (const s of ['client/deeper/qmp.ts', 'protocol/errors.ts', 'native/binding.ts']) writeFileSync(join(root, s), '\n');
+  writeFileSync(join(root, 'cli', 'main.ts'), `export ${body('sources')}`);
+  for (const s of ['client/deeper/qmp.ts', 'protocol/errors.ts', 'native/binding.ts', 'shared/sizes.ts']) writeFileSync(join(root, s), '\n');
   for (const s of SOURCES) utimesSync(join(root, s), 1_000_000, 1_000_000);
   utimesSync(join(root, 'dist', 'iommufdctl.cjs'), 2_000_000, 2_000_000);
   return root;
@@ -48,7 +48,7 @@ test('a bundle newer than every source runs, silently, and its exit code is the 
   inScratch((root) => assert.deepEqual(launch(root), { status: 7, stdout: 'bundle ["--x"]\n', stderr: '' }));
 });
 
-test('any source newer than the bundle, however deep, runs client/cli.ts through tsx and says why', () => {
+test('any source newer than the bundle, however deep, runs cli/main.ts through tsx and says why', () => {
   for (const newer of SOURCES) {
     inScratch((root) => {
       utimesSync(join(root, newer), 3_000_000, 3_000_000);
@@ -68,7 +68,7 @@ test('no bundle runs the sources and says so; no sources (the package) runs the 
     assert.match(r.stderr, /^iommufdctl: no bundle/);
   });
   inScratch((root) => {
-    for (const s of ['client', 'protocol', 'native', 'package-lock.json']) rmSync(join(root, s), { recursive: true });
+    for (const s of ['cli', 'client', 'protocol', 'native', 'shared', 'package-lock.json']) rmSync(join(root, s), { recursive: true });
     assert.deepEqual(launch(root), { status: 7, stdout: 'bundle ["--x"]\n', stderr: '' });
   });
 });

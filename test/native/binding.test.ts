@@ -214,7 +214,7 @@ test('only native/ imports the raw binding: daemon/, client/, protocol/, bench/ 
   // the socket layer inside it; everyone else gets SysError, never a -errno to decode by hand.
   const root = new URL('../../', import.meta.url);
   const importers: string[] = [];
-  for (const dir of ['daemon', 'client', 'protocol', 'bench', 'scripts', 'native']) {
+  for (const dir of ['daemon', 'cli', 'client', 'protocol', 'bench', 'scripts', 'native']) {
     for (const entry of readdirSync(new URL(dir, root), { recursive: true, withFileTypes: true })) {
       if (!entry.isFile() || !entry.name.endsWith('.ts')) continue;
       const file = `${entry.parentPath}/${entry.name}`;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { UsageError } from '../../shared/usage-error.ts';
 import { parseFlags, UsageError as DaemonUsageError } from '../../daemon/flags.ts';
-import { parseCommand, UsageError as CliUsageError } from '../../client/cli-args.ts';
+import { parseCommand, UsageError as CliUsageError } from '../../cli/args.ts';
 import { filesMatching } from '../support/sources.ts';
 
 test('the daemon and iommufdctl throw the same UsageError class, defined once', () => {

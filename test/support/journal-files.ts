@@ -2,7 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startTimeFromStat } from '../../daemon/shell/procfs.ts';
+import { startTimeFromStat } from '../../daemon/shell/target/procfs.ts';
 
 /** A capability-less `sleep 600` of our own uid (the daemon may lower its limit), once it runs sleep. */
 export async function sleeper(): Promise<{ child: ChildProcess; pid: number; startTime: string }> {

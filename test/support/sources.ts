@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
 /** The source folders (not tests): everything the daemon, the client and their tools are built from. */
-export const SOURCE_DIRS: readonly string[] = ['daemon', 'client', 'protocol', 'native', 'shared', 'bench', 'scripts'];
+export const SOURCE_DIRS: readonly string[] = ['daemon', 'cli', 'client', 'protocol', 'native', 'shared', 'bench', 'scripts'];
 
 /** Every .ts file under `dirs`, with its text. */
 export function sourceFiles(dirs: readonly string[] = SOURCE_DIRS): Array<{ path: string; text: string }> {

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { leakedSince, openFds } from '../support/fds.ts';
 
 const REPO = fileURLToPath(new URL('../..', import.meta.url));
-const PROBE = join(REPO, 'test/daemon/shell/activation-probe.ts');
+const PROBE = join(REPO, 'test/daemon/shell/systemd/activation-probe.ts');
 
 const running = new Set<ChildProcessWithoutNullStreams>();
 afterEach(() => {

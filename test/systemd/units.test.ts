@@ -7,7 +7,7 @@ import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, sta
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SOCKET_NAMES } from '../../daemon/shell/activation.ts';
+import { SOCKET_NAMES } from '../../daemon/shell/systemd/activation.ts';
 import { loadPolicy } from '../../daemon/shell/config.ts';
 import { all, one, readTable, readUnit, type Unit } from './unit-file.ts';
 

@@ -6,7 +6,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { Ledger, decideOpen, decideRelease, decideResize, visibleLeases } from '../../../daemon/core/ledger.ts';
+import { decideRelease, decideResize, visibleLeases } from '../../../daemon/core/lease-decisions.ts';
+import { Ledger } from '../../../daemon/core/ledger.ts';
+import { decideOpen } from '../../../daemon/core/open-decision.ts';
 import { limitBytesFor } from '../../../daemon/core/limit.ts';
 import { isManager, mayOpen, type Peer, type Policy } from '../../../daemon/core/policy.ts';
 import { GiB } from './lease-fixtures.ts';

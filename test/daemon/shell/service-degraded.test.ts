@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BrokerClient } from '../../../client/index.ts';
 import { closeFd, pidfdOpen } from '../../../native/sys.ts';
-import { replay } from '../../../daemon/shell/journal-format.ts';
+import { replay } from '../../../daemon/shell/journal/format.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { sleeper } from '../../support/journal-files.ts';
 import { fillUp, mountTmpfs, tmpfsUnavailable, unmount } from '../../support/tmpfs.ts';

@@ -9,8 +9,8 @@ import { chmodSync, mkdtempSync, readFileSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BrokerClient } from '../../../client/index.ts';
-import { currentBoot } from '../../../daemon/shell/boot.ts';
-import { replay } from '../../../daemon/shell/journal-format.ts';
+import { currentBoot } from '../../../daemon/shell/journal/boot.ts';
+import { replay } from '../../../daemon/shell/journal/format.ts';
 import { BrokerProcess } from '../../support/daemon.ts';
 import { grantLine, memlock, sleeper, writeJournal } from '../../support/journal-files.ts';
 
