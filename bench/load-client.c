@@ -3,8 +3,9 @@
  * so that the same client, built the same way, drives both in the same run.
  *
  *   load-client cycle SOCKET CLIENTS SECONDS WARMUP_SECONDS MEMORY_BYTES
- *       CLIENTS forked workers (each its own process: one lease per target pid), each looping:
- *       connect, Open for itself, receive the reply and its fd, close the fd, Release, close.
+ *       CLIENTS forked workers, each looping: fork a child (a new target: one lease per target
+ *       process, kept until it exits), which connects, Opens for itself, receives the reply and
+ *       its fd, closes the fd, Releases, closes and exits; the worker waits for it.
  *       Open latency is connect -> reply with the fd; Release latency is send -> reply.
  *   load-client resize SOCKET COUNT MEMORY_BYTES
  *       One connection: Open for itself, COUNT Resizes each one page lower, Release.
@@ -120,33 +121,48 @@ static void print_percentiles(const char *name, uint32_t *v, uint64_t n) {
   printf("\"%s\":{\"n\":%llu,\"p50\":%u,\"p90\":%u,\"p99\":%u,\"max\":%u}", name, (unsigned long long)n, RANK(0.5), RANK(0.9), RANK(0.99), v[n - 1]);
 }
 
+/* One cycle, in a child process of its own: a target process opens one lease in its life
+ * (released or not, a lease stays until its target exits: docs/PROTOCOL.md "Release"), so a
+ * VM start is a new process. The child writes its samples into the shared slice. */
+static void one_cycle(const char *socket, const char *call, uint64_t warm, struct slice *s) {
+  char reply[REPLY_MAX], id[19];
+  uint64_t t0 = now_ns();
+  int fd, sock = dial(socket);
+  if (sock < 0 || send_call(sock, call, -1) != 0 || recv_reply(sock, reply, &fd) != 0 || lease_id(reply, id) != 0) {
+    if (sock >= 0) close(sock);
+    if (s->errors++ < 2) fprintf(stderr, "load-client %d: Open failed: %s\n", getpid(), sock < 0 ? strerror(errno) : reply);
+    return;
+  }
+  uint64_t t1 = now_ns();
+  close(fd);
+  char release[128];
+  snprintf(release, sizeof release, "{\"method\":\"io.iommufd.Broker.Release\",\"parameters\":{\"lease\":\"%s\"}}", id);
+  int ok = send_call(sock, release, -1) == 0 && recv_reply(sock, reply, &fd) == 0;
+  if (fd >= 0) close(fd);
+  uint64_t t2 = now_ns();
+  close(sock);
+  if (!ok) {
+    if (s->errors++ < 2) fprintf(stderr, "load-client %d: Release failed: %s\n", getpid(), reply);
+    return;
+  }
+  if (t0 >= warm && s->opens < MAX_SAMPLES) {
+    s->open_us[s->opens++] = (uint32_t)((t1 - t0) / 1000);
+    s->release_us[s->releases++] = (uint32_t)((t2 - t1) / 1000);
+  }
+}
+
 static void worker(const char *socket, uint64_t start, uint64_t warm, uint64_t end, const char *memory, struct slice *s) {
-  char reply[REPLY_MAX], call[256], id[19];
-  snprintf(call, sizeof call, "{\"method\":\"io.iommufd.Broker.Open\",\"parameters\":{\"name\":\"bench-%d\",\"memoryBytes\":%s}}", getpid(), memory);
+  char call[256];
   (void)start;
   for (uint64_t t0 = now_ns(); t0 < end; t0 = now_ns()) {
-    int fd, sock = dial(socket);
-    if (sock < 0 || send_call(sock, call, -1) != 0 || recv_reply(sock, reply, &fd) != 0 || lease_id(reply, id) != 0) {
-      if (sock >= 0) close(sock);
-      if (s->errors++ < 2) fprintf(stderr, "load-client %d: Open failed: %s\n", getpid(), sock < 0 ? strerror(errno) : reply);
-      continue;
+    pid_t pid = fork();
+    if (pid < 0) { s->errors++; continue; }
+    if (pid == 0) {
+      snprintf(call, sizeof call, "{\"method\":\"io.iommufd.Broker.Open\",\"parameters\":{\"name\":\"bench-%d\",\"memoryBytes\":%s}}", getpid(), memory);
+      one_cycle(socket, call, warm, s);
+      _exit(0);
     }
-    uint64_t t1 = now_ns();
-    close(fd);
-    char release[128];
-    snprintf(release, sizeof release, "{\"method\":\"io.iommufd.Broker.Release\",\"parameters\":{\"lease\":\"%s\"}}", id);
-    int ok = send_call(sock, release, -1) == 0 && recv_reply(sock, reply, &fd) == 0;
-    if (fd >= 0) close(fd);
-    uint64_t t2 = now_ns();
-    close(sock);
-    if (!ok) {
-      if (s->errors++ < 2) fprintf(stderr, "load-client %d: Release failed: %s\n", getpid(), reply);
-      continue;
-    }
-    if (t0 >= warm && s->opens < MAX_SAMPLES) {
-      s->open_us[s->opens++] = (uint32_t)((t1 - t0) / 1000);
-      s->release_us[s->releases++] = (uint32_t)((t2 - t1) / 1000);
-    }
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
   }
 }
 
