@@ -14,7 +14,7 @@
 // - Durations come from a monotonic clock (injectable for tests); no I/O, no fds.
 import { BrokerError } from '../../../protocol/errors.ts';
 import type { Lease, Status } from '../../../protocol/methods.ts';
-import type { CallHandler } from '../varlink/server.ts';
+import type { CallHandler } from '../varlink/connection.ts';
 
 /** Which face of the broker a request came through. */
 export type RequestApi = 'varlink' | 'admin';
@@ -91,7 +91,7 @@ export class Metrics {
   }
 
   /**
-   * Records one refusal before dispatch (daemon/shell/varlink/server.ts Refusal): `reason` is a fixed
+   * Records one refusal before dispatch (daemon/shell/varlink/connection.ts Refusal): `reason` is a fixed
    * connection reason or a Varlink error name, so the label set stays bounded.
    */
   observeRefusal(stage: 'connection' | 'message', reason: string): void {

@@ -8,7 +8,7 @@ import { interfaceDescription, SERVICE_INFO } from '../../../protocol/interface.
 import { VarlinkServiceError } from '../../../protocol/errors.ts';
 import type { BrokerService } from '../service.ts';
 import type { ConnectionPeer } from '../peer.ts';
-import type { HandlerReply } from './server.ts';
+import type { HandlerReply } from './connection.ts';
 
 export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer: ConnectionPeer) => Promise<HandlerReply> {
   return async (call, peer) => {

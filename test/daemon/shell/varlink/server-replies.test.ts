@@ -12,7 +12,8 @@ import { UnixServer } from '../../../../native/socket.ts';
 import { memfd } from '../../../../native/sys.ts';
 import { BrokerError } from '../../../../protocol/errors.ts';
 import { MAX_REPLY_FRAME_BYTES } from '../../../../protocol/framing.ts';
-import { VarlinkServer, type CallHandler } from '../../../../daemon/shell/varlink/server.ts';
+import type { CallHandler } from '../../../../daemon/shell/varlink/connection.ts';
+import { VarlinkServer } from '../../../../daemon/shell/varlink/server.ts';
 import { openFds, settledLeaks } from '../../../support/fds.ts';
 import { exchange } from '../../../support/raw-varlink.ts';
 

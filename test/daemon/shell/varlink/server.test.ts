@@ -74,7 +74,8 @@ test('oneway calls get no reply; the next call does', async () => {
 });
 
 test('a Connection is built from named parts, not seven positional parameters', () => {
-  const source = readFileSync(new URL('../../../../daemon/shell/varlink/server.ts', import.meta.url), 'utf8');
-  assert.match(source, /new Connection\(\{/);
+  const server = readFileSync(new URL('../../../../daemon/shell/varlink/server.ts', import.meta.url), 'utf8');
+  const source = readFileSync(new URL('../../../../daemon/shell/varlink/connection.ts', import.meta.url), 'utf8');
+  assert.match(server, /new Connection\(\{/);
   assert.match(source, /constructor\(\{ socket, peer, handle, log, limits, onClose, onRefused \}: ConnectionParts\)/);
 });
