@@ -13,6 +13,17 @@ export const SERVICE_INTERFACE = 'org.varlink.service';
 
 const bytes = z.number().int().nonnegative();
 
+/**
+ * Every `rule` an io.iommufd.Broker.PermissionDenied may name over Varlink (docs/PROTOCOL.md
+ * lists exactly these; test/protocol/docs.test.ts checks both directions, and the daemon's
+ * sources name no other). The wire type stays a string: a client must accept rules a newer
+ * broker adds.
+ */
+export const permissionDeniedRules = [
+  'open-users', 'target-not-self', 'caller-exited', 'caller-ids-changed',
+  'resize-managers-only', 'lease-released', 'release-owner-or-manager',
+] as const;
+
 /** Parameters of each io.iommufd.Broker error (the wire shape, also used by the admin API). */
 export const brokerErrorParameters = {
   PermissionDenied: z.object({ rule: z.string(), reason: z.string() }),

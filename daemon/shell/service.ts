@@ -129,7 +129,7 @@ export class BrokerService {
       // pid the caller connected from may belong to someone else by now.
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer, peerAlive: peerIsAlive(peer), targetIsPeer: isPeerProcess(peer, target.pidfd),
-        targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
+        targetPid: target.pid, targetUid: target.uid, targetIds: target.ids, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
         name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });

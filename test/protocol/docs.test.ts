@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { brokerErrorParameters, serviceErrorParameters } from '../../protocol/errors.ts';
+import { brokerErrorParameters, permissionDeniedRules, serviceErrorParameters } from '../../protocol/errors.ts';
 import { Lease, brokerMethods, serviceMethods } from '../../protocol/methods.ts';
 import { MAX_FDS_PER_FRAME, MAX_FRAME_BYTES, MAX_REPLY_FRAME_BYTES } from '../../protocol/framing.ts';
 import { decodeCall } from '../../protocol/decode.ts';
@@ -93,6 +93,17 @@ test('every error is documented with exactly its parameters, and every documente
   const documented = entries('Errors');
   assert.deepEqual([...documented.keys()].sort(), allErrors.map(([n]) => n).sort());
   for (const [name, schema] of allErrors) assertFields(name, documented.get(name)?.rows ?? [], schema);
+});
+
+test('PermissionDenied lists exactly the registry\'s rules, and the daemon names no other', () => {
+  const row = doc.split('\n').find((l) => l.startsWith('| `rule` | string | `open-users`'));
+  assert.ok(row !== undefined, 'the PermissionDenied rule row is missing');
+  const documented = [...row.split('|')[3]?.matchAll(/`([a-z-]+)`/g) ?? []].map((m) => m[1]);
+  assert.deepEqual(documented.sort(), [...permissionDeniedRules].sort());
+  const core = ['lease-decisions.ts', 'open-decision.ts']
+    .map((f) => readFileSync(new URL(`../../daemon/core/${f}`, import.meta.url), 'utf8')).join('\n');
+  const named = [...core.matchAll(/rule: '([a-z-]+)'/g)].map((m) => m[1]);
+  assert.deepEqual([...new Set(named)].sort(), [...permissionDeniedRules].sort());
 });
 
 test('the Lease type is documented with exactly its fields', () => {

@@ -19,12 +19,18 @@ import {
 } from '../../../native/sys.ts';
 import { readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
 import { capabilityFacts } from './caps.ts';
+import type { TargetIds } from '../../core/open-decision.ts';
 
 export interface Target {
   pid: number;
   /** owner: whoever holds the Target; a granted lease takes it over, else close it. */
   pidfd: number;
   uid: number;
+  /**
+   * Real, effective and saved uids and gids, from the same /proc read as `uid`, the pidfd alive
+   * after it (a non-manager's self-Open needs them equal to its SO_PEERCRED ids).
+   */
+  ids: TargetIds;
   startTime: string;
   /** The capability set from which the target holds or may gain CAP_IPC_LOCK (caps.ts). */
   ipcLockSet: string | undefined;
@@ -59,7 +65,11 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     if ((status.state === 'Z' || status.state === 'X') && status.threads <= 1) {
       throw gone(pid, 'the process has exited (a zombie its parent has not reaped yet): it can pin nothing');
     }
-    return { pid, pidfd, uid: status.realUid, startTime, ...caps, usage: usageOf(status) };
+    const ids: TargetIds = {
+      realUid: status.realUid, effectiveUid: status.effectiveUid, savedUid: status.savedUid,
+      realGid: status.realGid, effectiveGid: status.effectiveGid, savedGid: status.savedGid,
+    };
+    return { pid, pidfd, uid: status.realUid, ids, startTime, ...caps, usage: usageOf(status) };
   } catch (e) {
     closeOffLoop(pidfd);
     throw toTargetError(e);
