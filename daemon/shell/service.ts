@@ -5,7 +5,7 @@
 //   order of effects); this file only gathers facts (peer, target, device), binds the effects
 //   (ledger, journal, the target's limit, its exit watch) and hands each plan to runPlan
 //   (lease-transaction.ts), which enforces that order and undoes a failed plan. No reply is
-//   sent before its record is on disk (except Release, which journals nothing).
+//   sent before its record is on disk (Release included: its `released` record survives a restart).
 // - Decision and ledger update happen in one synchronous step, before any wait for the disk:
 //   runPlan reserves the bytes at once, so two calls can never both pass a budget check for
 //   the same bytes. A call that fails after its reservation gives it back (the plan's undo).
@@ -189,13 +189,13 @@ export class BrokerService {
         this.#deny('release', peer, decision.error, { lease: p.lease });
         throw decision.error;
       }
-      // Release journals nothing, but a degraded journal refuses every change (docs/PROTOCOL.md).
+      // A degraded journal refuses every change before it changes anything (docs/PROTOCOL.md).
       journalReady(this.deps.journal);
       // The target keeps its FD and may still pin up to the limit the broker set, so Release
       // never touches that limit (restoring the earlier one is usually a raise, often to
       // unlimited) and never returns the bytes: the lease stays charged, marked released, until
-      // its target exits (#targetExited). Not journaled: after a restart the lease is re-adopted
-      // as an ordinary one, still charged (the safe side). See planRelease.
+      // its target exits (#targetExited). Journaled (the reply waits for the flush), so after a
+      // restart it is re-adopted still released, with its releasedAt. See planRelease.
       const { plan } = decision;
       if (plan.ledger !== undefined) { // undefined: released before, a retried Release changes nothing
         await runPlan(plan, this.#effects(plan.id, undefined));
@@ -345,6 +345,7 @@ function writeRecord(journal: LeaseJournal, record: JournalRecord): void {
   switch (record.kind) {
     case 'grant': journal.recordGrant(record.lease); return;
     case 'resize': journal.recordResize(record.id, record.to.memoryBytes, record.to.limitBytes); return;
+    case 'mark-released': journal.recordReleased(record.id, record.at); return;
     case 'release': journal.recordRelease(record.id); return;
   }
 }
