@@ -74,6 +74,12 @@ export interface NativeBinding {
   isUnixStreamSocket(fd: number): number | NegErrno;
   /** setsockopt SO_PASSRIGHTS=0: peers can no longer send fds (EPERM). -ENOPROTOOPT before Linux 6.16. */
   refuseFdPassing(fd: number): 0 | NegErrno;
+  /**
+   * For an accepted socket: 0 if it already refused fds; else SO_PASSRIGHTS=0 is set now and
+   * 1 = no fd waits in its receive queue, 2 = some do (peeked, nothing installed or read).
+   * -ENOPROTOOPT before Linux 6.16.
+   */
+  sealFdPassing(fd: number): 0 | 1 | 2 | NegErrno;
 
   // --- credentials and processes ---
   /** SO_PEERCRED (as of connect()). */

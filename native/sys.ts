@@ -229,6 +229,20 @@ export function refuseFdPassing(fd: number): boolean {
 }
 
 /**
+ * For an accepted socket whose peer connected before its listener refused fds (the kernel
+ * copies SO_PASSRIGHTS at connect()): makes it refuse them from now on, and says whether fds
+ * already wait in its receive queue ('queued': reading it with read(2) would drop them, and
+ * run their last close, on this thread). 'sealed': it refused fds from the start;
+ * 'unsupported': the kernel has no SO_PASSRIGHTS (before 6.16).
+ */
+export function sealFdPassing(fd: number): 'sealed' | 'now-sealed' | 'queued' | 'unsupported' {
+  const r = native.sealFdPassing(fd);
+  if (r < 0 && errnoName(r) === 'ENOPROTOOPT') return 'unsupported';
+  const v = sys('SO_PASSRIGHTS (sealing an accepted socket)', r, `fd ${fd}`);
+  return v === 0 ? 'sealed' : v === 1 ? 'now-sealed' : 'queued';
+}
+
+/**
  * One datagram to the abstract AF_UNIX address "\0name" (sd_notify's '@' sockets), on a socket
  * created and closed inside this call; returns the bytes sent.
  */

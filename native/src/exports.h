@@ -21,6 +21,7 @@ DECLARE_EXPORT(js_sendmsg);
 DECLARE_EXPORT(js_shutdown_write);
 DECLARE_EXPORT(js_is_unix_stream_socket);
 DECLARE_EXPORT(js_refuse_fd_passing);
+DECLARE_EXPORT(js_seal_fd_passing);
 /* creds.c */
 DECLARE_EXPORT(js_peer_cred);
 DECLARE_EXPORT(js_peer_pidfd);

@@ -21,6 +21,7 @@ static const export_t exports_table[] = {
     {"shutdownWrite", js_shutdown_write},
     {"isUnixStreamSocket", js_is_unix_stream_socket},
     {"refuseFdPassing", js_refuse_fd_passing},
+    {"sealFdPassing", js_seal_fd_passing},
     {"peerCred", js_peer_cred},
     {"peerPidfd", js_peer_pidfd},
     {"peerGroups", js_peer_groups},
