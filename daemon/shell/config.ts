@@ -14,7 +14,7 @@
 // - A table that is present is the whole allow-list: [open] without `users` allows no user by
 //   uid; only an absent [open] means "any user". [managers] likewise (absent: uid 0 only).
 // - Flags win over the file. Without a budget anywhere: MemTotal minus a reserve (the file's
-//   limits.reserve, else max(1 GiB, 10 % of MemTotal)).
+//   limits.reserve, else the core's defaultReserveBytes: max(10 %, min(1 GiB, 25 %)) of MemTotal).
 // - Fds: the config file's fd is opened, read and closed inside readPolicyFile().
 import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { extname } from 'node:path';
@@ -22,13 +22,10 @@ import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 import { parseSize } from '../../shared/sizes.ts';
 import { DEFAULT_OVERHEAD_BYTES, type Policy } from '../core/policy.ts';
+import { defaultReserveBytes } from '../core/quota.ts';
 import { AccountFiles } from './accounts.ts';
 
-const GiB = 1024 ** 3;
-/** Without a budget or reserve: keep this percentage of MemTotal for the host ... */
-export const DEFAULT_RESERVE_PERCENT = 10;
-/** ... but never less than this. */
-export const MIN_DEFAULT_RESERVE_BYTES = GiB;
+export { defaultReserveBytes } from '../core/quota.ts';
 
 /** A policy that cannot be used; `source` is a file path or a flag, `key` a dotted key path. */
 export class PolicyError extends Error {
@@ -172,11 +169,6 @@ function ids(list: readonly (string | number)[], resolve: (name: string) => numb
     if (!out.includes(id)) out.push(id);
   }
   return Object.freeze(out);
-}
-
-/** The reserve kept for the host when no budget is given: max(1 GiB, 10 % of MemTotal). */
-export function defaultReserveBytes(memTotalBytes: number): number {
-  return Math.max(MIN_DEFAULT_RESERVE_BYTES, Math.floor((memTotalBytes * DEFAULT_RESERVE_PERCENT) / 100));
 }
 
 /** Builds the frozen Policy from the file (if any), the flags and MemTotal. Throws PolicyError. */
