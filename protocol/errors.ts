@@ -39,6 +39,11 @@ export const brokerErrorParameters = {
   ShuttingDown: z.object({ reason: z.string() }),
   /** The lease journal cannot make records durable (e.g. a full disk); `since` is ISO 8601. */
   JournalUnavailable: z.object({ reason: z.string(), errno: z.string(), since: z.string() }),
+  /**
+   * The caller's uid has too many fds whose close has not finished (files whose last close
+   * blocks); the call carried fds and was refused, and the connection closes after this reply.
+   */
+  ClosesPending: z.object({ uid: z.number().int().nonnegative(), pendingCloses: z.number().int().nonnegative(), maximum: z.number().int().nonnegative(), reason: z.string() }),
   /** A bug or an unexpected OS failure; the broker log has the details. */
   InternalError: z.object({ reason: z.string() }),
 } as const;

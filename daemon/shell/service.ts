@@ -119,7 +119,7 @@ export class BrokerService {
 
   async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<{ lease: Lease; fd: number }> {
     // usage: read with the target's identity (one /proc read less per Open); not kept.
-    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer, p));
+    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer, p), peer.uid);
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply

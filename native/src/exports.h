@@ -44,6 +44,8 @@ DECLARE_EXPORT(js_ioctl);
 /* closer.c */
 DECLARE_EXPORT(js_close_later);
 DECLARE_EXPORT(js_pending_closes);
+DECLARE_EXPORT(js_pending_closes_of);
+DECLARE_EXPORT(js_close_socket_later);
 /* poll.c */
 DECLARE_EXPORT(js_start_poll);
 DECLARE_EXPORT(js_update_poll);

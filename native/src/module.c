@@ -38,6 +38,8 @@ static const export_t exports_table[] = {
     {"close", js_close},
     {"closeLater", js_close_later},
     {"pendingCloses", js_pending_closes},
+    {"pendingClosesOf", js_pending_closes_of},
+    {"closeSocketLater", js_close_socket_later},
     {"flock", js_flock},
     {"ioctl", js_ioctl},
     {"startPoll", js_start_poll},

@@ -36,9 +36,9 @@ test('failed syscalls return -errno instead of throwing', () => {
 test('the addon exports exactly the syscalls the daemon uses: no dead memory or fsync exports', () => {
   // A root daemon carries no code it never calls: mmap/munmap to JS and fsync went (issue #9).
   assert.deepEqual(Object.keys(native).sort(), [
-    'accept', 'closeLater', 'close', 'connectUnix', 'dupCloexec', 'execve', 'flock', 'fstat', 'ioctl',
+    'accept', 'closeLater', 'closeSocketLater', 'close', 'connectUnix', 'dupCloexec', 'execve', 'flock', 'fstat', 'ioctl',
     'isUnixStreamSocket', 'kcmp', 'listenUnix', 'memfdCreate', 'open', 'peerCred', 'peerGroups',
-    'peerPidfd', 'pendingCloses', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'refuseFdPassing', 'sealFdPassing', 'sendDatagram',
+    'peerPidfd', 'pendingCloses', 'pendingClosesOf', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'refuseFdPassing', 'sealFdPassing', 'sendDatagram',
     'sendmsg', 'setCloexec', 'shutdownWrite', 'startPoll', 'stopPoll', 'updatePoll',
   ].sort());
 });

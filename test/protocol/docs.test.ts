@@ -13,7 +13,7 @@ import { qualifiedMethodNames, type QualifiedMethod } from '../../protocol/metho
 import { formatSize } from '../../shared/sizes.ts';
 import {
   DEFAULT_FRAME_TIMEOUT_SECONDS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
-  DEFAULT_RESERVED_CONNECTIONS,
+  DEFAULT_MAX_PENDING_CLOSES, DEFAULT_MAX_PENDING_CLOSES_PER_UID, DEFAULT_RESERVED_CONNECTIONS,
 } from '../../daemon/flags.ts';
 
 const doc = readFileSync(new URL('../../docs/PROTOCOL.md', import.meta.url), 'utf8');
@@ -122,6 +122,8 @@ test('the documented limits are the code\'s', () => {
   assert.match(transport, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS} connections, ${DEFAULT_MAX_CONNECTIONS_PER_UID} per uid, and keeps the last ${DEFAULT_RESERVED_CONNECTIONS}`));
   assert.match(transport, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS - DEFAULT_RESERVED_CONNECTIONS},`));
   assert.match(transport, new RegExp(`silent for\\s+${DEFAULT_IDLE_TIMEOUT_SECONDS} s`));
+  assert.match(transport, new RegExp(`While ${DEFAULT_MAX_PENDING_CLOSES_PER_UID} of one uid's\\s+fds`));
+  assert.match(transport, new RegExp(`or ${DEFAULT_MAX_PENDING_CLOSES} of all uids'`));
   const withFds = Object.entries(brokerMethods).filter(([, s]) => s.maxFds > 0);
   assert.ok(Object.values(serviceMethods).every((s) => s.maxFds === 0));
   for (const [method, spec] of withFds) assert.match(doc, new RegExp(`\`${method}\`: ${spec.maxFds}, all others: 0`));

@@ -48,9 +48,10 @@ export interface TargetUsage { pinnedBytes?: number; lockedBytes?: number }
  * Learns who the pidfd names, and its memory usage from the same /proc read (an Open's reply
  * needs it; keeping it out of Target keeps a watched lease small). Takes ownership of pidfd:
  * closed here on failure, off the event loop (closeOffLoop): a client sent it, and until it is
- * known to be a pidfd it may be any file, one whose last close blocks.
+ * known to be a pidfd it may be any file, one whose last close blocks. `owner`: the uid that
+ * sent it (the close is charged to it), -1 for the daemon's own.
  */
-export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
+export function describeTarget(pidfd: number, owner = -1): Target & { usage: TargetUsage } {
   try {
     const pid = pidOfPidfdParameter(pidfd);
     if (pid <= 0) throw gone(pid, 'the process named by the pidfd has exited');
@@ -71,7 +72,7 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     };
     return { pid, pidfd, uid: status.realUid, ids, startTime, ...caps, usage: usageOf(status) };
   } catch (e) {
-    closeOffLoop(pidfd);
+    closeOffLoop(pidfd, owner);
     throw toTargetError(e);
   }
 }

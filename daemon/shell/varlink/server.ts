@@ -13,7 +13,10 @@
 //   the client likes (a TCP socket with SO_LINGER, a FUSE file...), so client fds go to
 //   closeOffLoop (the helper's closer threads), and the connection sockets close off the loop
 //   too (UnixServer's connections; their receive queues may hold client fds). Only fds the
-//   daemon made itself (peer pidfds, reply fds) are closed here directly.
+//   daemon made itself (peer pidfds, reply fds) are closed here directly. Those closes are
+//   charged to the peer's uid; a uid over its quota of pending closes (close-quota.ts) gets no
+//   new connection, and a call of it that carries fds is answered ClosesPending and its
+//   connection closed.
 // - Peer identity is read once per connection, at accept (SO_PEERCRED, SO_PEERGROUPS,
 //   SO_PEERPIDFD; see peer.ts); the pidfd is owned by the connection and closed with it.
 // - No reply can take the daemon down: a reply that cannot be encoded (over MAX_REPLY_FRAME_BYTES,
@@ -28,6 +31,7 @@ import { BrokerError, VarlinkServiceError } from '../../../protocol/errors.ts';
 import { closeFd, closeOffLoop, SysError } from '../../../native/sys.ts';
 import { UnixConnection, UnixServer } from '../../../native/socket.ts';
 import { readPeer, type ConnectionPeer } from '../peer.ts';
+import { closesPending } from './close-quota.ts';
 
 /** What a handler answers: reply parameters, and fds to attach (ownership passes to the server). */
 export interface HandlerReply {
@@ -38,7 +42,7 @@ export type CallHandler = (call: DecodedCall, peer: ConnectionPeer) => Promise<H
 
 /** What the server turned away before any handler ran: a connection, or a message. */
 export type Refusal =
-  | { stage: 'connection'; reason: 'too-many-connections' | 'reserved-for-managers' | 'unidentified-peer' | 'frame-timeout' }
+  | { stage: 'connection'; reason: 'too-many-connections' | 'reserved-for-managers' | 'unidentified-peer' | 'frame-timeout' | 'closes-pending' }
   /** reason: the Varlink error name the message was (or, for a oneway call, would have been) answered with. */
   | { stage: 'message'; reason: string };
 
@@ -70,6 +74,10 @@ export interface ServerLimits {
    * itself has stopped reading (back-pressure).
    */
   frameTimeoutMs: number;
+  /** A uid with this many closes pending gets no fds and no connections in (close-quota.ts). */
+  maxPendingClosesPerUid: number;
+  /** The same for all uids together: then every uid with a close pending is refused so. */
+  maxPendingCloses: number;
 }
 
 /** Decoded calls one connection may have waiting; past it the daemon stops reading that socket. */
@@ -95,6 +103,10 @@ export class VarlinkServer {
     listener.on('error', (err: Error) => this.log.error({ err }, 'listening socket failed'));
   }
 
+  #closeQuota(): { perUid: number; total: number } {
+    return { perUid: this.limits.maxPendingClosesPerUid, total: this.limits.maxPendingCloses };
+  }
+
   get connectionCount(): number {
     return this.#connections.size;
   }
@@ -117,6 +129,7 @@ export class VarlinkServer {
       socket.close();
       return;
     }
+    socket.chargeClosesTo(peer.uid); // from here on its fds and its socket are the peer's closes
     const refusal = this.#admission(peer);
     if (refusal !== undefined) {
       const { maxConnections, maxConnectionsPerUid, reservedConnections } = this.limits;
@@ -135,7 +148,12 @@ export class VarlinkServer {
   }
 
   /** Why this peer may not have another connection now, or undefined if it may. */
-  #admission(peer: ConnectionPeer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
+  #admission(peer: ConnectionPeer): { reason: 'too-many-connections' | 'reserved-for-managers' | 'closes-pending'; message: string; counts: Record<string, number> } | undefined {
+    const closing = closesPending(peer.uid, this.#closeQuota());
+    if (closing !== undefined) {
+      return { reason: 'closes-pending', message: `connection refused: ${closing.parameters.reason}`,
+        counts: { pendingCloses: closing.parameters.pendingCloses } };
+    }
     const total = this.#connections.size;
     const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
     const counts = { total, sameUid };
@@ -157,7 +175,7 @@ interface ConnectionParts {
   peer: ConnectionPeer;
   handle: CallHandler;
   log: Logger;
-  limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs'>;
+  limits: Pick<ServerLimits, 'idleTimeoutMs' | 'frameTimeoutMs' | 'maxPendingClosesPerUid' | 'maxPendingCloses'>;
   /** Called once, after the connection closed. */
   onClose: () => void;
   /** Told of every message (or, for a frame timeout, the connection) the connection refused. */
@@ -183,8 +201,10 @@ class Connection {
   private readonly log: Logger;
   private readonly onClose: () => void;
   private readonly onRefused: (r: Refusal) => void;
+  private readonly closeQuota: { perUid: number; total: number };
 
   constructor({ socket, peer, handle, log, limits, onClose, onRefused }: ConnectionParts) {
+    this.closeQuota = { perUid: limits.maxPendingClosesPerUid, total: limits.maxPendingCloses };
     this.socket = socket;
     this.peer = peer;
     this.handle = handle;
@@ -201,6 +221,9 @@ class Connection {
       this.close();
     });
   }
+
+  /** Closes a peer's fd off the loop, charged to the peer's uid (close-quota.ts). */
+  readonly #dropFd = (fd: number): void => closeOffLoop(fd, this.peer.uid);
 
   #who(): { pid: number; uid: number } {
     return { pid: this.peer.pid, uid: this.peer.uid };
@@ -254,7 +277,7 @@ class Connection {
   }
 
   #onData(chunk: Buffer, fds: number[]): void {
-    if (this.#closed || this.#draining) { fds.forEach(closeOffLoop); return; }
+    if (this.#closed || this.#draining) { fds.forEach(this.#dropFd); return; }
     this.#armIdleTimer();
     let frames: Frame[];
     try {
@@ -298,6 +321,7 @@ class Connection {
 
   async #run(frame: Frame): Promise<void> {
     const decoded = decodeCall(frame);
+    if (frame.fds.length > 0 && this.#refusedForPendingCloses(decoded)) return;
     if (decoded.kind === 'rejection') {
       if (decoded.fatal) this.log.warn({ peer: this.#who(), error: decoded.error.name }, 'malformed message: closing the connection');
       this.#reject(decoded);
@@ -310,7 +334,7 @@ class Connection {
       if (!decoded.oneway) this.#reply(() => errorReply(err, this.log), []);
       return;
     } finally {
-      decoded.unusedFds.forEach(closeOffLoop);
+      decoded.unusedFds.forEach(this.#dropFd);
     }
     if (decoded.oneway || this.#closed) {
       (reply.fds ?? []).forEach(closeFd);
@@ -319,10 +343,32 @@ class Connection {
     this.#reply(() => encodeReply(reply.parameters), reply.fds ?? []);
   }
 
+  /**
+   * Whether this fd-carrying message was refused because its uid has too many closes pending
+   * (close-quota.ts): then its fds are closed unused, ClosesPending is answered (unless it is a
+   * oneway call), and the connection reads nothing more. Checked before anything else the
+   * message could be refused for, so the answer names the cause the client can act on.
+   */
+  #refusedForPendingCloses(decoded: DecodedCall | Rejection): boolean {
+    const closing = closesPending(this.peer.uid, this.closeQuota);
+    if (closing === undefined) return false;
+    this.log.warn({ audit: 'deny', action: 'receive', peer: this.#who(), ...closing.parameters }, 'call refused: closes pending');
+    this.onRefused({ stage: 'message', reason: closing.qualifiedName });
+    if (decoded.kind === 'rejection') {
+      decoded.fdsToClose.forEach(this.#dropFd);
+    } else {
+      decoded.unusedFds.forEach(this.#dropFd);
+      if ('targetPidFd' in decoded && decoded.targetPidFd !== undefined) this.#dropFd(decoded.targetPidFd);
+    }
+    if (decoded.kind === 'rejection' || !decoded.oneway) this.#reply(() => encodeBrokerError(closing), []);
+    this.#stopReading();
+    return true;
+  }
+
   /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
   #reject(rejection: Rejection): void {
     this.onRefused({ stage: 'message', reason: rejection.error.name });
-    rejection.fdsToClose.forEach(closeOffLoop);
+    rejection.fdsToClose.forEach(this.#dropFd);
     if (rejection.reply) this.#reply(() => encodeRejection(rejection), []);
     if (rejection.fatal) this.#stopReading();
   }
@@ -348,7 +394,7 @@ class Connection {
   /** Nothing more is read or run on this connection; queued replies still go out, then close. */
   #stopReading(): void {
     this.#draining = true;
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(this.#dropFd);
     void this.drainAndClose();
   }
 
@@ -377,8 +423,8 @@ class Connection {
     this.#closed = true;
     clearTimeout(this.#idleTimer);
     clearTimeout(this.#frameTimer);
-    this.#decoder.takeHeldFds().forEach(closeOffLoop);
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
+    this.#decoder.takeHeldFds().forEach(this.#dropFd);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(this.#dropFd);
     if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
     closeSocket();
     this.onClose();
