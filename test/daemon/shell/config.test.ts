@@ -96,7 +96,7 @@ test('the shipped example loads to exactly what its comments say', () => {
   assert.deepEqual(load({ configPath: EXAMPLE }), {
     openUsers: [1000], openGroups: [107], managerUsers: [0], managerGroups: [990], observerUsers: [998], observerGroups: [],
     perVmMaxBytes: 256 * GiB, perUidMaxLeases: 8, perUidMaxBytes: 512 * GiB,
-    overheadBytes: GiB, budgetBytes: 200 * GiB, allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false,
+    overheadBytes: 64 * MiB, budgetBytes: 200 * GiB, allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false,
   });
 });
 
@@ -116,7 +116,7 @@ test('JSON with the same keys gives the same policy as TOML', () => {
     open: { users: ['alice', 1000], groups: ['kvm'] },
     managers: { users: ['root'], groups: ['libvirt'] },
     observers: { users: ['prometheus'] },
-    limits: { overhead: '1G', perVmMax: '256G', perUidLeases: 8, perUidBytes: '512G', budget: '200G' },
+    limits: { overhead: '64M', perVmMax: '256G', perUidLeases: 8, perUidBytes: '512G', budget: '200G' },
     targets: { allowIpcLock: false },
   }), 'json');
   assert.deepEqual(load({ configPath: json }), load({ configPath: EXAMPLE }));
