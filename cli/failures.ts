@@ -48,6 +48,8 @@ export const BROKER_ERROR_EXPLANATIONS: Readonly<Record<BrokerErrorName, string>
   ShuttingDown: 'the broker is stopping; retry once it is back',
   JournalUnavailable: 'the broker cannot write its lease journal (full or failing disk under its state dir): '
     + 'free space there; it recovers by itself and takes changes again',
+  ClosesPending: 'the broker is still closing files this user sent it whose close blocks (e.g. sockets with SO_LINGER); '
+    + 'calls carrying fds are refused until they finish: stop whatever sends them, then retry',
   InternalError: 'the broker hit a bug or an unexpected OS failure; its log has the details',
 };
 

@@ -19,6 +19,13 @@ export const DEFAULT_MAX_CONNECTIONS = 1024;
 export const DEFAULT_MAX_CONNECTIONS_PER_UID = 64;
 /** Of the connections, how many are kept for managers and root (others share the rest). */
 export const DEFAULT_RESERVED_CONNECTIONS = 64;
+/**
+ * Client fds (and client sockets) of one uid whose close has not finished: at this many the
+ * daemon takes no fds and no connections from that uid until they finish (closer.c).
+ */
+export const DEFAULT_MAX_PENDING_CLOSES_PER_UID = 64;
+/** The same, all uids together: at this many, every uid with a close pending is refused so. */
+export const DEFAULT_MAX_PENDING_CLOSES = 1024;
 /** Seconds a message may take from its first byte to its NUL. */
 export const DEFAULT_FRAME_TIMEOUT_SECONDS = 10;
 /** Seconds a connection may stay silent with nothing in flight. */
@@ -37,7 +44,7 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
   --vfio-root DIR      only with --device simulated: look VFIO devices up in DIR/sys/bus/pci/devices
                        and DIR/dev/vfio/devices (a test's fake tree) instead of the host's
-  --overhead SIZE      limit = VM memory + overhead (default 1G, like libvirt); overrides the file
+  --overhead SIZE      limit = VM memory + overhead (default 64M: see docs/CONFIG.md); overrides the file
   --budget SIZE        host-wide sum of limits (default MemTotal minus a reserve); overrides the file
   --idle-timeout SECS  close a client connection idle this long with nothing in flight (default ${DEFAULT_IDLE_TIMEOUT_SECONDS}, 0 = never)
   --frame-timeout SECS close a connection whose message is still unfinished this long after its
@@ -48,6 +55,12 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --reserved-connections N
                        of --max-connections, how many only managers and root may use: all other
                        clients together get at most max - reserved (default ${DEFAULT_RESERVED_CONNECTIONS})
+  --max-pending-closes-per-uid N
+                       fds from one uid whose close has not finished (a lingering socket's close
+                       blocks); at N its fd-carrying calls and new connections are refused (default ${DEFAULT_MAX_PENDING_CLOSES_PER_UID})
+  --max-pending-closes N
+                       the same for all uids together; at N every uid with closes pending is
+                       refused so (default ${DEFAULT_MAX_PENDING_CLOSES})
   --log-level LEVEL    pino level: fatal error warn info debug trace (default info)
   --help               this text`;
 
@@ -70,6 +83,8 @@ export interface Flags {
   readonly maxConnections: number;
   readonly maxConnectionsPerUid: number;
   readonly reservedConnections: number;
+  readonly maxPendingClosesPerUid: number;
+  readonly maxPendingCloses: number;
   readonly help: boolean;
 }
 
@@ -87,6 +102,7 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
         'idle-timeout': { type: 'string' }, 'frame-timeout': { type: 'string' },
         'max-connections': { type: 'string' }, 'max-connections-per-uid': { type: 'string' },
         'reserved-connections': { type: 'string' },
+        'max-pending-closes-per-uid': { type: 'string' }, 'max-pending-closes': { type: 'string' },
         help: { type: 'boolean' },
       },
     }));
@@ -102,6 +118,8 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
   const maxConnections = count('--max-connections', values['max-connections'], DEFAULT_MAX_CONNECTIONS, 1);
   const maxConnectionsPerUid = count('--max-connections-per-uid', values['max-connections-per-uid'], DEFAULT_MAX_CONNECTIONS_PER_UID, 1);
   const reservedConnections = count('--reserved-connections', values['reserved-connections'], DEFAULT_RESERVED_CONNECTIONS, 0);
+  const maxPendingClosesPerUid = count('--max-pending-closes-per-uid', values['max-pending-closes-per-uid'], DEFAULT_MAX_PENDING_CLOSES_PER_UID, 1);
+  const maxPendingCloses = count('--max-pending-closes', values['max-pending-closes'], DEFAULT_MAX_PENDING_CLOSES, 1);
   if (reservedConnections >= maxConnections) {
     throw new UsageError(`--reserved-connections (${reservedConnections}) must be less than --max-connections (${maxConnections}), or no client but a manager could connect`);
   }
@@ -126,6 +144,8 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
     maxConnections,
     maxConnectionsPerUid,
     reservedConnections,
+    maxPendingClosesPerUid,
+    maxPendingCloses,
     help: values.help === true,
   });
 }

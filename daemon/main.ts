@@ -143,8 +143,9 @@ export async function main(argv: string[]): Promise<void> {
   const reloadPolicy = (): void => service.replacePolicy(loadCurrentPolicy());
   const metrics = new Metrics();
   const { maxConnections, maxConnectionsPerUid, reservedConnections, idleTimeoutMs, frameTimeoutMs } = flags;
+  const { maxPendingClosesPerUid, maxPendingCloses } = flags;
   const server = new VarlinkServer(withMetrics(makeDispatcher(service), metrics), log,
-    { maxConnections, maxConnectionsPerUid, reservedConnections, idleTimeoutMs, frameTimeoutMs },
+    { maxConnections, maxConnectionsPerUid, reservedConnections, idleTimeoutMs, frameTimeoutMs, maxPendingClosesPerUid, maxPendingCloses },
     {
       refused: (r) => metrics.observeRefusal(r.stage, r.reason),
       // The policy in force now (SIGHUP may change it), with the identity the kernel gave at accept.

@@ -74,6 +74,12 @@ export interface NativeBinding {
   isUnixStreamSocket(fd: number): number | NegErrno;
   /** setsockopt SO_PASSRIGHTS=0: peers can no longer send fds (EPERM). -ENOPROTOOPT before Linux 6.16. */
   refuseFdPassing(fd: number): 0 | NegErrno;
+  /**
+   * For an accepted socket: 0 if it already refused fds; else SO_PASSRIGHTS=0 is set now and
+   * 1 = no fd waits in its receive queue, 2 = some do (peeked, nothing installed or read).
+   * -ENOPROTOOPT before Linux 6.16.
+   */
+  sealFdPassing(fd: number): 0 | 1 | 2 | NegErrno;
 
   // --- credentials and processes ---
   /** SO_PEERCRED (as of connect()). */
@@ -111,7 +117,15 @@ export interface NativeBinding {
    * off the JS thread; returns at once without waiting. 0: fd is theirs from now on. -EBUSY (a
    * startPoll watcher watches fd), -ENOMEM or -EAGAIN (no closer thread): fd is still the caller's.
    */
-  closeLater(fd: number): 0 | NegErrno;
+  closeLater(fd: number, owner?: number): 0 | NegErrno;
+  /**
+   * For a connected AF_UNIX socket: shutdown(SHUT_RDWR), then 1 if it was closed at once (its
+   * receive queue held no fds), 0 if it went to the closer threads like closeLater, or -errno
+   * (fd still the caller's). owner: the uid its closes are charged to, -1 for none.
+   */
+  closeSocketLater(fd: number, owner: number): 0 | 1 | NegErrno;
+  /** pendingCloses() of one owner (a uid, or -1). */
+  pendingClosesOf(owner: number): number;
   /** fds handed to closeLater that are not closed yet (a stuck close keeps its fd counted here). */
   pendingCloses(): number;
   /** flock(fd, operation): LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8; -EWOULDBLOCK when LOCK_NB meets a holder. */

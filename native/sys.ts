@@ -39,13 +39,15 @@ export function closeFd(fd: number): void {
 
 /**
  * Closes fd off the event loop (the helper's closer threads), for an fd that came from a client
- * or a socket a client can fill: its last close may block for as long as the client likes. The
+ * or a socket a client can fill: its last close may block for as long as the client likes.
+ * `owner`: the client's uid it is charged to (at most two of one owner's closes run at once;
+ * pendingClosesOf(owner) counts them), -1 for none. The
  * fd is no longer the caller's once this returns. Should the helper refuse it (no memory, no
  * thread), the fd is closed here instead, once: a possible stall beats a leak. EBUSY (a poll
  * watcher still watches fd; a bug) throws and leaves it open.
  */
-export function closeOffLoop(fd: number): void {
-  const r = native.closeLater(fd);
+export function closeOffLoop(fd: number, owner = -1): void {
+  const r = native.closeLater(fd, owner);
   if (r === 0) return;
   if (errnoName(r) === 'EBUSY') throw new SysError('closeLater', r, `fd ${fd} is still watched by a poll handle`);
   closeFd(fd);
@@ -54,6 +56,11 @@ export function closeOffLoop(fd: number): void {
 /** How many fds closeOffLoop handed over are not closed yet (for /metrics). */
 export function pendingCloses(): number {
   return native.pendingCloses();
+}
+
+/** The same, for the fds charged to one owner (a client's uid). */
+export function pendingClosesOf(owner: number): number {
+  return native.pendingClosesOf(owner);
 }
 
 /**
@@ -226,6 +233,20 @@ export function refuseFdPassing(fd: number): boolean {
   if (r < 0 && errnoName(r) === 'ENOPROTOOPT') return false;
   sys('setsockopt(SO_PASSRIGHTS)', r, `fd ${fd}`);
   return true;
+}
+
+/**
+ * For an accepted socket whose peer connected before its listener refused fds (the kernel
+ * copies SO_PASSRIGHTS at connect()): makes it refuse them from now on, and says whether fds
+ * already wait in its receive queue ('queued': reading it with read(2) would drop them, and
+ * run their last close, on this thread). 'sealed': it refused fds from the start;
+ * 'unsupported': the kernel has no SO_PASSRIGHTS (before 6.16).
+ */
+export function sealFdPassing(fd: number): 'sealed' | 'now-sealed' | 'queued' | 'unsupported' {
+  const r = native.sealFdPassing(fd);
+  if (r < 0 && errnoName(r) === 'ENOPROTOOPT') return 'unsupported';
+  const v = sys('SO_PASSRIGHTS (sealing an accepted socket)', r, `fd ${fd}`);
+  return v === 0 ? 'sealed' : v === 1 ? 'now-sealed' : 'queued';
 }
 
 /**

@@ -15,7 +15,11 @@
 // - With `closeOffLoop` (a peer the process does not trust: every connection a UnixServer
 //   accepts), every fd the connection closes that came from the peer, and the socket itself
 //   (its receive queue may hold the peer's fds), is closed on the helper's closer threads: a
-//   file whose last close blocks (SO_LINGER, FUSE...) never stalls the event loop.
+//   file whose last close blocks (SO_LINGER, FUSE...) never stalls the event loop. Those closes
+//   are charged to the peer's uid once chargeClosesTo() names it (the closer threads run at most
+//   two closes of one uid at a time, and the daemon bounds each uid's pending closes), to -1
+//   (nobody) before that. The socket itself is closed at once when, after a shutdown, its receive
+//   queue holds no fds (its close then cannot release a peer's file).
 //   A chunk's fds came with its *last* bytes: the kernel glues earlier fd-less messages in
 //   front of an fd-carrying one and nothing after it. So with one message per send(), the
 //   fds belong to the message that contains the chunk's last byte.
@@ -64,12 +68,22 @@ function closeAll(fds: readonly number[]): void {
 }
 
 /**
- * Closes a peer's fd on the closer threads (its last close may block); 0 or -errno, never throws.
- * Only if the helper cannot take it (no memory, no thread) is it closed here.
+ * Closes a peer's fd on the closer threads (its last close may block), charged to `owner`;
+ * 0 or -errno, never throws. Only if the helper cannot take it (no memory, no thread) is it
+ * closed here.
  */
-function closeLater(fd: number): number {
-  const r = native.closeLater(fd);
+function closeLater(fd: number, owner: number): number {
+  const r = native.closeLater(fd, owner);
   return r === 0 || r === -EBUSY ? r : native.close(fd);
+}
+
+/**
+ * Closes an untrusted peer's socket: at once when its receive queue holds no fds (after a
+ * shutdown nothing more can arrive; closer.c), else on the closer threads, charged to `owner`.
+ */
+function closeSocketLater(fd: number, owner: number): number {
+  const r = native.closeSocketLater(fd, owner);
+  return r === 0 || r === 1 ? 0 : r === -EBUSY ? r : native.close(fd);
 }
 
 export class UnixConnection extends EventEmitter {
@@ -77,6 +91,8 @@ export class UnixConnection extends EventEmitter {
   readonly fd: number;
   readonly #maxFds: number;
   readonly #offLoop: boolean;
+  /** Whose closes these are (closeOffLoop): the peer's uid once known, -1 until then. */
+  #owner = -1;
   #poll: PollHandle | null = null;
   /** The events the watcher is armed for right now (0 = stopped). */
   #armed = 0;
@@ -127,6 +143,11 @@ export class UnixConnection extends EventEmitter {
   /** Bytes queued but not yet accepted by the kernel. */
   get sendQueueBytes(): number {
     return this.#queuedBytes;
+  }
+
+  /** Charges the closes of the peer's fds and of this socket to uid (see the invariants). */
+  chargeClosesTo(uid: number): void {
+    this.#owner = uid;
   }
 
   /** SO_PEERCRED of the peer (as of connect()). */
@@ -239,7 +260,7 @@ export class UnixConnection extends EventEmitter {
 
   /** fds that came from the peer: off the loop when the peer is untrusted. */
   #closeReceived(fds: readonly number[]): void {
-    if (this.#offLoop) fds.forEach(closeLater);
+    if (this.#offLoop) for (const fd of fds) closeLater(fd, this.#owner);
     else closeAll(fds);
   }
 
@@ -291,7 +312,7 @@ export class UnixConnection extends EventEmitter {
     this.#queuedBytes = 0;
     // An untrusted peer's socket may hold its fds in the receive queue: the kernel drops them in
     // the closing thread, so that close happens off the loop.
-    const closed = this.#offLoop ? closeLater(this.fd) : native.close(this.fd);
+    const closed = this.#offLoop ? closeSocketLater(this.fd, this.#owner) : native.close(this.fd);
     const failure = error ?? (closed < 0 ? new SysError('close', closed, `socket fd ${this.fd}`) : null);
     if (failure !== null) process.nextTick(() => this.emit('error', failure));
     process.nextTick(() => this.emit('close'));

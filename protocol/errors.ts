@@ -13,6 +13,17 @@ export const SERVICE_INTERFACE = 'org.varlink.service';
 
 const bytes = z.number().int().nonnegative();
 
+/**
+ * Every `rule` an io.iommufd.Broker.PermissionDenied may name over Varlink (docs/PROTOCOL.md
+ * lists exactly these; test/protocol/docs.test.ts checks both directions, and the daemon's
+ * sources name no other). The wire type stays a string: a client must accept rules a newer
+ * broker adds.
+ */
+export const permissionDeniedRules = [
+  'open-users', 'target-not-self', 'caller-exited', 'caller-ids-changed',
+  'resize-managers-only', 'lease-released', 'release-owner-or-manager',
+] as const;
+
 /** Parameters of each io.iommufd.Broker error (the wire shape, also used by the admin API). */
 export const brokerErrorParameters = {
   PermissionDenied: z.object({ rule: z.string(), reason: z.string() }),
@@ -35,6 +46,11 @@ export const brokerErrorParameters = {
   ShuttingDown: z.object({ reason: z.string() }),
   /** The lease journal cannot make records durable (e.g. a full disk); `since` is ISO 8601. */
   JournalUnavailable: z.object({ reason: z.string(), errno: z.string(), since: z.string() }),
+  /**
+   * The caller's uid has too many fds whose close has not finished (files whose last close
+   * blocks); the call carried fds and was refused, and the connection closes after this reply.
+   */
+  ClosesPending: z.object({ uid: z.number().int().nonnegative(), pendingCloses: z.number().int().nonnegative(), maximum: z.number().int().nonnegative(), reason: z.string() }),
   /** A bug or an unexpected OS failure; the broker log has the details. */
   InternalError: z.object({ reason: z.string() }),
 } as const;

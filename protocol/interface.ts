@@ -208,6 +208,11 @@ error ShuttingDown (reason: string)
 # refused. The broker retries by itself; errno is its symbolic name, since is ISO 8601.
 error JournalUnavailable (reason: string, errno: string, since: string)
 
+# The caller's uid has too many fds whose close has not finished (files whose last close
+# blocks, e.g. TCP sockets with SO_LINGER); a call carrying fds is refused and its
+# connection closed until they finish.
+error ClosesPending (uid: int, pendingCloses: int, maximum: int, reason: string)
+
 # A bug or an unexpected failure; the broker log has the details.
 error InternalError (reason: string)
 `;

@@ -34,6 +34,7 @@ export type LedgerChange =
 export type JournalRecord =
   | { readonly kind: 'grant'; readonly lease: LeaseRecord }
   | { readonly kind: 'resize'; readonly id: string; readonly to: Sizes }
+  | { readonly kind: 'mark-released'; readonly id: string; readonly at: string }
   | { readonly kind: 'release'; readonly id: string };
 
 /** 'reply': the reply waits until the record is on disk; 'next-flush': it becomes durable with the next one. */
@@ -102,18 +103,25 @@ export function planResize(lease: LeaseRecord, to: Sizes): ChangePlan {
 }
 
 /**
- * A decided Release: marked released in the ledger only. No kernel change (the target keeps
- * its FD and may still pin up to its limit), no journal record (after a restart the lease is
- * re-adopted as an ordinary one, still charged: the safe side). Releasing a released lease
- * again changes nothing.
+ * A decided Release: marked released in the ledger and journaled (the reply waits for it), so
+ * a restart keeps it released (no Resize, same releasedAt). No kernel change: the target keeps
+ * its FD and may still pin up to its limit. No undo: a released mark only takes control away
+ * (the safe side), so if the flush fails it stays, and the journal's recovery writes it.
+ * Releasing a released lease again changes nothing.
  */
 export function planRelease(lease: LeaseRecord, at: string): ChangePlan {
-  const again = lease.releasedAt !== undefined;
+  if (lease.releasedAt !== undefined) {
+    return {
+      id: lease.id, order: 'journal-first', ledger: undefined, journal: undefined, kernel: undefined, watch: undefined,
+      undo: NO_UNDO, before: lease, after: lease,
+    };
+  }
   return {
     id: lease.id, order: 'journal-first',
-    ledger: again ? undefined : { kind: 'mark-released', id: lease.id, at },
-    journal: undefined, kernel: undefined, watch: undefined, undo: NO_UNDO,
-    before: lease, after: again ? lease : { ...lease, releasedAt: at },
+    ledger: { kind: 'mark-released', id: lease.id, at },
+    journal: { record: { kind: 'mark-released', id: lease.id, at }, durable: 'reply' },
+    kernel: undefined, watch: undefined, undo: NO_UNDO,
+    before: lease, after: { ...lease, releasedAt: at },
   };
 }
 

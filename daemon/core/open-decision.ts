@@ -12,6 +12,10 @@
 //     1. open-users        PermissionDenied       the peer may not Open at all
 //     2. target-not-self   PermissionDenied       a non-manager names a process other than itself
 //        caller-exited     PermissionDenied       ... or its own process (pidfd taken at accept) exited
+//    2b. caller-ids-changed PermissionDenied      a non-manager's own process no longer runs with
+//                                                 real = effective = saved uid and gid equal to the
+//                                                 SO_PEERCRED ids taken at accept (a setuid/setgid
+//                                                 exec after connect)
 //     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
 //    3b. NoNewPrivs        TargetBypassesAccounting, set 'exec' (if policy.requireTargetNoNewPrivs)
 //     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
@@ -49,6 +53,11 @@ export interface OpenRequest {
   /** The target's real uid. */
   readonly targetUid: number;
   /**
+   * The target's real, effective and saved uids and gids, read from /proc/PID/status with its
+   * pidfd still alive after the read. Compared with the peer's for a non-manager's self-Open.
+   */
+  readonly targetIds: TargetIds;
+  /**
    * The set from which the target holds or may gain CAP_IPC_LOCK in the initial user namespace
    * (effective, permitted, ambient, inheritable: see daemon/shell/target/caps.ts), or undefined.
    * iommufd never charges a mapping made with it.
@@ -63,6 +72,29 @@ export interface OpenRequest {
   readonly devices?: readonly string[] | undefined;
   /** The machine's page size (a power of two); the limit is rounded up to it. */
   readonly pageSize: number;
+}
+
+/** A process's uids and gids as /proc/PID/status gives them (the filesystem ids do not matter here). */
+export interface TargetIds {
+  readonly realUid: number;
+  readonly effectiveUid: number;
+  readonly savedUid: number;
+  readonly realGid: number;
+  readonly effectiveGid: number;
+  readonly savedGid: number;
+}
+
+/**
+ * Why a non-manager's own process may not be limited as "itself" any more, or undefined: every
+ * uid and gid must still be the peer's (SO_PEERCRED at connect: its effective uid and gid then).
+ * A setuid or setgid exec after connect changes them; the kernel's own prlimit rule would then
+ * refuse the caller, so the broker must not do for it what it could not do itself.
+ */
+function changedIds(peer: Peer, ids: TargetIds): string | undefined {
+  const uids = [ids.realUid, ids.effectiveUid, ids.savedUid];
+  const gids = [ids.realGid, ids.effectiveGid, ids.savedGid];
+  if (uids.every((u) => u === peer.uid) && gids.every((g) => g === peer.gid)) return undefined;
+  return `uids ${uids.join('/')} and gids ${gids.join('/')} (real/effective/saved)`;
 }
 
 export type OpenDecision =
@@ -97,6 +129,15 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
     return deny(new BrokerError('PermissionDenied', {
       rule: 'target-not-self',
       reason: `${describePeer(peer)} is not a manager, so it may Open only for itself, not for pid ${targetPid}`,
+    }));
+  }
+  const changed = manager ? undefined : changedIds(peer, request.targetIds);
+  if (changed !== undefined) {
+    return deny(new BrokerError('PermissionDenied', {
+      rule: 'caller-ids-changed',
+      reason: `${describePeer(peer)} connected as uid ${peer.uid} gid ${peer.gid}, but its process (pid ${targetPid}) now runs with ` +
+        `${changed}: a non-manager may Open only for its own process while its real, effective and saved uid and ` +
+        'gid all are the ones it connected with (a setuid or setgid exec after connecting changes them)',
     }));
   }
   const set = request.targetIpcLockSet;

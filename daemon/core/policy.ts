@@ -16,8 +16,14 @@
 // - VFIO devices: none is given to anyone unless `devices` has an entry for its address (the
 //   stock policy has none). Who may have one is decided in device-decision.ts.
 
-/** 1 GiB: what libvirt adds to guest RAM for VFIO when it sizes RLIMIT_MEMLOCK. */
-export const DEFAULT_OVERHEAD_BYTES = 1024 * 1024 * 1024;
+/**
+ * 64 MiB: what the broker adds to a VM's RAM unless the policy says otherwise. What QEMU pins
+ * beyond RAM was measured at 16.375 MiB at its peak (QEMU 10, q35, std VGA's 16 MiB VRAM,
+ * SeaBIOS, an e1000e ROM, while SeaBIOS copies option ROMs); 64 MiB covers that about four
+ * times over (firmware like OVMF's flash, more ROMs), where libvirt's 1 GiB made a small host
+ * unable to lease a small VM at all. Why, and what it does not cover: docs/CONFIG.md.
+ */
+export const DEFAULT_OVERHEAD_BYTES = 64 * 1024 * 1024;
 
 export interface Policy {
   /** Uids that may Open for themselves, or 'any'. */

@@ -15,11 +15,28 @@
 //   increase. A delta <= 0 never fails a check (lowering is always allowed, even when an
 //   owner is over a cap that the operator tightened after the leases were granted).
 // - The budget available is budgetBytes - usedBytes, or 0 if a replay left usage above it.
+// - The default budget (no budget or reserve configured) is MemTotal minus defaultReserveBytes:
+//   the host keeps a quarter of its memory, but never more than 1 GiB and never less than 10 %.
+//   It is positive for every MemTotal > 0 (the reserve is at most a quarter of it).
 import { BrokerError } from '../../protocol/errors.ts';
 import { largestMemoryBytes, limitBytesFor } from './limit.ts';
 import type { Ledger } from './ledger.ts';
 import type { Policy } from './policy.ts';
 import { describeBytes } from '../../shared/sizes.ts';
+
+const GiB = 1024 ** 3;
+
+/**
+ * What the host keeps when no budget is configured: max(10 %, min(1 GiB, 25 %)) of MemTotal.
+ * 8 GiB and up: as before, 1 GiB or 10 %; smaller hosts keep a quarter (2 GiB host: ~500 MiB,
+ * leaving ~1.5 GiB of budget where a flat 1 GiB reserve left 974 MiB; 1 GiB host: ~240 MiB,
+ * where a flat 1 GiB left nothing and the daemon refused to start).
+ */
+export function defaultReserveBytes(memTotalBytes: number): number {
+  const tenth = Math.floor(memTotalBytes / 10);
+  const quarter = Math.floor(memTotalBytes / 4);
+  return Math.max(tenth, Math.min(GiB, quarter));
+}
 
 /** The limit for memoryBytes under this policy, or LimitExceeded if it cannot be represented. */
 export function limitFor(policy: Policy, memoryBytes: number, pageSize: number): { limitBytes: number } | { error: BrokerError } {

@@ -14,7 +14,7 @@
 // - A table that is present is the whole allow-list: [open] without `users` allows no user by
 //   uid; only an absent [open] means "any user". [managers] likewise (absent: uid 0 only).
 // - Flags win over the file. Without a budget anywhere: MemTotal minus a reserve (the file's
-//   limits.reserve, else max(1 GiB, 10 % of MemTotal)).
+//   limits.reserve, else the core's defaultReserveBytes: max(10 %, min(1 GiB, 25 %)) of MemTotal).
 // - [[devices]]: each entry names one canonical PCI address (the wire's PCI_ADDRESS_PATTERN,
 //   so an entry can never name a device no Open could ask for) at most once, and who may have
 //   it (users, groups, vms); an entry that gives its device to no one is refused as a mistake.
@@ -27,13 +27,8 @@ import { z } from 'zod';
 import { parseSize } from '../../shared/sizes.ts';
 import { NAME_PATTERN, PCI_ADDRESS_PATTERN } from '../../protocol/methods.ts';
 import { DEFAULT_OVERHEAD_BYTES, type DeviceGrant, type Policy } from '../core/policy.ts';
+import { defaultReserveBytes } from '../core/quota.ts';
 import { AccountFiles } from './accounts.ts';
-
-const GiB = 1024 ** 3;
-/** Without a budget or reserve: keep this percentage of MemTotal for the host ... */
-export const DEFAULT_RESERVE_PERCENT = 10;
-/** ... but never less than this. */
-export const MIN_DEFAULT_RESERVE_BYTES = GiB;
 
 /** A policy that cannot be used; `source` is a file path or a flag, `key` a dotted key path. */
 export class PolicyError extends Error {
@@ -210,11 +205,6 @@ function deviceGrants(
     out.push(grant);
   }
   return Object.freeze(out);
-}
-
-/** The reserve kept for the host when no budget is given: max(1 GiB, 10 % of MemTotal). */
-export function defaultReserveBytes(memTotalBytes: number): number {
-  return Math.max(MIN_DEFAULT_RESERVE_BYTES, Math.floor((memTotalBytes * DEFAULT_RESERVE_PERCENT) / 100));
 }
 
 /** Builds the frozen Policy from the file (if any), the flags and MemTotal. Throws PolicyError. */

@@ -5,7 +5,7 @@
 //   order of effects); this file only gathers facts (peer, target, device), binds the effects
 //   (ledger, journal, the target's limit, its exit watch) and hands each plan to runPlan
 //   (lease-transaction.ts), which enforces that order and undoes a failed plan. No reply is
-//   sent before its record is on disk (except Release, which journals nothing).
+//   sent before its record is on disk (Release included: its `released` record survives a restart).
 // - Decision and ledger update happen in one synchronous step, before any wait for the disk:
 //   runPlan reserves the bytes at once, so two calls can never both pass a budget check for
 //   the same bytes. A call that fails after its reservation gives it back (the plan's undo).
@@ -133,7 +133,7 @@ export class BrokerService {
 
   async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<OpenResult> {
     // usage: read with the target's identity (one /proc read less per Open); not kept.
-    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer, p));
+    const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer, p), peer.uid);
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
@@ -144,8 +144,8 @@ export class BrokerService {
       // pid the caller connected from may belong to someone else by now.
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer, peerAlive: peerIsAlive(peer), targetIsPeer: isPeerProcess(peer, target.pidfd),
-        targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
-        name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize, devices: p.devices,
+        targetPid: target.pid, targetUid: target.uid, targetIds: target.ids, targetIpcLockSet: target.ipcLockSet,
+        targetNoNewPrivs: target.noNewPrivs, name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize, devices: p.devices,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
       if (!decision.ok) throw decision.error;
@@ -207,13 +207,13 @@ export class BrokerService {
         this.#deny('release', peer, decision.error, { lease: p.lease });
         throw decision.error;
       }
-      // Release journals nothing, but a degraded journal refuses every change (docs/PROTOCOL.md).
+      // A degraded journal refuses every change before it changes anything (docs/PROTOCOL.md).
       journalReady(this.deps.journal);
       // The target keeps its FD and may still pin up to the limit the broker set, so Release
       // never touches that limit (restoring the earlier one is usually a raise, often to
       // unlimited) and never returns the bytes: the lease stays charged, marked released, until
-      // its target exits (#targetExited). Not journaled: after a restart the lease is re-adopted
-      // as an ordinary one, still charged (the safe side). See planRelease.
+      // its target exits (#targetExited). Journaled (the reply waits for the flush), so after a
+      // restart it is re-adopted still released, with its releasedAt. See planRelease.
       const { plan } = decision;
       if (plan.ledger !== undefined) { // undefined: released before, a retried Release changes nothing
         await runPlan(plan, this.#effects(plan.id, undefined));
@@ -366,6 +366,7 @@ function writeRecord(journal: LeaseJournal, record: JournalRecord): void {
   switch (record.kind) {
     case 'grant': journal.recordGrant(record.lease); return;
     case 'resize': journal.recordResize(record.id, record.to.memoryBytes, record.to.limitBytes); return;
+    case 'mark-released': journal.recordReleased(record.id, record.at); return;
     case 'release': journal.recordRelease(record.id); return;
   }
 }

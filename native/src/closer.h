@@ -9,5 +9,7 @@
 #define IOMMUFD_NATIVE_CLOSER_H
 
 int closer_enqueue(int fd);
+/* The same, charged to owner (a client's uid; -1: the daemon's own fd). */
+int closer_enqueue_owned(int fd, long owner);
 
 #endif

@@ -21,6 +21,7 @@ DECLARE_EXPORT(js_sendmsg);
 DECLARE_EXPORT(js_shutdown_write);
 DECLARE_EXPORT(js_is_unix_stream_socket);
 DECLARE_EXPORT(js_refuse_fd_passing);
+DECLARE_EXPORT(js_seal_fd_passing);
 /* creds.c */
 DECLARE_EXPORT(js_peer_cred);
 DECLARE_EXPORT(js_peer_pidfd);
@@ -43,6 +44,8 @@ DECLARE_EXPORT(js_ioctl);
 /* closer.c */
 DECLARE_EXPORT(js_close_later);
 DECLARE_EXPORT(js_pending_closes);
+DECLARE_EXPORT(js_pending_closes_of);
+DECLARE_EXPORT(js_close_socket_later);
 /* poll.c */
 DECLARE_EXPORT(js_start_poll);
 DECLARE_EXPORT(js_update_poll);

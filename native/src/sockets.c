@@ -14,14 +14,23 @@
  * - refuseFdPassing sets SO_PASSRIGHTS=0 (Linux 6.16+; older kernels: -ENOPROTOOPT): a peer's
  *   sendmsg with SCM_RIGHTS then fails with EPERM, so no fd ever reaches a socket read with
  *   read(2), where the kernel would drop it (and run its last close) in the reading thread.
- *   Set on a listener, accepted sockets inherit it from before the peer can send.
+ *   Set on a listener, a connection inherits it at connect() (the kernel copies the listener's
+ *   flags into the embryo socket then, net/unix/af_unix.c unix_stream_connect, Linux 6.16+;
+ *   checked on 6.18): a peer that connected before the listener's setsockopt (a
+ *   socket-activated listener's backlog) may still send fds, even after accept.
+ * - sealFdPassing(fd), for such an accepted socket: returns 0 if it already refuses fds; else
+ *   sets SO_PASSRIGHTS=0 on it (no fd can arrive from then on) and peeks (MSG_PEEK, no control
+ *   buffer: the kernel reports MSG_CTRUNC and installs nothing) whether fds already wait in its
+ *   receive queue: 1 = none, 2 = some (the caller must not read it on its thread). Reads no byte.
  */
 #include "closer.h"
 #include "exports.h"
 #include "values.h"
 
+#include <linux/sockios.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -250,4 +259,30 @@ napi_value js_refuse_fd_passing(napi_env env, napi_callback_info info) {
   int off = 0;
   int r = setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof off);
   return make_number(env, (double)SYS_RESULT(r));
+}
+
+napi_value js_seal_fd_passing(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int fd;
+  if (!get_args(env, info, 1, argv) || !arg_fd(env, argv[0], "fd", &fd)) return NULL;
+  int on = 0;
+  socklen_t len = sizeof on;
+  if (getsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &on, &len) < 0) return make_number(env, -errno);
+  if (on == 0) return make_number(env, 0);
+  int off = 0;
+  if (setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof off) < 0) return make_number(env, -errno);
+  int queued = 0;
+  if (ioctl(fd, SIOCINQ, &queued) < 0) return make_number(env, -errno);
+  if (queued <= 0) return make_number(env, 1);
+  /* A peek reads across fd-less messages and stops after the first one with fds, so room for
+   * every queued byte finds any fd in the queue. */
+  char *buf = malloc((size_t)queued);
+  if (buf == NULL) return make_number(env, -ENOMEM);
+  struct iovec iov = { .iov_base = buf, .iov_len = (size_t)queued };
+  struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+  ssize_t n = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  int err = errno;
+  free(buf);
+  if (n < 0) return make_number(env, err == EAGAIN ? 1 : -err);
+  return make_number(env, (msg.msg_flags & MSG_CTRUNC) ? 2 : 1);
 }

@@ -28,10 +28,12 @@ test('every flag lands in its field', () => {
   const f = parseFlags(['--socket', '/s', '--admin-socket', '/a', '--socket-mode', '0600', '--state-dir', '/d',
     '--config', '/c.toml', '--device', 'simulated', '--overhead', '64M', '--budget', '8G', '--log-level', 'debug', '--idle-timeout', '1.5',
     '--frame-timeout', '2', '--max-connections', '100', '--max-connections-per-uid', '7', '--reserved-connections', '9',
-    '--vfio-root', '/fake']);
+    '--vfio-root', '/fake', '--max-pending-closes-per-uid', '3', '--max-pending-closes', '30']);
   assert.deepEqual({ ...f }, { socket: '/s', adminSocket: '/a', socketMode: 0o600, stateDir: '/d', config: '/c.toml',
     device: 'simulated', vfioRoot: '/fake', overhead: '64M', budget: '8G', logLevel: 'debug', idleTimeoutMs: 1500, frameTimeoutMs: 2000,
-    maxConnections: 100, maxConnectionsPerUid: 7, reservedConnections: 9, help: false });
+    maxConnections: 100, maxConnectionsPerUid: 7, reservedConnections: 9, maxPendingClosesPerUid: 3, maxPendingCloses: 30, help: false });
+  assert.deepEqual([parseFlags([]).maxPendingClosesPerUid, parseFlags([]).maxPendingCloses], [64, 1024]);
+  assert.throws(() => parseFlags(['--max-pending-closes-per-uid', '0']), /whole number >= 1/);
   assert.equal(parseFlags(['--frame-timeout', '300ms']).frameTimeoutMs, 300);
   assert.equal(parseFlags(['--frame-timeout', '0']).frameTimeoutMs, 0);
   assert.equal(parseFlags(['--reserved-connections', '0']).reservedConnections, 0);

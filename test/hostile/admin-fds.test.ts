@@ -12,12 +12,12 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { chmodSync, mkdtempSync } from 'node:fs';
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { buildC } from '../../bench/c-build.ts';
-import { BrokerProcess, REPO } from '../support/daemon.ts';
+import { BrokerProcess, DAEMON, REPO } from '../support/daemon.ts';
 import { STRIP } from './support/processes.ts';
 import { GET_INFO, isGetInfoReply, RawPeer } from './support/raw-peer.ts';
 
@@ -70,5 +70,61 @@ test('a lingering socket sent to the admin socket is refused by the kernel and s
     await exited;
     await broker.stop();
     broker.cleanup();
+  }
+});
+
+// Socket activation (the follow-up of #8): systemd's listener accepts fds until the daemon sets
+// SO_PASSRIGHTS=0 on it, and the kernel copies the option into a connection at connect(). The
+// connection that starts the daemon therefore could send a lingering socket before the daemon
+// ran at all, and its fd was read (and dropped, lingering, on the event loop) right after the
+// daemon adopted the listener: every client stalled for the linger. Now each accepted admin
+// connection is sealed before Node reads it, and one with fds already queued is dropped unread,
+// its queue released off the loop.
+test('a lingering socket queued on the activated admin socket before the daemon ran stalls nobody', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'iommufd-admin-activated-'));
+  const admin = join(dir, 'admin.sock');
+  const varlink = join(dir, 'broker.sock');
+  const activator = spawn('systemd-socket-activate', [
+    '-l', admin, '--fdname=admin', '-l', varlink, '--fdname=broker',
+    // The simulated device is refused under systemd; a missing device path leaves it serving.
+    DAEMON, '--socket', varlink, '--admin-socket', admin, '--state-dir', join(dir, 'state'), '--device', join(dir, 'no-iommu'),
+  ], { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  let stdout = '';
+  activator.stderr.setEncoding('utf8').on('data', (c: string) => { stderr += c; });
+  activator.stdout.setEncoding('utf8').on('data', (c: string) => { stdout += c; });
+  const activatorExited = new Promise<void>((resolve) => activator.once('exit', () => resolve()));
+  let attacker: ReturnType<typeof spawn> | undefined;
+  let attackerExited: Promise<void> = Promise.resolve();
+  try {
+    while (!stderr.includes(`Listening on ${varlink}`)) {
+      await new Promise((resolve) => activator.stderr.once('data', resolve));
+    }
+    // Its connection starts the daemon; its fd is queued before the daemon exists.
+    attacker = spawn(hostilePeer, ['lingering-fd', admin, String(LINGER_S), '1', 'status'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    attackerExited = new Promise<void>((resolve) => attacker?.once('exit', () => resolve()));
+    const lines = createInterface({ input: attacker.stdout as NodeJS.ReadableStream })[Symbol.asyncIterator]();
+    const sent = await lines.next();
+    assert.equal(sent.value, 'sent', 'the fd was queued on the not-yet-served admin socket (it accepts fds until the daemon seals it)');
+    const started = Date.now();
+    const answer = await lines.next();
+    const other = RawPeer.connect(varlink);
+    try {
+      other.send(GET_INFO);
+      await other.until(1, 2 * LINGER_S * 1000);
+      assert.ok(isGetInfoReply(other.replies[0]), `GetInfo was not answered: ${JSON.stringify(other.replies)}`);
+    } finally {
+      other.close();
+    }
+    const elapsed = Date.now() - started;
+    assert.ok(elapsed < PROMPT_MS, `the daemon stalled for ${elapsed} ms: a queued fd was dropped on its event loop`);
+    assert.equal(answer.done === true ? 'eof' : answer.value, 'eof', 'the connection with queued fds was dropped unanswered');
+    assert.match(stdout, /a connection made before the socket refused fds had fds queued; dropped unread/);
+  } finally {
+    attacker?.stdin?.end();
+    await attackerExited;
+    activator.kill('SIGTERM');
+    await activatorExited;
+    rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -189,3 +189,64 @@ test('SIGKILL amid concurrent Opens and Resizes: acknowledged leases survive, no
     broker.cleanup();
   }
 });
+
+test('a Release survives SIGKILL and restart: still released (same releasedAt, still charged), Resize still refused', async () => {
+  const target = await spawnTarget();
+  let broker = await BrokerProcess.start({ extraArgs: ARGS });
+  const dir = broker.dir;
+  try {
+    let client = await BrokerClient.connect(broker.socket);
+    const pidfd = pidfdOpen(target.pid);
+    let leaseId: string;
+    try {
+      const opened = await client.open({ name: 'vm-released', memoryBytes: 4 * MiB, targetPidFd: pidfd });
+      closeFd(opened.fd);
+      leaseId = opened.lease.id;
+      await client.release(leaseId);
+    } finally {
+      closeFd(pidfd);
+      client.close();
+    }
+    const before = (await listOne(broker, leaseId));
+    assert.ok(before.releasedAt !== undefined, 'released before the crash');
+
+    await broker.stop('SIGKILL');
+    broker = await BrokerProcess.start({ dir, extraArgs: ARGS });
+    client = await BrokerClient.connect(broker.socket);
+    try {
+      const after = await listOne(broker, leaseId);
+      assert.equal(after.releasedAt, before.releasedAt, 'releasedAt survived the restart');
+      assert.equal(after.limitBytes, before.limitBytes);
+      const status = await client.status();
+      assert.equal(status.budget.releasedBytes, before.limitBytes, 'still charged, as released');
+      assert.equal(status.budget.usedBytes, before.limitBytes);
+      await assert.rejects(client.resize(leaseId, 2 * MiB), (e: unknown) => {
+        const err = e as { errorName?: string; parameters?: { rule?: string } };
+        assert.equal(err.errorName, 'PermissionDenied', String(e));
+        assert.equal(err.parameters?.rule, 'lease-released');
+        return true;
+      });
+      const retried = await client.release(leaseId);
+      assert.equal(retried.limitRestored, false, 'releasing it again still succeeds and changes nothing');
+      assert.equal((await listOne(broker, leaseId)).releasedAt, before.releasedAt);
+    } finally {
+      client.close();
+    }
+  } finally {
+    await killTarget(target.child);
+    await broker.stop();
+    broker.cleanup();
+  }
+});
+
+/** The one lease with this id, as List shows it now. */
+async function listOne(broker: BrokerProcess, id: string): Promise<{ releasedAt?: string | undefined; limitBytes: number }> {
+  const client = await BrokerClient.connect(broker.socket);
+  try {
+    const lease = (await client.list()).leases.find((l) => l.id === id);
+    assert.ok(lease !== undefined, `lease ${id} is listed`);
+    return lease;
+  } finally {
+    client.close();
+  }
+}

@@ -36,9 +36,9 @@ test('failed syscalls return -errno instead of throwing', () => {
 test('the addon exports exactly the syscalls the daemon uses: no dead memory or fsync exports', () => {
   // A root daemon carries no code it never calls: mmap/munmap to JS and fsync went (issue #9).
   assert.deepEqual(Object.keys(native).sort(), [
-    'accept', 'closeLater', 'close', 'connectUnix', 'dupCloexec', 'execve', 'flock', 'fstat', 'ioctl',
+    'accept', 'closeLater', 'closeSocketLater', 'close', 'connectUnix', 'dupCloexec', 'execve', 'flock', 'fstat', 'ioctl',
     'isUnixStreamSocket', 'kcmp', 'listenUnix', 'memfdCreate', 'open', 'peerCred', 'peerGroups',
-    'peerPidfd', 'pendingCloses', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'refuseFdPassing', 'sendDatagram',
+    'peerPidfd', 'pendingCloses', 'pendingClosesOf', 'pidfdOpen', 'pidfdSendSignal', 'prlimit', 'recvmsg', 'refuseFdPassing', 'sealFdPassing', 'sendDatagram',
     'sendmsg', 'setCloexec', 'shutdownWrite', 'startPoll', 'stopPoll', 'updatePoll',
   ].sort());
 });
@@ -165,6 +165,40 @@ test('refuseFdPassing on a listener: its accepted sockets refuse a peer\'s fds (
   const file = memfd('not-a-socket');
   assert.equal(native.refuseFdPassing(file), -ENOTSOCK);
   assert.equal(native.close(file), 0);
+});
+
+test('the kernel copies SO_PASSRIGHTS at connect(); sealFdPassing closes an earlier connection and finds its queued fds', async () => {
+  await withNoFdLeak(() => {
+    const temp = makeTempDir();
+    try {
+      const path = `${temp.dir}/sealing.sock`;
+      const listener = fd(native.listenUnix(path, 4, 0o600));
+      const early = fd(native.connectUnix(path)); // connected while the listener still accepts fds
+      const earlyQuiet = fd(native.connectUnix(path));
+      assert.equal(native.refuseFdPassing(listener), 0);
+      const late = fd(native.connectUnix(path));
+      const passed = memfd('queued');
+      assert.equal(native.sendmsg(early, Buffer.from('x'), [passed]), 1, 'an earlier connection still passes fds');
+      assert.equal(native.sendmsg(late, Buffer.from('x'), [passed]), -EPERM, 'a later one inherited the refusal');
+      assert.equal(native.sendmsg(earlyQuiet, Buffer.from('bytes only'), []), 10);
+      const [earlyServer, quietServer, lateServer] = [fd(native.accept(listener)), fd(native.accept(listener)), fd(native.accept(listener))];
+      assert.equal(native.sealFdPassing(earlyServer), 2, 'fds are queued');
+      assert.equal(native.sealFdPassing(quietServer), 1, 'nothing but bytes queued');
+      assert.equal(native.sealFdPassing(lateServer), 0, 'already refusing');
+      assert.equal(native.sealFdPassing(earlyServer), 0, 'sealed now');
+      assert.equal(native.sendmsg(early, Buffer.from('x'), [passed]), -EPERM, 'nothing more can arrive');
+      const got = recv(quietServer, 64, 4);
+      assert.equal(got.data.toString(), 'bytes only', 'the peek read nothing');
+      const queued = recv(earlyServer, 16, 4);
+      assert.equal(queued.fds.length, 1, 'the peek installed nothing and left the fd queued');
+      for (const f of [listener, early, earlyQuiet, late, passed, earlyServer, quietServer, lateServer, ...queued.fds]) {
+        assert.equal(native.close(f), 0);
+      }
+    } finally {
+      temp.remove();
+    }
+  });
+  assert.equal(native.sealFdPassing(987654), -EBADF);
 });
 
 test('listenUnix creates the socket file with exactly the requested mode', async () => {

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { brokerErrorParameters, serviceErrorParameters } from '../../protocol/errors.ts';
+import { brokerErrorParameters, permissionDeniedRules, serviceErrorParameters } from '../../protocol/errors.ts';
 import { Lease, brokerMethods, serviceMethods } from '../../protocol/methods.ts';
 import { MAX_FDS_PER_FRAME, MAX_FRAME_BYTES, MAX_REPLY_FRAME_BYTES } from '../../protocol/framing.ts';
 import { decodeCall } from '../../protocol/decode.ts';
@@ -13,7 +13,7 @@ import { qualifiedMethodNames, type QualifiedMethod } from '../../protocol/metho
 import { formatSize } from '../../shared/sizes.ts';
 import {
   DEFAULT_FRAME_TIMEOUT_SECONDS, DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_UID,
-  DEFAULT_RESERVED_CONNECTIONS,
+  DEFAULT_MAX_PENDING_CLOSES, DEFAULT_MAX_PENDING_CLOSES_PER_UID, DEFAULT_RESERVED_CONNECTIONS,
 } from '../../daemon/flags.ts';
 
 const doc = readFileSync(new URL('../../docs/PROTOCOL.md', import.meta.url), 'utf8');
@@ -95,6 +95,17 @@ test('every error is documented with exactly its parameters, and every documente
   for (const [name, schema] of allErrors) assertFields(name, documented.get(name)?.rows ?? [], schema);
 });
 
+test('PermissionDenied lists exactly the registry\'s rules, and the daemon names no other', () => {
+  const row = doc.split('\n').find((l) => l.startsWith('| `rule` | string | `open-users`'));
+  assert.ok(row !== undefined, 'the PermissionDenied rule row is missing');
+  const documented = [...row.split('|')[3]?.matchAll(/`([a-z-]+)`/g) ?? []].map((m) => m[1]);
+  assert.deepEqual(documented.sort(), [...permissionDeniedRules].sort());
+  const core = ['lease-decisions.ts', 'open-decision.ts']
+    .map((f) => readFileSync(new URL(`../../daemon/core/${f}`, import.meta.url), 'utf8')).join('\n');
+  const named = [...core.matchAll(/rule: '([a-z-]+)'/g)].map((m) => m[1]);
+  assert.deepEqual([...new Set(named)].sort(), [...permissionDeniedRules].sort());
+});
+
 test('the Lease type is documented with exactly its fields', () => {
   const types = entries('Types');
   assert.deepEqual([...types.keys()], ['Lease']);
@@ -111,6 +122,8 @@ test('the documented limits are the code\'s', () => {
   assert.match(transport, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS} connections, ${DEFAULT_MAX_CONNECTIONS_PER_UID} per uid, and keeps the last ${DEFAULT_RESERVED_CONNECTIONS}`));
   assert.match(transport, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS - DEFAULT_RESERVED_CONNECTIONS},`));
   assert.match(transport, new RegExp(`silent for\\s+${DEFAULT_IDLE_TIMEOUT_SECONDS} s`));
+  assert.match(transport, new RegExp(`While ${DEFAULT_MAX_PENDING_CLOSES_PER_UID} of one uid's\\s+fds`));
+  assert.match(transport, new RegExp(`or ${DEFAULT_MAX_PENDING_CLOSES} of all uids'`));
   const withFds = Object.entries(brokerMethods).filter(([, s]) => s.maxFds > 0);
   assert.ok(Object.values(serviceMethods).every((s) => s.maxFds === 0));
   for (const [method, spec] of withFds) assert.match(doc, new RegExp(`\`${method}\`: ${spec.maxFds}, all others: 0`));

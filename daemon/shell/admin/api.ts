@@ -12,9 +12,12 @@
 // - No peer can pass fds through the socket: Node reads it with read(2), and the kernel would
 //   drop (last-close) any fd that came with the bytes in the event loop's thread, where a
 //   lingering socket's close blocks every client. The listener gets SO_PASSRIGHTS=0 before it
-//   serves (accepted sockets inherit it; a peer's SCM_RIGHTS fails with EPERM). Kernels before
-//   6.16 lack the option: there the API still serves, with a warning, and only the peers the
-//   socket's mode admits (root:iommufd-admin 0660) can reach it.
+//   serves (a connection inherits it at connect(); a peer's SCM_RIGHTS fails with EPERM), and
+//   every accepted connection is sealed before Node reads it (no-fds.ts): one that connected
+//   before the option was set (socket activation's backlog) is made to refuse fds, and dropped
+//   unread, off the loop, if fds already wait in it. Kernels before 6.16 lack the option: there
+//   the API still serves, with a warning, and only the peers the socket's mode admits
+//   (root:iommufd-admin 0660) can reach it.
 // - A path is only unlinked on close if it still names the socket this API created (dev/ino),
 //   and a path that exists is only replaced if it is a stale socket nobody listens on.
 // - fd ownership: a listening fd belongs to the caller until listen() checked it is an AF_UNIX
@@ -27,6 +30,7 @@ import { serializerCompiler, validatorCompiler, type ZodTypeProvider } from 'fas
 import { clearStaleSocket, lstatOrNull } from '../../../native/unix-server.ts';
 import { closeFdQuietly, errnoNumber, isUnixStreamSocket, listenUnix, refuseFdPassing, SysError } from '../../../native/sys.ts';
 import { adminRefusal, ConnectionPeers } from './auth.ts';
+import { sealConnection } from './no-fds.ts';
 import { brokerFailure, notFound, toFailure, type AdminFailure } from './errors.ts';
 import { registerAdminRoutes, type AdminApp, type AdminRouteDeps } from './routes.ts';
 import type { ConnectionPeer } from '../peer.ts';
@@ -71,7 +75,9 @@ export class AdminApi {
     app.server.maxConnections = MAX_CONNECTIONS;
 
     const peers = new ConnectionPeers(log);
-    app.server.on('connection', (socket: Socket) => peers.accept(socket));
+    app.server.on('connection', (socket: Socket) => {
+      if (sealConnection(socket, log)) peers.accept(socket);
+    });
     const identify = options.identify ?? ((socket: Socket) => peers.peerOf(socket));
     const callers = new WeakMap<FastifyRequest, ConnectionPeer>();
     const outcomes = new WeakMap<FastifyRequest, string>();

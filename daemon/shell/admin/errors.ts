@@ -13,7 +13,8 @@
 //     the body's name and parameters say which) · PolicyRejected 422 · InvalidParameter 400
 //     (413/415 when fastify refused the body's size or type) · MethodNotFound 404 ·
 //     KernelRefused 502 (the broker acted, the kernel said no: not a broker bug) ·
-//     DeviceUnavailable, ShuttingDown, JournalUnavailable 503 · InternalError 500.
+//     DeviceUnavailable, ShuttingDown, JournalUnavailable 503 · ClosesPending 429 (Varlink
+//     only: it refuses calls carrying fds, which the admin socket never takes) · InternalError 500.
 // - Anything that is not a known refusal is logged in full and answered as InternalError with
 //   no internals in the body.
 import { z } from 'zod';
@@ -44,6 +45,7 @@ export const HTTP_STATUS: Readonly<Record<BrokerErrorName, number>> = {
   DeviceUnavailable: 503,
   ShuttingDown: 503,
   JournalUnavailable: 503,
+  ClosesPending: 429, // Varlink only: the admin socket takes no fds
   InternalError: 500,
 };
 

@@ -14,7 +14,7 @@ import {
   closeSync, constants, fchmodSync, fstatSync, fsyncSync, lstatSync, mkdirSync,
   openSync, readSync, renameSync, unlinkSync, writeSync,
 } from 'node:fs';
-import { type JournaledLease, encode, snapshotRecord } from './format.ts';
+import { type JournaledLease, encode, snapshotRecords } from './format.ts';
 
 /** The state dir or journal file is unsafe to use (wrong type, owner or permissions). */
 export class JournalUnusable extends Error {
@@ -118,7 +118,7 @@ export function compact(dir: string, file: string, leases: Iterable<JournaledLea
   } catch (e) {
     if (errnoCode(e) !== 'ENOENT') throw new JournalUnusable(temp, `cannot remove a stale temp file (${errnoCode(e)})`);
   }
-  const snapshot = Buffer.concat([...leases].map((lease) => encode(snapshotRecord(lease))));
+  const snapshot = Buffer.concat([...leases].flatMap((lease) => snapshotRecords(lease).map(encode)));
   const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
   let step = 'open';
   try {

@@ -7,6 +7,11 @@
 //   /proc/sys/kernel/random/boot_id); 1 (brokers before boot ids) has no `bootId`. Both are
 //   read, and may be mixed in one file: a compaction writes a lease whose boot is unknown back
 //   as a version 1 grant, so "no bootId" keeps meaning "boot unknown" and is never guessed.
+//   Version 3 adds one record, `released` (a lease's Release: its manager's control ended at
+//   `at`; the lease stays live and charged until its target exits). Each record is written in
+//   the lowest version that can express it, so a journal without releases stays readable by a
+//   version 2 broker, and one with a release is refused by it cleanly ("format version 3"),
+//   never half-read as an unreleased, resizable lease.
 //   Any other version is corruption (a newer broker's journal is refused, never half-read).
 //   A version 2 grant may carry `devices` (the VFIO devices the lease holds, which a restart
 //   must keep held); a broker from before devices refuses such a line as corrupt, never
@@ -21,8 +26,9 @@
 //   limiting or charging a stranger.
 // - Replay: a final segment without its '\n' is a torn write from a crash (never acknowledged,
 //   since its write never finished): ignored and reported as TornTail. Every other line must
-//   parse and make sense in order (no duplicate grant, no resize or release of a lease that is
-//   not live); anything else is JournalCorrupt naming the file and the line.
+//   parse and make sense in order (no duplicate grant, no resize, release or `released` of a
+//   lease that is not live, no resize of a released lease, no second `released`); anything
+//   else is JournalCorrupt naming the file and the line.
 // - Replay streams: bytes arrive in chunks of any size (a journal of any length replays in
 //   memory bounded by its live leases and one line); a line longer than MAX_LINE_BYTES is
 //   corrupt (the broker's longest record is far shorter).
@@ -36,7 +42,9 @@ import { BOOT_ID_PATTERN } from './boot.ts'; // a constant only: this module doe
 export const JOURNAL_FILE = 'leases.journal';
 /** The version written; READABLE_VERSIONS are read. */
 export const JOURNAL_FORMAT_VERSION = 2;
-export const READABLE_VERSIONS: readonly number[] = [1, 2];
+/** The version of a `released` record (the only record version 3 added). */
+export const RELEASED_RECORD_VERSION = 3;
+export const READABLE_VERSIONS: readonly number[] = [1, 2, 3];
 export const MAX_LINE_BYTES = 64 * 1024;
 
 const byteCount = z.number().int().min(0).max(MAX_BYTES);
@@ -66,8 +74,13 @@ const devices = z.array(z.object({
   address: z.string().regex(PCI_ADDRESS_PATTERN), cdev: z.string().regex(VFIO_CDEV_PATTERN),
 }).strict().readonly()).min(1).max(MAX_DEVICES_PER_LEASE).readonly();
 
-/** A live lease as replay returns it: `bootId` absent = granted by a version 1 broker, boot unknown. */
-export const JournaledLease = z.object({ ...leaseFields, devices: devices.optional(), bootId: bootId.optional() }).strict();
+/**
+ * A live lease as replay returns it: `bootId` absent = granted by a version 1 broker, boot
+ * unknown; `releasedAt` present = released (a version 3 `released` record) at that time.
+ */
+export const JournaledLease = z.object({
+  ...leaseFields, devices: devices.optional(), bootId: bootId.optional(), releasedAt: z.iso.datetime().optional(),
+}).strict();
 export type JournaledLease = z.infer<typeof JournaledLease>;
 
 const V1Record = z.discriminatedUnion('type', [
@@ -80,8 +93,10 @@ const V2Record = z.discriminatedUnion('type', [
   z.object({ v: z.literal(2), type: z.literal('resize'), id: leaseId, memoryBytes: byteCount, limitBytes: byteCount }).strict(),
   z.object({ v: z.literal(2), type: z.literal('release'), id: leaseId }).strict(),
 ]);
+const V3Record = z.object({ v: z.literal(3), type: z.literal('released'), id: leaseId, at: z.iso.datetime() }).strict();
 export const JournalRecord = V2Record;
-export type JournalRecord = z.infer<typeof V1Record> | z.infer<typeof V2Record>;
+export const ReleasedRecord = V3Record;
+export type JournalRecord = z.infer<typeof V1Record> | z.infer<typeof V2Record> | z.infer<typeof V3Record>;
 
 /** A line of the journal is not what this broker wrote, or not in an order it could have written. */
 export class JournalCorrupt extends Error {
@@ -144,9 +159,9 @@ function parseLine(file: string, line: number, raw: Buffer): JournalRecord {
   }
   const v = (value as { v?: unknown } | null)?.v;
   if (typeof v === 'number' && !READABLE_VERSIONS.includes(v)) {
-    throw new JournalCorrupt(file, line, `format version ${v}; this broker reads versions ${READABLE_VERSIONS.join(' and ')}`);
+    throw new JournalCorrupt(file, line, `format version ${v}; this broker reads versions ${READABLE_VERSIONS.slice(0, -1).join(', ')} and ${READABLE_VERSIONS.at(-1)}`);
   }
-  const parsed = (v === 1 ? V1Record : V2Record).safeParse(value);
+  const parsed = (v === 1 ? V1Record : v === 3 ? V3Record : V2Record).safeParse(value);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(record)'}: ${i.message}`).join('; ');
     throw new JournalCorrupt(file, line, `not a valid record (${issues})`);
@@ -169,19 +184,33 @@ export function applyRecord(leases: Map<string, JournaledLease>, record: Journal
     case 'resize': {
       const lease = leases.get(record.id);
       if (lease === undefined) return `resize of lease ${record.id}, which is not live`;
+      if (lease.releasedAt !== undefined) return `resize of lease ${record.id}, which was released`;
       leases.set(record.id, { ...lease, memoryBytes: record.memoryBytes, limitBytes: record.limitBytes });
       return undefined;
     }
     case 'release':
       if (!leases.delete(record.id)) return `release of lease ${record.id}, which is not live`;
       return undefined;
+    case 'released': {
+      const lease = leases.get(record.id);
+      if (lease === undefined) return `released record of lease ${record.id}, which is not live`;
+      if (lease.releasedAt !== undefined) return `lease ${record.id} released twice`;
+      leases.set(record.id, { ...lease, releasedAt: record.at });
+      return undefined;
+    }
   }
 }
 
-/** The record a snapshot holds for a live lease: version 1 while its boot is unknown. */
-export function snapshotRecord(lease: JournaledLease): JournalRecord {
-  if (lease.bootId === undefined) return { v: 1, type: 'grant', lease };
-  return { v: 2, type: 'grant', lease: { ...lease, bootId: lease.bootId } };
+/**
+ * The records a snapshot holds for a live lease: its grant (version 1 while its boot is
+ * unknown), then, if it was released, its version 3 `released` record.
+ */
+export function snapshotRecords(lease: JournaledLease): JournalRecord[] {
+  const { releasedAt, ...granted } = lease;
+  const grant: JournalRecord = granted.bootId === undefined
+    ? { v: 1, type: 'grant', lease: granted }
+    : { v: 2, type: 'grant', lease: { ...granted, bootId: granted.bootId } };
+  return releasedAt === undefined ? [grant] : [grant, { v: RELEASED_RECORD_VERSION, type: 'released', id: lease.id, at: releasedAt }];
 }
 
 /**

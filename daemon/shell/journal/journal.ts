@@ -38,7 +38,7 @@ import { closeSync, fdatasync, fdatasyncSync } from 'node:fs';
 import { join } from 'node:path';
 import { currentBoot, type Boot } from './boot.ts';
 import {
-  JOURNAL_FILE, JOURNAL_FORMAT_VERSION, JournalRecord, JournaledLease, Replayer, applyRecord, encode,
+  JOURNAL_FILE, JOURNAL_FORMAT_VERSION, JournalRecord, JournaledLease, RELEASED_RECORD_VERSION, ReleasedRecord, Replayer, applyRecord, encode,
   grantedInAnotherBoot, type TornTail,
 } from './format.ts';
 import {
@@ -168,6 +168,13 @@ export class LeaseJournal {
   recordResize(id: string, memoryBytes: number, limitBytes: number): void {
     const record = JournalRecord.safeParse({ v: JOURNAL_FORMAT_VERSION, type: 'resize', id, memoryBytes, limitBytes });
     if (!record.success) throw new JournalMisuse(`not a valid resize of ${id}: ${record.error.issues.map((i) => i.message).join('; ')}`);
+    this.#record(record.data);
+  }
+
+  /** Writes a lease's Release (it stays live and charged); durable once a later flush() resolves. */
+  recordReleased(id: string, at: string): void {
+    const record = ReleasedRecord.safeParse({ v: RELEASED_RECORD_VERSION, type: 'released', id, at });
+    if (!record.success) throw new JournalMisuse(`not a valid release of ${id}: ${record.error.issues.map((i) => i.message).join('; ')}`);
     this.#record(record.data);
   }
 

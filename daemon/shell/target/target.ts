@@ -19,12 +19,18 @@ import {
 } from '../../../native/sys.ts';
 import { readProcStatus, readStartTime, type ProcStatus } from './procfs.ts';
 import { capabilityFacts } from './caps.ts';
+import type { TargetIds } from '../../core/open-decision.ts';
 
 export interface Target {
   pid: number;
   /** owner: whoever holds the Target; a granted lease takes it over, else close it. */
   pidfd: number;
   uid: number;
+  /**
+   * Real, effective and saved uids and gids, from the same /proc read as `uid`, the pidfd alive
+   * after it (a non-manager's self-Open needs them equal to its SO_PEERCRED ids).
+   */
+  ids: TargetIds;
   startTime: string;
   /** The capability set from which the target holds or may gain CAP_IPC_LOCK (caps.ts). */
   ipcLockSet: string | undefined;
@@ -42,9 +48,10 @@ export interface TargetUsage { pinnedBytes?: number; lockedBytes?: number }
  * Learns who the pidfd names, and its memory usage from the same /proc read (an Open's reply
  * needs it; keeping it out of Target keeps a watched lease small). Takes ownership of pidfd:
  * closed here on failure, off the event loop (closeOffLoop): a client sent it, and until it is
- * known to be a pidfd it may be any file, one whose last close blocks.
+ * known to be a pidfd it may be any file, one whose last close blocks. `owner`: the uid that
+ * sent it (the close is charged to it), -1 for the daemon's own.
  */
-export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
+export function describeTarget(pidfd: number, owner = -1): Target & { usage: TargetUsage } {
   try {
     const pid = pidOfPidfdParameter(pidfd);
     if (pid <= 0) throw gone(pid, 'the process named by the pidfd has exited');
@@ -59,9 +66,13 @@ export function describeTarget(pidfd: number): Target & { usage: TargetUsage } {
     if ((status.state === 'Z' || status.state === 'X') && status.threads <= 1) {
       throw gone(pid, 'the process has exited (a zombie its parent has not reaped yet): it can pin nothing');
     }
-    return { pid, pidfd, uid: status.realUid, startTime, ...caps, usage: usageOf(status) };
+    const ids: TargetIds = {
+      realUid: status.realUid, effectiveUid: status.effectiveUid, savedUid: status.savedUid,
+      realGid: status.realGid, effectiveGid: status.effectiveGid, savedGid: status.savedGid,
+    };
+    return { pid, pidfd, uid: status.realUid, ids, startTime, ...caps, usage: usageOf(status) };
   } catch (e) {
-    closeOffLoop(pidfd);
+    closeOffLoop(pidfd, owner);
     throw toTargetError(e);
   }
 }

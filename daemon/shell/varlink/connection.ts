@@ -13,6 +13,8 @@
 //   pidfd are owned by the connection from accept on and closed with it.
 // - Nothing a client sent is closed on the event loop (closeOffLoop: its last close may block
 //   as long as the client likes); only fds the daemon made itself are closed here directly.
+//   Those closes are charged to the peer's uid; a call of a uid over its quota of pending closes
+//   (close-quota.ts) that carries fds is answered ClosesPending and its connection closed.
 // - What a never-reading client costs is bounded: MAX_QUEUED_CALLS decoded calls and
 //   SEND_HIGH_WATER_BYTES of replies, past which this socket is not read.
 // - No reply can take the daemon down: a reply that cannot be encoded is answered with
@@ -26,6 +28,7 @@ import { BrokerError, VarlinkServiceError } from '../../../protocol/errors.ts';
 import { closeFd, closeOffLoop, SysError } from '../../../native/sys.ts';
 import type { UnixConnection } from '../../../native/socket.ts';
 import type { ConnectionPeer } from '../peer.ts';
+import { closesPending } from './close-quota.ts';
 
 /** What a handler answers: reply parameters, and fds to attach (ownership passes to the server). */
 export interface HandlerReply {
@@ -36,7 +39,7 @@ export type CallHandler = (call: DecodedCall, peer: ConnectionPeer) => Promise<H
 
 /** What the server turned away before any handler ran: a connection, or a message. */
 export type Refusal =
-  | { stage: 'connection'; reason: 'too-many-connections' | 'reserved-for-managers' | 'unidentified-peer' | 'frame-timeout' }
+  | { stage: 'connection'; reason: 'too-many-connections' | 'reserved-for-managers' | 'unidentified-peer' | 'frame-timeout' | 'closes-pending' }
   /** reason: the Varlink error name the message was (or, for a oneway call, would have been) answered with. */
   | { stage: 'message'; reason: string };
 
@@ -56,7 +59,7 @@ export interface ConnectionParts {
   peer: ConnectionPeer;
   handle: CallHandler;
   log: Logger;
-  limits: { idleTimeoutMs: number; frameTimeoutMs: number };
+  limits: { idleTimeoutMs: number; frameTimeoutMs: number; maxPendingClosesPerUid: number; maxPendingCloses: number };
   /** Called once, after the connection closed. */
   onClose: () => void;
   /** Told of every message (or, for a frame timeout, the connection) the connection refused. */
@@ -82,8 +85,10 @@ export class Connection {
   private readonly log: Logger;
   private readonly onClose: () => void;
   private readonly onRefused: (r: Refusal) => void;
+  private readonly closeQuota: { perUid: number; total: number };
 
   constructor({ socket, peer, handle, log, limits, onClose, onRefused }: ConnectionParts) {
+    this.closeQuota = { perUid: limits.maxPendingClosesPerUid, total: limits.maxPendingCloses };
     this.socket = socket;
     this.peer = peer;
     this.handle = handle;
@@ -100,6 +105,9 @@ export class Connection {
       this.close();
     });
   }
+
+  /** Closes a peer's fd off the loop, charged to the peer's uid (close-quota.ts). */
+  readonly #dropFd = (fd: number): void => closeOffLoop(fd, this.peer.uid);
 
   #who(): { pid: number; uid: number } {
     return { pid: this.peer.pid, uid: this.peer.uid };
@@ -153,7 +161,7 @@ export class Connection {
   }
 
   #onData(chunk: Buffer, fds: number[]): void {
-    if (this.#closed || this.#draining) { fds.forEach(closeOffLoop); return; }
+    if (this.#closed || this.#draining) { fds.forEach(this.#dropFd); return; }
     this.#armIdleTimer();
     let frames: Frame[];
     try {
@@ -197,6 +205,7 @@ export class Connection {
 
   async #run(frame: Frame): Promise<void> {
     const decoded = decodeCall(frame);
+    if (frame.fds.length > 0 && this.#refusedForPendingCloses(decoded)) return;
     if (decoded.kind === 'rejection') {
       if (decoded.fatal) this.log.warn({ peer: this.#who(), error: decoded.error.name }, 'malformed message: closing the connection');
       this.#reject(decoded);
@@ -209,7 +218,7 @@ export class Connection {
       if (!decoded.oneway) this.#reply(() => errorReply(err, this.log), []);
       return;
     } finally {
-      decoded.unusedFds.forEach(closeOffLoop);
+      decoded.unusedFds.forEach(this.#dropFd);
     }
     if (decoded.oneway || this.#closed) {
       (reply.fds ?? []).forEach(closeFd);
@@ -218,10 +227,32 @@ export class Connection {
     this.#reply(() => encodeReply(reply.parameters), reply.fds ?? []);
   }
 
+  /**
+   * Whether this fd-carrying message was refused because its uid has too many closes pending
+   * (close-quota.ts): then its fds are closed unused, ClosesPending is answered (unless it is a
+   * oneway call), and the connection reads nothing more. Checked before anything else the
+   * message could be refused for, so the answer names the cause the client can act on.
+   */
+  #refusedForPendingCloses(decoded: DecodedCall | Rejection): boolean {
+    const closing = closesPending(this.peer.uid, this.closeQuota);
+    if (closing === undefined) return false;
+    this.log.warn({ audit: 'deny', action: 'receive', peer: this.#who(), ...closing.parameters }, 'call refused: closes pending');
+    this.onRefused({ stage: 'message', reason: closing.qualifiedName });
+    if (decoded.kind === 'rejection') {
+      decoded.fdsToClose.forEach(this.#dropFd);
+    } else {
+      decoded.unusedFds.forEach(this.#dropFd);
+      if ('targetPidFd' in decoded && decoded.targetPidFd !== undefined) this.#dropFd(decoded.targetPidFd);
+    }
+    if (decoded.kind === 'rejection' || !decoded.oneway) this.#reply(() => encodeBrokerError(closing), []);
+    this.#stopReading();
+    return true;
+  }
+
   /** Closes what a rejected message carried, answers if the rejection wants it, closes if fatal. */
   #reject(rejection: Rejection): void {
     this.onRefused({ stage: 'message', reason: rejection.error.name });
-    rejection.fdsToClose.forEach(closeOffLoop);
+    rejection.fdsToClose.forEach(this.#dropFd);
     if (rejection.reply) this.#reply(() => encodeRejection(rejection), []);
     if (rejection.fatal) this.#stopReading();
   }
@@ -247,7 +278,7 @@ export class Connection {
   /** Nothing more is read or run on this connection; queued replies still go out, then close. */
   #stopReading(): void {
     this.#draining = true;
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(this.#dropFd);
     void this.drainAndClose();
   }
 
@@ -276,8 +307,8 @@ export class Connection {
     this.#closed = true;
     clearTimeout(this.#idleTimer);
     clearTimeout(this.#frameTimer);
-    this.#decoder.takeHeldFds().forEach(closeOffLoop);
-    for (const f of this.#queue.splice(0)) f.fds.forEach(closeOffLoop);
+    this.#decoder.takeHeldFds().forEach(this.#dropFd);
+    for (const f of this.#queue.splice(0)) f.fds.forEach(this.#dropFd);
     if (this.peer.pidfd !== undefined) closeFd(this.peer.pidfd);
     closeSocket();
     this.onClose();

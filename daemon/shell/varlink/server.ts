@@ -7,11 +7,14 @@
 // - Admission bounds what clients can hold: maxConnections in all, maxConnectionsPerUid per
 //   uid, and reservedConnections of them only for peers that mayUseReserve (managers, root),
 //   so clients can never lock managers out. A refused socket and its pidfd are closed at once.
+// - From accept on, closing a peer's fds and socket is charged to its uid; a uid over its quota
+//   of pending closes (close-quota.ts) gets no new connection.
 // - close() stops accepting, lets in-flight calls finish, then closes every connection.
 import type { Logger } from 'pino';
 import { closeFd } from '../../../native/sys.ts';
 import type { UnixConnection, UnixServer } from '../../../native/socket.ts';
 import { readPeer, type ConnectionPeer } from '../peer.ts';
+import { closesPending } from './close-quota.ts';
 import { Connection, type CallHandler, type Refusal } from './connection.ts';
 
 export interface ServerEvents {
@@ -42,6 +45,10 @@ export interface ServerLimits {
    * itself has stopped reading (back-pressure).
    */
   frameTimeoutMs: number;
+  /** A uid with this many closes pending gets no fds and no connections in (close-quota.ts). */
+  maxPendingClosesPerUid: number;
+  /** The same for all uids together: then every uid with a close pending is refused so. */
+  maxPendingCloses: number;
 }
 
 export class VarlinkServer {
@@ -57,6 +64,10 @@ export class VarlinkServer {
     this.#listeners.push(listener);
     listener.on('connection', (conn: UnixConnection) => this.#accept(conn));
     listener.on('error', (err: Error) => this.log.error({ err }, 'listening socket failed'));
+  }
+
+  #closeQuota(): { perUid: number; total: number } {
+    return { perUid: this.limits.maxPendingClosesPerUid, total: this.limits.maxPendingCloses };
   }
 
   get connectionCount(): number {
@@ -81,6 +92,7 @@ export class VarlinkServer {
       socket.close();
       return;
     }
+    socket.chargeClosesTo(peer.uid); // from here on its fds and its socket are the peer's closes
     const refusal = this.#admission(peer);
     if (refusal !== undefined) {
       const { maxConnections, maxConnectionsPerUid, reservedConnections } = this.limits;
@@ -99,7 +111,12 @@ export class VarlinkServer {
   }
 
   /** Why this peer may not have another connection now, or undefined if it may. */
-  #admission(peer: ConnectionPeer): { reason: 'too-many-connections' | 'reserved-for-managers'; message: string; counts: Record<string, number> } | undefined {
+  #admission(peer: ConnectionPeer): { reason: 'too-many-connections' | 'reserved-for-managers' | 'closes-pending'; message: string; counts: Record<string, number> } | undefined {
+    const closing = closesPending(peer.uid, this.#closeQuota());
+    if (closing !== undefined) {
+      return { reason: 'closes-pending', message: `connection refused: ${closing.parameters.reason}`,
+        counts: { pendingCloses: closing.parameters.pendingCloses } };
+    }
     const total = this.#connections.size;
     const sameUid = [...this.#connections].filter((c) => c.peer.uid === peer.uid).length;
     const counts = { total, sameUid };

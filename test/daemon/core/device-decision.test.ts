@@ -6,7 +6,7 @@ import { checkDevices, type DeviceRequest } from '../../../daemon/core/device-de
 import { Ledger } from '../../../daemon/core/ledger.ts';
 import { decideOpen, type OpenRequest } from '../../../daemon/core/open-decision.ts';
 import type { DeviceGrant, Peer } from '../../../daemon/core/policy.ts';
-import { GiB, PAGE, lease, peer, policy } from './lease-fixtures.ts';
+import { GiB, PAGE, lease, peer, policy, sameIds } from './lease-fixtures.ts';
 
 const A = '0000:00:03.0';
 const B = '0000:00:04.0';
@@ -86,7 +86,7 @@ describe('checkDevices: the [[devices]] allowlist', () => {
 
 describe('decideOpen: devices are rules 6 and 7', () => {
   const base = (fields: Partial<OpenRequest> & { peer: Peer }): OpenRequest => ({
-    targetPid: fields.peer.pid, peerAlive: true, targetIsPeer: true, targetUid: fields.peer.uid,
+    targetPid: fields.peer.pid, peerAlive: true, targetIsPeer: true, targetUid: fields.peer.uid, targetIds: sameIds(fields.peer),
     targetIpcLockSet: undefined, targetNoNewPrivs: false, name: 'vm1', memoryBytes: GiB, pageSize: PAGE, ...fields,
   });
 
@@ -145,7 +145,7 @@ describe('property: no two leases ever hold one device', () => {
 
   function base(fields: Partial<OpenRequest> & { peer: Peer }): OpenRequest {
     return {
-      targetPid: fields.peer.pid, peerAlive: true, targetIsPeer: true, targetUid: fields.peer.uid,
+      targetPid: fields.peer.pid, peerAlive: true, targetIsPeer: true, targetUid: fields.peer.uid, targetIds: sameIds(fields.peer),
       targetIpcLockSet: undefined, targetNoNewPrivs: false, name: 'vm1', memoryBytes: GiB, pageSize: PAGE, ...fields,
     };
   }

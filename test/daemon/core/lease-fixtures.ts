@@ -1,6 +1,7 @@
 // Builders for the core's tests: a lease record, a peer and a policy with readable defaults.
 // Not a test file itself (no .test.ts), imported by test/daemon/core/*.test.ts.
 import type { LeaseRecord } from '../../../daemon/core/ledger.ts';
+import type { TargetIds } from '../../../daemon/core/open-decision.ts';
 import { defaultPolicy, type Peer, type Policy } from '../../../daemon/core/policy.ts';
 
 export const KiB = 1024;
@@ -27,6 +28,12 @@ export function peer(uid: number, pid = 40000 + uid, gid = uid, groups: number[]
   return { pid, uid, gid, groups };
 }
 
+/** The defaults with a 1 GiB overhead (libvirt's; the default was 1 GiB when these tests were written). */
 export function policy(fields: Partial<Policy> = {}): Policy {
-  return { ...defaultPolicy(100 * GiB), ...fields };
+  return { ...defaultPolicy(100 * GiB), overheadBytes: GiB, ...fields };
+}
+
+/** A process that runs with the peer's uid and gid as real, effective and saved ids. */
+export function sameIds(p: Peer): TargetIds {
+  return { realUid: p.uid, effectiveUid: p.uid, savedUid: p.uid, realGid: p.gid, effectiveGid: p.gid, savedGid: p.gid };
 }

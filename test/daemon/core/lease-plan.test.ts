@@ -60,11 +60,15 @@ describe('planResize', () => {
 });
 
 describe('planRelease', () => {
-  it('marks released in the ledger only: no journal, no kernel, no watch change', () => {
+  it('marks released in the ledger and the journal (durable before the reply): no kernel, no watch change', () => {
+    // Before the Release was journaled this asserted journal === undefined; a restart then
+    // forgot the release (the follow-up of #8).
     const l = lease({ id: 'l-a' });
     const plan = planRelease(l, AT);
     assert.deepEqual(plan.ledger, { kind: 'mark-released', id: 'l-a', at: AT });
-    assert.equal(plan.journal, undefined);
+    assert.deepEqual(plan.journal, { record: { kind: 'mark-released', id: 'l-a', at: AT }, durable: 'reply' });
+    assert.deepEqual(plan.undo, { ledger: undefined, journal: undefined }, 'a released mark only takes control away: no undo');
+    assert.equal(plan.order, 'journal-first');
     assert.equal(plan.kernel, undefined);
     assert.equal(plan.watch, undefined);
     assert.equal(plan.after.releasedAt, AT);

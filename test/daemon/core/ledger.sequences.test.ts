@@ -119,6 +119,8 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
   let raises = 0;
   let reloaded = false;
   let releases = 0;
+  /** A process running with one uid and gid throughout (these peers' gid is their uid). */
+  const idsOf = (uid: number, gid: number) => ({ realUid: uid, effectiveUid: uid, savedUid: uid, realGid: gid, effectiveGid: gid, savedGid: gid });
   /** The model: what each leased target may still pin (the limit the broker last set), by target pid. */
   const pinning = new Map<number, { owner: number; limit: number }>();
   for (const step of steps) {
@@ -131,7 +133,7 @@ function run(initial: Policy, pageSize: number, steps: readonly Step[]): { grant
       const peer = at(PEERS, step.peer);
       const target = step.target === undefined ? selfTarget(peer) : at(TARGETS, step.target);
       const decision = decideOpen(policy, ledger, {
-        peer, targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLock, targetNoNewPrivs: target.noNewPrivs,
+        peer, targetPid: target.pid, targetUid: target.uid, targetIds: idsOf(target.uid, target.uid), targetIpcLockSet: target.ipcLock, targetNoNewPrivs: target.noNewPrivs,
         // In this model pids name processes for good: a target with the peer's pid is the peer.
         peerAlive: true, targetIsPeer: target.pid === peer.pid,
         name: 'vm', memoryBytes: step.memory, requestId: step.requestId, pageSize,

@@ -4,7 +4,7 @@ import { BrokerError, brokerErrorParameters, type BrokerErrorName } from '../../
 import { Ledger } from '../../../daemon/core/ledger.ts';
 import { decideOpen, type OpenDecision, type OpenRequest } from '../../../daemon/core/open-decision.ts';
 import type { Peer, Policy } from '../../../daemon/core/policy.ts';
-import { GiB, PAGE, lease, peer, policy } from './lease-fixtures.ts';
+import { GiB, PAGE, lease, peer, policy, sameIds } from './lease-fixtures.ts';
 
 const alice = peer(1000);
 const root = peer(0);
@@ -16,6 +16,7 @@ function request(fields: Partial<OpenRequest> & { peer: Peer }): OpenRequest {
     peerAlive: true,
     targetIsPeer: fields.targetPid === undefined || fields.targetPid === fields.peer.pid,
     targetUid: fields.peer.uid,
+    targetIds: sameIds(fields.peer),
     targetIpcLockSet: undefined,
     targetNoNewPrivs: false,
     name: 'vm1',
@@ -88,6 +89,26 @@ describe('decideOpen: each rule', () => {
       'PermissionDenied');
     assert.equal(params.rule, 'caller-exited');
     assert.match(String(params.reason), /the process that opened this connection \(uid 1000 .*\) has exited/);
+  });
+
+  it('caller-ids-changed: a non-manager whose own process exec\'d a setgid program after connecting', () => {
+    const setgid = { ...sameIds(alice), effectiveGid: 4242, savedGid: 4242 };
+    const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIds: setgid })), 'PermissionDenied');
+    assert.equal(params.rule, 'caller-ids-changed');
+    assert.match(String(params.reason), /connected as uid 1000 gid 1000, but its process \(pid 41000\) now runs with uids 1000\/1000\/1000 and gids 1000\/4242\/4242/);
+  });
+
+  it('caller-ids-changed: any one of the six ids differing is enough (a setuid exec, a saved id kept)', () => {
+    for (const field of ['realUid', 'effectiveUid', 'savedUid', 'realGid', 'effectiveGid', 'savedGid'] as const) {
+      const ids = { ...sameIds(alice), [field]: 4242 };
+      const params = denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIds: ids })), 'PermissionDenied');
+      assert.equal(params.rule, 'caller-ids-changed', field);
+    }
+  });
+
+  it('a manager is judged by uid and groups alone: its own process may run with other ids', () => {
+    const setgid = { ...sameIds(root), effectiveGid: 4242, savedGid: 4242 };
+    assert.equal(granted(decideOpen(policy(), new Ledger(), request({ peer: root, targetIds: setgid }))), 5 * GiB);
   });
 
   it('a manager whose own process exited may still name a target (managers are judged by uid and groups)', () => {

@@ -3,9 +3,26 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { Ledger } from '../../../daemon/core/ledger.ts';
 import {
-  availableBytes, checkBudget, checkOwnerBytes, checkOwnerLeaseCount, checkPerVmMax, limitFor,
+  availableBytes, checkBudget, checkOwnerBytes, checkOwnerLeaseCount, checkPerVmMax, defaultReserveBytes, limitFor,
 } from '../../../daemon/core/quota.ts';
 import { GiB, KiB, MiB, PAGE, lease, policy } from './lease-fixtures.ts';
+
+describe('defaultReserveBytes', () => {
+  it('keeps a quarter of a small host, 1 GiB of a middle one, 10 % of a large one', () => {
+    assert.equal(defaultReserveBytes(1998 * MiB), Math.floor((1998 * MiB) / 4), 'the 2 GiB host of #12: ~500 MiB, not 1 GiB');
+    assert.equal(defaultReserveBytes(GiB), 256 * MiB);
+    assert.equal(defaultReserveBytes(8 * GiB), GiB);
+    assert.equal(defaultReserveBytes(64 * GiB), Math.floor((64 * GiB) / 10));
+  });
+
+  it('always leaves a budget: at most a quarter, at least 10 % (fast-check)', () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 2 ** 50 }), (mem) => {
+      const reserve = defaultReserveBytes(mem);
+      assert.ok(mem - reserve > 0 && reserve <= mem / 4 && reserve >= Math.floor(mem / 10));
+      assert.ok(reserve <= Math.max(GiB, mem / 10), 'never more than 1 GiB unless 10 % is more');
+    }));
+  });
+});
 
 describe('limitFor', () => {
   it('returns the limit, or a LimitExceeded whose maximum is the largest memory that fits', () => {

@@ -37,7 +37,10 @@ class Broken extends Error {}
 function applyRecord(leases: Map<string, LeaseRecord>, r: JournalRecord): void {
   if (r.kind === 'grant') leases.set(r.lease.id, r.lease);
   else if (r.kind === 'release') leases.delete(r.id);
-  else {
+  else if (r.kind === 'mark-released') {
+    const old = leases.get(r.id);
+    if (old !== undefined) leases.set(r.id, { ...old, releasedAt: r.at });
+  } else {
     const old = leases.get(r.id);
     if (old !== undefined) leases.set(r.id, { ...old, ...r.to });
   }

@@ -20,7 +20,7 @@ test('iommufdctl exec: QEMU with vfio-pci runs, VmPin = VmLck = RAM + BIOS, with
   assert.ok(lease !== undefined, 'the lease is listed');
   assert.equal(lease.pid, vm.pid, 'the lease\'s target is QEMU itself (exec kept the pid)');
   assert.equal(lease.accountingMode, 'process');
-  assert.equal(lease.limitBytes, 64 * MiB + 1024 * MiB, 'RAM + the packaged policy\'s 1G overhead');
+  assert.equal(lease.limitBytes, 64 * MiB + 64 * MiB, 'RAM + the packaged policy\'s 64M overhead');
   assert.deepEqual(memlock(vm.pid), { soft: lease.limitBytes, hard: lease.limitBytes });
   const pin = kB(vm.pid, 'VmPin');
   assert.equal(pin, 64 * 1024 + PC_BIOS_KB, 'pinned: guest RAM and pc.bios (-nodefaults)');
@@ -57,7 +57,7 @@ test('the default overhead carries QEMU\'s default devices (VGA VRAM, NIC ROM) t
 
 test('overhead 0 (systemctl reload): the same QEMU fails at start with the kernel\'s ENOMEM', T, async (t) => {
   await setOverhead('0', 0);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(() => setOverhead('64M', 64 * MiB));
   const vm = await startVm({ name: 'vm-no-overhead', memory: '64M', leaseMemory: '64M', vfio: true });
   t.after(() => vm.stop());
   const end = await vm.exited;

@@ -20,7 +20,7 @@ async function hotplugVm(name: string): Promise<{ vm: Vm; lease: string; baselin
 
 test('hotplug: Resize up first, then object-add + device_add pc-dimm: the DIMM appears, VmPin grows by 64 MiB', T, async (t) => {
   await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(() => setOverhead('64M', 64 * MiB));
   const { vm, lease, baseline } = await hotplugVm('vm-hotplug');
   t.after(() => vm.stop());
   const r = await broker((c) => c.resize(lease, 128 * MiB));
@@ -42,7 +42,7 @@ test('hotplug: Resize up first, then object-add + device_add pc-dimm: the DIMM a
 
 test('the same hotplug without the raise aborts QEMU with the kernel\'s ENOMEM', T, async (t) => {
   await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(() => setOverhead('64M', 64 * MiB));
   const { vm } = await hotplugVm('vm-no-raise');
   t.after(() => vm.stop());
   await qmp(vm, async (c) => {

@@ -6,10 +6,11 @@ import fc from 'fast-check';
 import { JournalCorrupt, encode, replay, type JournaledLease, type JournalRecord } from '../../../../daemon/shell/journal/format.ts';
 import { leaseFor } from './ops.ts';
 
-/** A random valid history: grants of fresh leases, resizes and releases of live ones. */
-const history = fc.array(fc.tuple(fc.nat(2), fc.nat(1000), fc.nat(2 ** 40)), { maxLength: 40 }).map((steps) => {
+/** A random valid history: grants of fresh leases, resizes, Releases (v3) and ends of live ones. */
+const history = fc.array(fc.tuple(fc.nat(3), fc.nat(1000), fc.nat(2 ** 40)), { maxLength: 40 }).map((steps) => {
   const records: JournalRecord[] = [];
   const live: string[] = [];
+  const released = new Set<string>();
   let next = 0;
   for (const [kind, pick, size] of steps) {
     const id = live[pick % Math.max(live.length, 1)];
@@ -17,8 +18,11 @@ const history = fc.array(fc.tuple(fc.nat(2), fc.nat(1000), fc.nat(2 ** 40)), { m
       const lease = leaseFor(next++);
       records.push({ v: 2, type: 'grant', lease });
       live.push(lease.id);
-    } else if (kind === 1) {
+    } else if (kind === 1 && !released.has(id)) {
       records.push({ v: 2, type: 'resize', id, memoryBytes: size, limitBytes: size + 1 });
+    } else if (kind === 3 && !released.has(id)) {
+      records.push({ v: 3, type: 'released', id, at: new Date(size).toISOString() });
+      released.add(id);
     } else {
       records.push({ v: 2, type: 'release', id });
       live.splice(live.indexOf(id), 1);
@@ -33,6 +37,7 @@ function model(records: JournalRecord[]): JournaledLease[] {
   for (const r of records) {
     if (r.type === 'grant') leases.set(r.lease.id, r.lease);
     else if (r.type === 'release') leases.delete(r.id);
+    else if (r.type === 'released') leases.set(r.id, { ...leases.get(r.id)!, releasedAt: r.at });
     else leases.set(r.id, { ...leases.get(r.id)!, memoryBytes: r.memoryBytes, limitBytes: r.limitBytes });
   }
   return [...leases.values()];

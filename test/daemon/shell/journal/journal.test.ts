@@ -131,7 +131,12 @@ test('a corrupt line anywhere but a torn tail is a hard error naming file and li
   corruptLine(3, '{"v":1,"type":"resize","id":"l-0000000000000001","memoryBytes":-5,"limitBytes":1}', /memoryBytes/);
   corruptLine(3, '{"v":1,"type":"release","id":"l-0000000000000001","extra":true}', /not a valid record.*extra/);
   corruptLine(3, '{"v":1,"type":"forget","id":"l-0000000000000001"}', /not a valid record/);
-  corruptLine(2, '{"v":3,"type":"release","id":"l-0000000000000000"}', /format version 3; this broker reads versions 1 and 2/);
+  // Version 3 exists now (its one record is `released`); the next unknown version is refused the
+  // same way a version 2 broker refuses a version 3 line.
+  corruptLine(2, '{"v":4,"type":"release","id":"l-0000000000000000"}', /format version 4; this broker reads versions 1, 2 and 3/);
+  corruptLine(2, '{"v":3,"type":"release","id":"l-0000000000000000"}', /not a valid record/);
+  corruptLine(2, '{"v":2,"type":"released","id":"l-0000000000000000","at":"2026-01-01T00:00:00.000Z"}', /not a valid record/);
+  corruptLine(2, '{"v":3,"type":"released","id":"l-0000000000000000","at":"yesterday"}', /not a valid record.*at/);
   corruptLine(2, '{"type":"release","id":"l-0000000000000000"}', /not a valid record.*v/);
   // The last line is complete (it has its '\n'), so it is corrupt, not torn.
   corruptLine(5, '{"v":1,"type":"grant"}', /lease/);
@@ -143,6 +148,33 @@ test('records that cannot follow each other are corrupt too', () => {
   corruptLine(3, grant0, /l-0000000000000000 granted twice/);
   corruptLine(3, '{"v":1,"type":"release","id":"l-00000000000000ff"}', /release of lease l-00000000000000ff, which is not live/);
   corruptLine(3, '{"v":1,"type":"resize","id":"l-00000000000000ff","memoryBytes":1,"limitBytes":1}', /resize of lease l-00000000000000ff/);
+  corruptLine(3, '{"v":3,"type":"released","id":"l-00000000000000ff","at":"2026-01-01T00:00:00.000Z"}',
+    /released record of lease l-00000000000000ff, which is not live/);
+});
+
+test('a released lease replays released, and cannot be resized or released twice in the journal', () => {
+  const released = '{"v":3,"type":"released","id":"l-0000000000000000","at":"2026-01-01T00:00:00.000Z"}';
+  const dir = tempRoot();
+  const lines = journalOps(dir, 5).toString('utf8').split('\n');
+  writeFileSync(join(dir, JOURNAL_FILE), [...lines.slice(0, 2), released, ...lines.slice(2)].join('\n'));
+  const opened = LeaseJournal.open(dir);
+  try {
+    const lease = opened.leases.find((l) => l.id === 'l-0000000000000000');
+    assert.equal(lease?.releasedAt, '2026-01-01T00:00:00.000Z');
+    // The start-up compaction kept it released.
+    assert.match(readFileSync(join(dir, JOURNAL_FILE), 'utf8'), /"v":3,"type":"released","id":"l-0000000000000000"/);
+  } finally {
+    opened.journal.close();
+    rmSync(dir, { recursive: true });
+  }
+  for (const after of [released, '{"v":2,"type":"resize","id":"l-0000000000000000","memoryBytes":1,"limitBytes":1}']) {
+    const d = tempRoot();
+    const ls = journalOps(d, 5).toString('utf8').split('\n');
+    writeFileSync(join(d, JOURNAL_FILE), [...ls.slice(0, 2), released, after, ...ls.slice(2)].join('\n'));
+    assert.throws(() => LeaseJournal.open(d), (e: unknown) => e instanceof JournalCorrupt && e.line === 4
+      && /l-0000000000000000 released twice|resize of lease l-0000000000000000, which was released/.test(e.reason));
+    rmSync(d, { recursive: true });
+  }
 });
 
 test('invalid UTF-8 in a complete line is corrupt', () => {

@@ -146,7 +146,8 @@ function racingOps(undo: () => void): { ops: LimitOps; calls: string[] } {
   };
 }
 
-const fakeTarget: Target = { pid: 4242, pidfd: -1, uid: 0, startTime: '1', ipcLockSet: undefined, noNewPrivs: false };
+const fakeTarget: Target = { pid: 4242, pidfd: -1, uid: 0,
+  ids: { realUid: 0, effectiveUid: 0, savedUid: 0, realGid: 0, effectiveGid: 0, savedGid: 0 }, startTime: '1', ipcLockSet: undefined, noNewPrivs: false };
 const limit = { soft: 4096, hard: 4096 };
 
 test('setLimit says "undone" only when the undo worked, and otherwise what is left on the pid', () => {

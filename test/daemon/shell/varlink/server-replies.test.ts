@@ -32,7 +32,7 @@ before(() => {
   socket = join(dir, 'broker.sock');
   const log = pino({ level: 'error' }, { write: (line: string) => { errors.push(line); } });
   server = new VarlinkServer((c, p) => (c.method === GET_INFO ? Promise.resolve({ parameters: { ok: true } }) : behaviour(c, p)), log,
-    { maxConnections: 8, maxConnectionsPerUid: 8, reservedConnections: 0, idleTimeoutMs: 0, frameTimeoutMs: 0 });
+    { maxConnections: 8, maxConnectionsPerUid: 8, reservedConnections: 0, idleTimeoutMs: 0, frameTimeoutMs: 0, maxPendingClosesPerUid: 64, maxPendingCloses: 1024 });
   server.serve(UnixServer.listen(socket, { mode: 0o600, backlog: 8 }));
 });
 after(async () => {
