@@ -33,6 +33,7 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --state-dir DIR      where the lease journal lives (default ${DEFAULT_STATE_DIR})
   --config FILE        policy file, TOML or JSON (default: built-in policy, see docs/CONFIG.md)
   --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
+                       ("simulated-per-fd": also keep each lease's FD as the per-FD backend does)
   --overhead SIZE      limit = VM memory + overhead (default 1G, like libvirt); overrides the file
   --budget SIZE        host-wide sum of limits (default MemTotal minus a reserve); overrides the file
   --idle-timeout SECS  close a client connection idle this long with nothing in flight (default ${DEFAULT_IDLE_TIMEOUT_SECONDS}, 0 = never)

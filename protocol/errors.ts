@@ -25,6 +25,8 @@ export const brokerErrorParameters = {
   DuplicateRequest: z.object({ requestId: z.string(), lease: z.string() }),
   DeviceUnavailable: z.object({ device: z.string(), reason: z.string(), errno: z.string().optional() }),
   KernelRefused: z.object({ operation: z.string(), errno: z.string(), reason: z.string() }),
+  /** The broker no longer holds the lease's FD (per-FD backend, lost in a restart): its limit cannot change. */
+  LeaseNotResizable: z.object({ lease: z.string(), reason: z.string() }),
   ShuttingDown: z.object({ reason: z.string() }),
   /** The lease journal cannot make records durable (e.g. a full disk); `since` is ISO 8601. */
   JournalUnavailable: z.object({ reason: z.string(), errno: z.string(), since: z.string() }),

@@ -14,6 +14,8 @@
 //        caller-exited     PermissionDenied       ... or its own process (pidfd taken at accept) exited
 //     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
 //    3b. NoNewPrivs        TargetBypassesAccounting, set 'exec' (if policy.requireTargetNoNewPrivs)
+//        Rules 3 and 3b guard the memlock backend only: on the per-fd backend (perFdLimit) the
+//        FD's own limit binds whatever the target's capabilities, so neither applies.
 //     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
 //     5. one lease per pid TargetAlreadyLeased
 //     6. representable     LimitExceeded 'limit-representable'
@@ -53,6 +55,8 @@ export interface OpenRequest {
   readonly targetIpcLockSet: string | undefined;
   /** Whether the target has NoNewPrivs set, or (outside the initial user namespace) need not. */
   readonly targetNoNewPrivs: boolean;
+  /** The per-fd backend is in force: the FD's limit binds even a CAP_IPC_LOCK holder (absent: memlock). */
+  readonly perFdLimit?: boolean;
   readonly name: string;
   readonly memoryBytes: number;
   readonly requestId?: string | undefined;
@@ -95,7 +99,8 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
     }));
   }
   const set = request.targetIpcLockSet;
-  if (set !== undefined && !policy.allowTargetsWithIpcLock) {
+  const rlimitOnly = request.perFdLimit !== true;
+  if (rlimitOnly && set !== undefined && !policy.allowTargetsWithIpcLock) {
     return deny(new BrokerError('TargetBypassesAccounting', {
       pid: targetPid,
       capability: 'CAP_IPC_LOCK',
@@ -105,7 +110,7 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
         'refuses such targets (allowTargetsWithIpcLock is false)',
     }));
   }
-  if (policy.requireTargetNoNewPrivs && !request.targetNoNewPrivs) {
+  if (rlimitOnly && policy.requireTargetNoNewPrivs && !request.targetNoNewPrivs) {
     return deny(new BrokerError('TargetBypassesAccounting', {
       pid: targetPid,
       capability: 'CAP_IPC_LOCK',
