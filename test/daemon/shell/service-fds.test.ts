@@ -204,6 +204,10 @@ test('the daemon (simulated-per-fd): one kept FD per lease; after SIGKILL and a 
     }
   } finally {
     if (holder.child.exitCode === null) holder.send('exit');
+    if (again === undefined) {
+      await broker.stop('SIGKILL'); // a failure before the restart: the first daemon still runs
+      broker.cleanup();
+    }
     await again?.stop();
     again?.cleanup();
   }
