@@ -45,6 +45,8 @@ export const BROKER_ERROR_EXPLANATIONS: Readonly<Record<BrokerErrorName, string>
     + 'bind it to vfio-pci, or check the address (lspci -D)',
   DeviceBusy: 'that VFIO device is held by another lease until that lease\'s target exits',
   KernelRefused: 'the kernel refused an operation the broker needed',
+  LeaseNotResizable: 'the broker lost this lease\'s FD in a restart (no systemd fd store), so its limit can no longer '
+    + 'change; open a new lease when the VM next starts',
   ShuttingDown: 'the broker is stopping; retry once it is back',
   JournalUnavailable: 'the broker cannot write its lease journal (full or failing disk under its state dir): '
     + 'free space there; it recovers by itself and takes changes again',

@@ -42,6 +42,7 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --state-dir DIR      where the lease journal lives (default ${DEFAULT_STATE_DIR})
   --config FILE        policy file, TOML or JSON (default: built-in policy, see docs/CONFIG.md)
   --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
+                       ("simulated-per-fd": also keep each lease's FD as the per-FD backend does)
   --vfio-root DIR      only with --device simulated: look VFIO devices up in DIR/sys/bus/pci/devices
                        and DIR/dev/vfio/devices (a test's fake tree) instead of the host's
   --overhead SIZE      limit = VM memory + overhead (default 64M: see docs/CONFIG.md); overrides the file

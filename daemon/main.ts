@@ -1,7 +1,8 @@
 // iommufd-brokerd: start-up order, sockets, signals.
 //
 // Invariants:
-// - Start order: flags -> policy -> device -> journal restore -> sockets -> READY=1. Nothing is
+// - Start order: flags -> policy -> device (its probe chooses the backend, logged with why) ->
+//   journal restore (taking back the lease FDs systemd's fd store kept) -> sockets -> READY=1. Nothing is
 //   served before every journaled lease is re-adopted or dropped, so the budget is exact from
 //   the first call, and systemd hears READY=1 only then.
 // - A bad flag, policy file or set of passed sockets, an unusable, locked or corrupt state
@@ -69,6 +70,7 @@ function summary(service: BrokerService): string {
 }
 
 function announceDevice(log: Logger, device: ReturnType<typeof createDevice>): void {
+  log.info({ backend: device.backend }, `backend ${device.backend.kind}: ${device.backend.reason}`);
   if (device.info.kind === SIMULATED) {
     log.warn({ device: device.info }, 'SIMULATED DEVICE: leases get a memfd, not an iommufd. No pinned-memory accounting. Tests and demos only.');
   } else if (device.info.rlimitModeSupported !== true) {
@@ -124,13 +126,15 @@ export async function main(argv: string[]): Promise<void> {
     // The notifier hears about every lease change, so systemctl status shows the current summary.
     service = new BrokerService({
       policy, device, journal, log, haveSysResource, version: version(), vfio,
+      // Kept lease FDs go to systemd's fd store, so a restart can still resize their leases.
+      ...(notifier.enabled ? { fdStore: notifier } : {}),
       onLeasesChanged: () => notifier.status(summary(service)),
       fatal: (err, why) => {
         log.fatal({ err }, `giving up: ${why}; exiting for a restart that replays the journal`);
         process.exit(1);
       },
     });
-    restored = service.restore(opened.leases, opened.earlierBoot);
+    restored = service.restore(opened.leases, opened.earlierBoot, activated.stored);
   } catch (e) {
     startFailed(log, e);
   }

@@ -152,7 +152,8 @@ export interface NativeBinding {
    * One sendto(MSG_NOSIGNAL|MSG_DONTWAIT) on a fresh CLOEXEC AF_UNIX SOCK_DGRAM socket, closed
    * before returning. `abstract` addresses "\0name" instead of the path `name`. Returns bytes sent.
    */
-  sendDatagram(name: string, abstract: boolean, data: Buffer): number | NegErrno;
+  /** `fd` (optional, >= 0) travels with the datagram as SCM_RIGHTS (sd_notify FDSTORE=1); it stays the caller's. */
+  sendDatagram(name: string, abstract: boolean, data: Buffer, fd?: number): number | NegErrno;
 }
 
 const require = createRequire(import.meta.url);

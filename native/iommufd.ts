@@ -1,4 +1,5 @@
-// The iommufd ioctls the broker (IOMMU_OPTION) and the kernel lab's in-process checks
+// The iommufd ioctls the broker (IOMMU_OPTION, including the per-FD pinned-memory limit of
+// kernel/iommufd-pinned-limit/) and the kernel lab's in-process checks
 // (IOMMU_IOAS_ALLOC) use, as typed functions over ioctl(). Mapping, unmapping, destroying and
 // the selftest mock domain are not here: the daemon never does them, and the lab does them in
 // its own C client (test/lab/client/lab-client.c).
@@ -23,6 +24,16 @@ export const IOMMU_OPTION = iommufdIo(IOMMUFD_CMD_BASE + 7);
 
 export const IOMMU_OPTION_RLIMIT_MODE = 0;
 export const IOMMU_OPTION_HUGE_PAGES = 1;
+/**
+ * The per-FD pinned-memory limit (kernel/iommufd-pinned-limit/, not upstream): bytes, U64_MAX =
+ * no limit (the default); raising needs CAP_SYS_RESOURCE of the caller, lowering does not. A
+ * kernel without the series answers EOPNOTSUPP to GET, which is how the broker probes for it.
+ */
+export const IOMMU_OPTION_PINNED_LIMIT = 4;
+/** The bytes currently charged against IOMMU_OPTION_PINNED_LIMIT (GET only). */
+export const IOMMU_OPTION_PINNED_USAGE = 5;
+/** IOMMU_OPTION_PINNED_LIMIT's "no limit". */
+export const PINNED_UNLIMITED = 0xffff_ffff_ffff_ffffn;
 export const IOMMU_OPTION_OP_SET = 0;
 export const IOMMU_OPTION_OP_GET = 1;
 
@@ -66,3 +77,13 @@ export function ioasAlloc(fd: number): number {
   return buf.readUInt32LE(8);
 }
 
+
+/** IOMMU_OPTION SET PINNED_LIMIT on this FD (global: object 0). Raising needs CAP_SYS_RESOURCE (EPERM). */
+export function setPinnedLimit(fd: number, limitBytes: number): void {
+  optionSet(fd, IOMMU_OPTION_PINNED_LIMIT, BigInt(limitBytes));
+}
+
+/** IOMMU_OPTION GET PINNED_USAGE: the bytes this FD holds pinned now. */
+export function pinnedUsage(fd: number): bigint {
+  return optionGet(fd, IOMMU_OPTION_PINNED_USAGE);
+}

@@ -257,6 +257,15 @@ export function sendAbstractDatagram(name: string, data: Buffer): number {
   return sys('sendto', native.sendDatagram(name, true, data), `@${name}`);
 }
 
+/**
+ * One datagram carrying `fd` as SCM_RIGHTS to a path or abstract ('\0name') AF_UNIX datagram
+ * address, on a socket created and closed inside this call (sd_notify FDSTORE=1); `fd` stays
+ * the caller's. Returns the bytes sent.
+ */
+export function sendDatagramWithFd(name: string, abstract: boolean, data: Buffer, fd: number): number {
+  return sys('sendmsg', native.sendDatagram(name, abstract, data, fd), abstract ? `@${name}` : name);
+}
+
 // --- readiness on Node's loop ---
 
 /**

@@ -43,6 +43,8 @@ export const brokerErrorParameters = {
   /** A requested device is held by another live lease (released ones hold theirs until the target exits). */
   DeviceBusy: z.object({ address: z.string(), lease: z.string() }),
   KernelRefused: z.object({ operation: z.string(), errno: z.string(), reason: z.string() }),
+  /** The broker no longer holds the lease's FD (per-FD backend, lost in a restart): its limit cannot change. */
+  LeaseNotResizable: z.object({ lease: z.string(), reason: z.string() }),
   ShuttingDown: z.object({ reason: z.string() }),
   /** The lease journal cannot make records durable (e.g. a full disk); `since` is ISO 8601. */
   JournalUnavailable: z.object({ reason: z.string(), errno: z.string(), since: z.string() }),

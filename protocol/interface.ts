@@ -39,8 +39,9 @@ type Lease (
   # rounded up to the page size.
   limitBytes: int,
   # process: RLIMIT_MODE=1, pins are charged to the target's own locked memory;
+  # fd: the per-fd limit on the lease's fd binds (and RLIMIT_MEMLOCK as for process);
   # none: simulated device, nothing is pinned or charged.
-  accountingMode: (process, none),
+  accountingMode: (process, fd, none),
   # iommufd: a real /dev/iommu fd; simulated: a stand-in fd for hosts without iommufd.
   deviceKind: (iommufd, simulated),
   # The requestId given to Open, if any.
@@ -51,6 +52,11 @@ type Lease (
   pinnedBytes: ?int,
   # The target's VmLck from /proc/PID/status right now; absent if unreadable.
   lockedBytes: ?int,
+  # The bytes the lease's fd holds pinned now (per-fd backend, fd kept); absent otherwise.
+  fdPinnedBytes: ?int,
+  # false: the broker no longer holds the lease's fd (lost in a restart), so Resize is
+  # refused with LeaseNotResizable; absent: resizable.
+  resizable: ?bool,
   # When the lease was released (ISO 8601, UTC); absent while it is not. A released lease
   # can no longer be resized, but stays charged to the budget and its owner until its
   # target exits: the target keeps its fd and its limit, and may still pin up to it.
@@ -139,9 +145,17 @@ method Status() -> (
     path: string,
     # Whether IOMMU_OPTION_RLIMIT_MODE worked on a fresh fd (null: not probed).
     rlimitModeSupported: ?bool,
-    # Whether the kernel knows a per-fd pinned-page limit option (none does today).
+    # Whether the kernel has the per-fd pinned-memory limit (IOMMU_OPTION_PINNED_LIMIT).
     perFdLimitOption: ?bool,
     note: string
+  ),
+  # Which mechanism limits pins (chosen by probing a fresh fd at start) and why; the leases
+  # whose fd the broker no longer holds (at most 64 ids listed, all counted).
+  backend: ?(
+    kind: (per-fd, memlock, simulated),
+    reason: string,
+    notResizableCount: int,
+    notResizable: []string
   ),
   capabilities: (
     # Whether the broker holds CAP_SYS_RESOURCE (needed to raise limits, and to set
@@ -200,6 +214,10 @@ error DeviceBusy (address: string, lease: string)
 
 # The kernel refused an operation (prlimit, ioctl, ...); errno is its symbolic name.
 error KernelRefused (operation: string, errno: string, reason: string)
+
+# The broker no longer holds the lease's fd (per-fd backend, lost in a restart without
+# systemd's fd store), so the lease's limit can no longer be changed.
+error LeaseNotResizable (lease: string, reason: string)
 
 # The broker is stopping and takes no new work.
 error ShuttingDown (reason: string)

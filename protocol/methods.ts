@@ -66,7 +66,10 @@ export const LeaseDevice = z.object({
 export type LeaseDevice = z.infer<typeof LeaseDevice>;
 
 export const deviceKinds = ['iommufd', 'simulated'] as const;
-export const accountingModes = ['process', 'none'] as const;
+export const accountingModes = ['process', 'fd', 'none'] as const;
+export const backendKinds = ['per-fd', 'memlock', 'simulated'] as const;
+/** Status.backend.notResizable lists at most this many lease ids (notResizableCount counts them all). */
+export const MAX_NOT_RESIZABLE_LISTED = 64;
 
 export const Lease = z.object({
   id: leaseId,
@@ -79,7 +82,10 @@ export const Lease = z.object({
   ownerUid: z.number().int(),
   memoryBytes: byteCount,
   limitBytes: byteCount,
-  /** "process": iommufd RLIMIT_MODE=1, pins charged to the target's own mm; "none": simulated device. */
+  /**
+   * "process": iommufd RLIMIT_MODE=1, pins charged to the target's own mm; "fd": the per-FD
+   * limit on the lease's FD binds (and RLIMIT_MEMLOCK as "process"); "none": simulated device.
+   */
   accountingMode: z.enum(accountingModes),
   deviceKind: z.enum(deviceKinds),
   requestId: requestId.optional(),
@@ -88,6 +94,10 @@ export const Lease = z.object({
   /** VmPin / VmLck of the target right now, from /proc/PID/status (absent if unreadable). */
   pinnedBytes: byteCount.optional(),
   lockedBytes: byteCount.optional(),
+  /** The bytes the lease's FD holds pinned now (IOMMU_OPTION_PINNED_USAGE; per-FD backend, FD kept). */
+  fdPinnedBytes: byteCount.optional(),
+  /** false: the broker no longer holds the lease's FD (lost in a restart), so Resize is refused. */
+  resizable: z.boolean().optional(),
   /** When the lease was released; it stays charged until its target exits (absent: not released). */
   releasedAt: z.string().optional(),
   /** The VFIO devices this lease holds, in the order Open named them (absent: none). */
@@ -102,10 +112,17 @@ export const Status = z.object({
     path: z.string(),
     /** IOMMU_OPTION_RLIMIT_MODE GET worked on a fresh FD (null: not probed, e.g. simulated). */
     rlimitModeSupported: z.boolean().nullable(),
-    /** Whether the kernel knows a per-FD pinned-page limit option (no kernel does today). */
+    /** Whether the kernel has the per-FD pinned-memory limit (kernel/iommufd-pinned-limit/). */
     perFdLimitOption: z.boolean().nullable(),
     note: z.string(),
   }).strict(),
+  /** Which mechanism limits pins, why (the probe's answer), and the leases that cannot be resized (absent from older brokers). */
+  backend: z.object({
+    kind: z.enum(backendKinds),
+    reason: z.string(),
+    notResizableCount: z.number().int().nonnegative(),
+    notResizable: z.array(leaseId).max(MAX_NOT_RESIZABLE_LISTED),
+  }).strict().optional(),
   capabilities: z.object({
     sysResource: z.boolean(),
     note: z.string(),

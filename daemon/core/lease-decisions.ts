@@ -17,13 +17,17 @@
 //   released lease again is allowed and changes nothing (a retried Release). A target that is
 //   not the owner may not release a lease a manager opened for it: that would take the lease
 //   out of its manager's hands.
+// - Per-fd backend: a lease whose FD the broker no longer holds (lost in a restart without
+//   systemd's fd store) is never resized (LeaseNotResizable): neither a raise nor a lowering
+//   could reach the FD's limit, and changing only the target's RLIMIT_MEMLOCK would make the
+//   ledger claim a limit the FD does not have.
 // - Resize checks caps on the delta: lowering (or keeping) the size is always allowed, even if
 //   the lease is above a cap the operator tightened later; raising checks the per-VM max on the
 //   new limit, and per-uid bytes (charged to the lease's owner, not to the manager resizing
 //   it) and the budget on the increase.
 import { BrokerError } from '../../protocol/errors.ts';
 import type { Ledger, LeaseRecord } from './ledger.ts';
-import { planRelease, planResize, type ChangePlan } from './lease-plan.ts';
+import { planRelease, planResize, type ChangePlan, type PlanBackend } from './lease-plan.ts';
 import { describePeer, isManager, isObserver, type Peer, type Policy } from './policy.ts';
 import { checkBudget, checkOwnerBytes, checkPerVmMax, limitFor } from './quota.ts';
 
@@ -54,8 +58,10 @@ function findVisible(policy: Policy, ledger: Ledger, peer: Peer, leaseId: string
   return lease;
 }
 
+/** `backend`/`fdHeld`: the backend in force and whether the broker holds the lease's FD (per-fd only). */
 export function decideResize(
   policy: Policy, ledger: Ledger, peer: Peer, leaseId: string, memoryBytes: number, pageSize: number,
+  backend: PlanBackend = 'memlock', fdHeld = true,
 ): ResizeDecision {
   const lease = findVisible(policy, ledger, peer, leaseId);
   if (lease instanceof BrokerError) return { ok: false, error: lease };
@@ -80,6 +86,16 @@ export function decideResize(
     };
   }
 
+  if (backend === 'per-fd' && !fdHeld) {
+    return {
+      ok: false,
+      error: new BrokerError('LeaseNotResizable', {
+        lease: leaseId,
+        reason: `the broker no longer holds lease ${leaseId}'s FD (it restarted without systemd's fd store), so the FD's ` +
+          `limit cannot change; the lease stays charged until pid ${lease.targetPid} exits`,
+      }),
+    };
+  }
   const sized = limitFor(policy, memoryBytes, pageSize);
   if ('error' in sized) return { ok: false, error: sized.error };
   const { limitBytes } = sized;
@@ -90,7 +106,7 @@ export function decideResize(
     checkOwnerBytes(policy, ledger, lease.ownerUid, delta) ??
     checkBudget(policy, ledger, delta);
   if (denial !== undefined) return { ok: false, error: denial };
-  return { ok: true, plan: planResize(lease, { memoryBytes, limitBytes }) };
+  return { ok: true, plan: planResize(lease, { memoryBytes, limitBytes }, backend) };
 }
 
 /** `at`: the time the release is recorded with (the core has no clock). */

@@ -18,6 +18,8 @@
 //                                                 exec after connect)
 //     3. CAP_IPC_LOCK      TargetBypassesAccounting (unless policy.allowTargetsWithIpcLock)
 //    3b. NoNewPrivs        TargetBypassesAccounting, set 'exec' (if policy.requireTargetNoNewPrivs)
+//        Rules 3 and 3b guard the memlock backend only: on the per-fd backend (perFdLimit) the
+//        FD's own limit binds whatever the target's capabilities, so neither applies.
 //     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
 //     5. one lease per pid TargetAlreadyLeased
 //     6. VFIO devices      PermissionDenied 'device-not-allowed'  (device-decision.ts)
@@ -65,6 +67,8 @@ export interface OpenRequest {
   readonly targetIpcLockSet: string | undefined;
   /** Whether the target has NoNewPrivs set, or (outside the initial user namespace) need not. */
   readonly targetNoNewPrivs: boolean;
+  /** The per-fd backend is in force: the FD's limit binds even a CAP_IPC_LOCK holder (absent: memlock). */
+  readonly perFdLimit?: boolean;
   readonly name: string;
   readonly memoryBytes: number;
   readonly requestId?: string | undefined;
@@ -141,7 +145,8 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
     }));
   }
   const set = request.targetIpcLockSet;
-  if (set !== undefined && !policy.allowTargetsWithIpcLock) {
+  const rlimitOnly = request.perFdLimit !== true;
+  if (rlimitOnly && set !== undefined && !policy.allowTargetsWithIpcLock) {
     return deny(new BrokerError('TargetBypassesAccounting', {
       pid: targetPid,
       capability: 'CAP_IPC_LOCK',
@@ -151,7 +156,7 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
         'refuses such targets (allowTargetsWithIpcLock is false)',
     }));
   }
-  if (policy.requireTargetNoNewPrivs && !request.targetNoNewPrivs) {
+  if (rlimitOnly && policy.requireTargetNoNewPrivs && !request.targetNoNewPrivs) {
     return deny(new BrokerError('TargetBypassesAccounting', {
       pid: targetPid,
       capability: 'CAP_IPC_LOCK',

@@ -5,9 +5,9 @@
 //
 // THE ORDERING RULE (the broker's crash-safety promise, enforced by STEPS below):
 //   journal-first (a grant, a raise, anything that touches no limit):
-//       reserve -> journal -> flush -> apply -> watch
+//       reserve -> journal -> flush -> apply -> watch -> fd
 //   kernel-first (a lowering):
-//       apply -> reserve -> journal -> flush -> watch
+//       apply -> reserve -> journal -> flush -> watch -> fd
 // so the journal on disk never claims less than the kernel enforces (nothing is raised before
 // its record is durable; a crash in between leaves the journal claiming more, which restore
 // re-applies), and the ledger never counts less than a live target may pin (a grant or a raise
@@ -21,8 +21,11 @@
 // - Each step that succeeded registers its undo; when a later step fails, the undos run in
 //   reverse and the failure is rethrown. Undo of a reservation: plan.undo.ledger; of a journal
 //   record: plan.undo.journal (a failure to write it is logged, not thrown: the journal then
-//   keeps claiming the larger, safe value); of a kernel limit: restoreOnUndo. Flush and watch
-//   are last or have nothing to undo. A kernel-first plan's undo is empty (lease-plan.ts).
+//   keeps claiming the larger, safe value); of a kernel limit: restoreOnUndo (the FD's limit
+//   needs none: a grant's FD that fails is closed by the caller, never handed out). Flush,
+//   watch and fd are last or have nothing to undo; 'fd' (keep or drop the lease's FD duplicate)
+//   cannot fail. A kernel-first plan's undo is empty (lease-plan.ts).
+// - 'apply' with kernel.fd sets the FD's limit before the target's RLIMIT_MEMLOCK.
 // - A 'reapply' kernel change (restore) never fails the plan: the failure is logged and the
 //   lease kept, as journaled.
 // - The runner holds no state and owns no fd; the effects (the ledger, the journal, the
@@ -30,20 +33,23 @@
 import type { Ledger, PreviousLimit } from '../core/ledger.ts';
 import type { EffectOrder, JournalRecord, LeasePlan, LedgerChange } from '../core/lease-plan.ts';
 
-export type Step = 'reserve' | 'journal' | 'flush' | 'apply' | 'watch';
+export type Step = 'reserve' | 'journal' | 'flush' | 'apply' | 'watch' | 'fd';
 
 /** The ordering rule above, as the runner carries it out. */
 export const STEPS: Readonly<Record<EffectOrder, readonly Step[]>> = Object.freeze({
-  'journal-first': Object.freeze(['reserve', 'journal', 'flush', 'apply', 'watch'] as const),
-  'kernel-first': Object.freeze(['apply', 'reserve', 'journal', 'flush', 'watch'] as const),
+  'journal-first': Object.freeze(['reserve', 'journal', 'flush', 'apply', 'watch', 'fd'] as const),
+  'kernel-first': Object.freeze(['apply', 'reserve', 'journal', 'flush', 'watch', 'fd'] as const),
 });
 
 /** What a plan acts on, for one lease's target. */
 export interface PlanEffects {
   readonly ledger: Ledger;
   readonly journal: { write(record: JournalRecord): void; flush(): Promise<void> };
-  readonly kernel: { set(limitBytes: number): void; restore(previous: PreviousLimit): void };
+  /** setFd: the limit on the lease's FD (per-fd backend); set: the target's RLIMIT_MEMLOCK. */
+  readonly kernel: { setFd(limitBytes: number): void; set(limitBytes: number): void; restore(previous: PreviousLimit): void };
   readonly watch: { start(): void; stop(): void };
+  /** keep: the table of kept FDs takes the lease's FD duplicate; drop: closes it (and the fd store forgets it). */
+  readonly fd: { keep(): void; drop(): void };
   /** A failure that does not fail the plan (a journal undo, a restore's re-apply). */
   warn(err: unknown, what: string): void;
 }
@@ -108,6 +114,13 @@ function doStep(step: Exclude<Step, 'flush'>, plan: LeasePlan, fx: PlanEffects, 
       const k = plan.kernel;
       if (k === undefined) return;
       if (k.kind === 'reapply') {
+        if (k.fd) {
+          try {
+            fx.kernel.setFd(k.limitBytes);
+          } catch (err) {
+            fx.warn(err, 'could not re-apply the journaled limit on the lease\'s FD; keeping the lease');
+          }
+        }
         try {
           fx.kernel.set(k.limitBytes);
         } catch (err) {
@@ -115,6 +128,7 @@ function doStep(step: Exclude<Step, 'flush'>, plan: LeasePlan, fx: PlanEffects, 
         }
         return;
       }
+      if (k.fd) fx.kernel.setFd(k.limitBytes);
       fx.kernel.set(k.limitBytes);
       const previous = k.restoreOnUndo;
       if (previous !== undefined) undos.push(() => fx.kernel.restore(previous));
@@ -123,6 +137,10 @@ function doStep(step: Exclude<Step, 'flush'>, plan: LeasePlan, fx: PlanEffects, 
     case 'watch':
       if (plan.watch === 'start') fx.watch.start();
       else if (plan.watch === 'stop') fx.watch.stop();
+      return;
+    case 'fd':
+      if (plan.keptFd === 'keep') fx.fd.keep();
+      else if (plan.keptFd === 'drop') fx.fd.drop();
       return;
   }
 }

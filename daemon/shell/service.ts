@@ -29,21 +29,28 @@
 //   A device is held until its lease's target exits, released or not.
 // - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
 //   TargetWatch. The iommufd and the VFIO device fds opened by open() belong to the call until
-//   it returns them (the server sends and closes them); a failed open() closes them all.
+//   it returns them (the server sends and closes them); a failed open() closes them all. On the
+//   per-fd backend (device.fdLimits) Open also makes a duplicate of the iommufd, owned by the
+//   call until the plan's 'keep' step hands it to LeaseFds (lease-fds.ts), which owns it until
+//   the lease ends; its limit is set before the reply hands the FD out.
+// - restore() takes the fds systemd's fd store gave back (by name, lease-<id>): each is adopted
+//   by its live journaled lease or closed (and removed from the store); a per-fd lease whose fd
+//   did not come back is kept but cannot be resized (Status.backend.notResizable).
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
-import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
+import { DEFAULT_LIST_LIMIT, MAX_NOT_RESIZABLE_LISTED, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec } from '../../native/sys.ts';
 import { decideRelease, decideResize, mayView, visibleLeases } from '../core/lease-decisions.ts';
 import { Ledger, type LeaseRecord } from '../core/ledger.ts';
 import { decideOpen } from '../core/open-decision.ts';
-import { planGrant, planRestore, planTargetExit, type JournalRecord } from '../core/lease-plan.ts';
+import { planGrant, planRestore, planTargetExit, type JournalRecord, type PlanBackend } from '../core/lease-plan.ts';
 import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
 import { callerExited } from '../core/open-decision.ts';
 import type { Device } from './device.ts';
 import { HOST_VFIO_ROOTS, openDevices, type OpenedDevice, type VfioRoots } from './vfio/resolve.ts';
+import { fdStoreName, leaseIdOfStoreName, LeaseFds, type FdStore } from './lease-fds.ts';
 import type { LeaseJournal } from './journal/journal.ts';
 import { checkRestorable, durable, journalReady } from './journal/guard.ts';
 import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
@@ -69,6 +76,8 @@ export interface ServiceDeps {
   onLeasesChanged?: () => void;
   /** The broker can no longer vouch for its state (see the module comment): log and exit non-zero. */
   fatal?: (err: unknown, why: string) => void;
+  /** Where kept lease FDs survive a restart (systemd's fd store); absent: they do not. */
+  fdStore?: FdStore;
 }
 
 /** What a granted Open hands back: the lease, the iommufd and one fd per VFIO device asked for (all the caller's). */
@@ -90,10 +99,15 @@ export class BrokerService {
   #policy: Readonly<Policy>;
   readonly #now: () => Date;
   readonly #pageSize = pageSize();
+  readonly #fds: LeaseFds;
+  /** 'per-fd' when leases keep their FD (device.fdLimits): the plans' backend. */
+  readonly #backend: PlanBackend;
 
   constructor(private readonly deps: ServiceDeps) {
     this.#policy = deps.policy;
     this.#now = deps.now ?? (() => new Date());
+    this.#fds = new LeaseFds(deps.fdStore);
+    this.#backend = deps.device.fdLimits === undefined ? 'memlock' : 'per-fd';
   }
 
   get policy(): Readonly<Policy> {
@@ -110,15 +124,31 @@ export class BrokerService {
    * those granted in another boot. Throws RestoreRefused, touching nothing, if the ledger
    * refuses the leases it would re-adopt.
    */
-  restore(journaled: readonly LeaseRecord[], earlierBoot: ReadonlySet<string> = new Set()): { adopted: number; dropped: number } {
+  restore(
+    journaled: readonly LeaseRecord[], earlierBoot: ReadonlySet<string> = new Set(), stored: ReadonlyMap<string, number> = new Map(),
+  ): { adopted: number; dropped: number; fdsTakenBack: number; fdsClosed: number } {
     // Caps are not checked: replay must accept leases over caps tightened since.
-    checkRestorable(this.deps.journal.file, journaled.filter((r) => !earlierBoot.has(r.id)));
+    const unclaimed = new Map(stored); // owner of these fds: restore(), until adopted or closed below
+    try {
+      checkRestorable(this.deps.journal.file, journaled.filter((r) => !earlierBoot.has(r.id)));
+    } catch (err) {
+      for (const fd of unclaimed.values()) closeFd(fd);
+      throw err;
+    }
     let adopted = 0;
     let dropped = 0;
+    let fdsTakenBack = 0;
     for (const record of journaled) {
       const target = earlierBoot.has(record.id) ? undefined : reacquireTarget(record.targetPid, record.targetStartTime);
+      const name = fdStoreName(record.id);
+      const fd = this.#backend === 'per-fd' ? unclaimed.get(name) : undefined;
+      if (fd !== undefined) {
+        unclaimed.delete(name);
+        this.#fds.adopt(record.id, fd); // a gone target's plan drops (closes) it at once
+        if (target !== undefined) fdsTakenBack++;
+      }
       // No flush is awaited in a restore plan: runPlan runs it synchronously.
-      void runPlan(planRestore(record, target !== undefined), this.#effects(record.id, target));
+      void runPlan(planRestore(record, target !== undefined, this.#backend, fd !== undefined), this.#effects(record.id, target));
       if (target === undefined) {
         this.#audit('release', undefined, record, {
           reason: earlierBoot.has(record.id) ? 'granted in an earlier boot' : 'target exited while the broker was down',
@@ -128,7 +158,13 @@ export class BrokerService {
         adopted++;
       }
     }
-    return { adopted, dropped };
+    // Stored fds no live lease claims (a lease that ended while the broker was down, or a
+    // backend without kept fds): closed, and the store forgets them.
+    for (const [name, fd] of unclaimed) {
+      closeFd(fd);
+      if (leaseIdOfStoreName(name) !== undefined) this.deps.fdStore?.remove(name);
+    }
+    return { adopted, dropped, fdsTakenBack, fdsClosed: unclaimed.size };
   }
 
   async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<OpenResult> {
@@ -138,6 +174,7 @@ export class BrokerService {
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
     let vfio: OpenedDevice[] = []; // owner of their fds: this call, until they are returned for the reply
+    let keptFd: number | undefined; // owner: this call, until the plan's 'keep' step hands it to #fds
     let watched = false;
     try {
       // Who the caller is, judged from pidfds right before the decision, never from pids: the
@@ -145,13 +182,15 @@ export class BrokerService {
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer, peerAlive: peerIsAlive(peer), targetIsPeer: isPeerProcess(peer, target.pidfd),
         targetPid: target.pid, targetUid: target.uid, targetIds: target.ids, targetIpcLockSet: target.ipcLockSet,
-        targetNoNewPrivs: target.noNewPrivs, name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize, devices: p.devices,
+        targetNoNewPrivs: target.noNewPrivs, perFdLimit: this.deps.device.backend.kind === 'per-fd',
+        name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize, devices: p.devices,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
       if (!decision.ok) throw decision.error;
       journalReady(this.deps.journal);
       deviceFd = this.deps.device.openForLease();
       vfio = openDevices(this.deps.vfio ?? HOST_VFIO_ROOTS, p.devices ?? []);
+      if (this.#backend === 'per-fd') keptFd = dupCloexec(deviceFd);
       const record: LeaseRecord = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
@@ -161,8 +200,10 @@ export class BrokerService {
       };
       // The lane is idle (a new id): runPlan reserves in this same synchronous step. A crash from
       // here on leaves a lease that restore() re-applies or drops.
-      await this.#lanes.run(id, async () => runPlan(planGrant(record), this.#effects(id, target)));
-      watched = true; // granted: from here on the lease is the lane's and the watch's
+      const pending = keptFd;
+      await this.#lanes.run(id, async () => runPlan(planGrant(record, this.#backend), this.#effects(id, target, pending)));
+      watched = true; // granted: from here on the lease is the lane's and the watch's (and the kept fd #fds')
+      keptFd = undefined;
       this.#audit('grant', peer, record);
       this.deps.onLeasesChanged?.();
       return { lease: this.#toWire(record, usage), fd: deviceFd, devices: vfio.map((d) => ({ address: d.address, fd: d.fd })) };
@@ -170,6 +211,7 @@ export class BrokerService {
       // A failed plan undid itself (lease-transaction.ts); the watch, its last step, never took the pidfd.
       if (deviceFd !== undefined) closeFd(deviceFd);
       for (const d of vfio) closeFd(d.fd);
+      if (keptFd !== undefined) closeFd(keptFd);
       if (!watched) closeFd(target.pidfd);
       this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid, devices: p.devices });
       throw err;
@@ -188,7 +230,8 @@ export class BrokerService {
   }
 
   async #resizeNow(peer: Peer, p: BrokerParameters<'Resize'>): Promise<{ lease: Lease; previousLimitBytes: number }> {
-    const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize);
+    const decision = decideResize(this.#policy, this.#ledger, peer, p.lease, p.memoryBytes, this.#pageSize,
+      this.#backend, this.#fds.has(p.lease));
     if (!decision.ok) throw decision.error;
     journalReady(this.deps.journal);
     const { plan } = decision;
@@ -266,6 +309,14 @@ export class BrokerService {
       devicesHeld: this.#ledger.devicesHeld(),
       overheadBytes: this.#policy.overheadBytes,
       journal: this.#journalStatus(),
+      backend: this.#backendStatus(),
+    };
+  }
+
+  #backendStatus(): NonNullable<Status['backend']> {
+    const lost = this.#backend === 'per-fd' ? this.#ledger.all().filter((r) => !this.#fds.has(r.id)).map((r) => r.id) : [];
+    return {
+      ...this.deps.device.backend, notResizableCount: lost.length, notResizable: lost.slice(0, MAX_NOT_RESIZABLE_LISTED),
     };
   }
 
@@ -281,9 +332,10 @@ export class BrokerService {
     return { ...journal.stats, compactions: journal.compactions, degraded: journal.degraded !== null };
   }
 
-  /** Stops watching targets (leases stay journaled for the next start). */
+  /** Stops watching targets and closes the kept FDs (leases stay journaled, systemd's fd store keeps its copies). */
   close(): void {
     this.#targets.forgetAll();
+    this.#fds.closeAll();
   }
 
   /**
@@ -293,7 +345,7 @@ export class BrokerService {
   #targetExited(id: string): void {
     const record = this.#ledger.get(id);
     if (record === undefined) return;
-    void runPlan(planTargetExit(record), this.#effects(id, undefined)); // synchronous: no flush awaited
+    void runPlan(planTargetExit(record, this.#backend), this.#effects(id, undefined)); // synchronous: no flush awaited
     this.#audit('release', undefined, record, { reason: 'target exited', limitRestored: false });
     this.deps.onLeasesChanged?.();
   }
@@ -301,22 +353,30 @@ export class BrokerService {
   /**
    * The effects a plan for lease `id` acts on. `target`: the process whose limit it sets and
    * whose exit it watches (owner of its pidfd: the caller until watch.start, then TargetWatch);
-   * undefined for plans that touch neither.
+   * undefined for plans that touch neither. `pendingFd`: a grant's FD duplicate, owned by the
+   * caller until fd.keep hands it to #fds; other plans act on the one #fds holds.
    */
-  #effects(id: string, target: Target | undefined): PlanEffects {
-    const { journal, haveSysResource, log } = this.deps;
+  #effects(id: string, target: Target | undefined, pendingFd?: number): PlanEffects {
+    const { journal, haveSysResource, log, device } = this.deps;
     const mustTarget = (): Target => {
       if (target === undefined) throw new Error(`lease ${id}: a plan touched a target the service did not give it (a bug)`);
       return target;
+    };
+    const mustFd = (): number => {
+      const fd = pendingFd ?? this.#fds.get(id);
+      if (fd === undefined || device.fdLimits === undefined) throw new Error(`lease ${id}: a plan set an FD limit on no kept FD (a bug)`);
+      return fd;
     };
     return {
       ledger: this.#ledger,
       journal: { write: (record) => writeRecord(journal, record), flush: () => durable(journal) },
       kernel: {
+        setFd: (limitBytes) => device.fdLimits?.set(mustFd(), limitBytes),
         set: (limitBytes) => applyLimit(mustTarget(), limitBytes, haveSysResource),
         restore: (previous) => restoreLimit(mustTarget(), previous),
       },
       watch: { start: () => this.#targets.watch(id, mustTarget()), stop: () => this.#targets.forget(id) },
+      fd: { keep: () => this.#fds.keep(id, mustFd()), drop: () => this.#fds.drop(id) },
       warn: (err, what) => log.warn({ err, lease: id }, what),
     };
   }
@@ -332,15 +392,20 @@ export class BrokerService {
   }
 
   #toWire(r: LeaseRecord, usage: TargetUsage = readTargetUsage(r.targetPid)): Lease {
+    const { device } = this.deps;
+    const fd = this.#fds.get(r.id);
+    const fdPinnedBytes = fd === undefined || device.backend.kind !== 'per-fd' ? undefined : device.fdLimits?.usage(fd);
     return {
       id: r.id, name: r.name, pid: r.targetPid, uid: r.targetUid, ownerUid: r.ownerUid,
       memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
-      accountingMode: this.deps.device.info.kind === 'simulated' ? 'none' : 'process',
+      accountingMode: device.backend.kind === 'simulated' ? 'none' : device.backend.kind === 'per-fd' ? 'fd' : 'process',
       // The wire's createdAt is Date.toISOString()'s form (always 24 chars); a journaled time
       // written with another precision is shown in that form too.
       deviceKind: this.deps.device.info.kind, createdAt: new Date(grantedAtMs(r)).toISOString(),
       ...(r.requestId === undefined ? {} : { requestId: r.requestId }),
       ...usage,
+      ...(fdPinnedBytes === undefined ? {} : { fdPinnedBytes }),
+      ...(this.#backend === 'per-fd' && fd === undefined ? { resizable: false } : {}),
       ...(r.releasedAt === undefined ? {} : { releasedAt: r.releasedAt }),
       ...(r.devices === undefined || r.devices.length === 0 ? {} : { devices: r.devices.map((d) => ({ address: d.address, cdev: d.cdev })) }),
     };

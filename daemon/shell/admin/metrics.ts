@@ -106,6 +106,13 @@ export class Metrics {
     family(out, 'info', 'gauge', 'Always 1; labels say which broker build and device kind serve', [
       [{ version: status.version, device_kind: status.device.kind }, 1],
     ]);
+    if (status.backend !== undefined) {
+      family(out, 'backend', 'gauge', 'Always 1; the label says what limits a lease\'s pins (per-fd, memlock, simulated), chosen by the start-up probe', [
+        [{ kind: status.backend.kind }, 1],
+      ]);
+      family(out, 'leases_not_resizable', 'gauge', 'Leases whose FD the broker no longer holds (lost in a restart), so Resize is refused',
+        [[{}, status.backend.notResizableCount]]);
+    }
     family(out, 'sys_resource', 'gauge', '1 if the broker holds CAP_SYS_RESOURCE (limits can be raised), else 0', [
       [{}, status.capabilities.sysResource ? 1 : 0],
     ]);
@@ -121,6 +128,8 @@ export class Metrics {
       leases.flatMap((l): Sample[] => (l.lockedBytes === undefined ? [] : [[id(l), l.lockedBytes]])));
     family(out, 'lease_device_info', 'gauge', 'A VFIO device a lease holds (always 1): its PCI address and vfio cdev',
       leases.flatMap((l): Sample[] => (l.devices ?? []).map((d) => [{ ...id(l), address: d.address, cdev: d.cdev }, 1])));
+    family(out, 'lease_fd_pinned_bytes', 'gauge', 'Pinned memory held by the lease\'s FD now (IOMMU_OPTION_PINNED_USAGE, per-fd backend)',
+      leases.flatMap((l): Sample[] => (l.fdPinnedBytes === undefined ? [] : [[id(l), l.fdPinnedBytes]])));
     family(out, 'journal_records_total', 'counter', 'Lease journal records written since start', [[{}, snapshot.journal.records]]);
     family(out, 'journal_syncs_total', 'counter', 'fdatasyncs of the lease journal since start (records / syncs = group-commit batch)',
       [[{}, snapshot.journal.syncs]]);

@@ -12,9 +12,15 @@
 //   returned warning; any error: all of them are closed before ActivationError is thrown).
 // - An fd in that range that is not a socket is never closed: LISTEN_FDS may overstate what was
 //   passed, and the fd may then be one of Node's own (epoll, eventfd). It is reported instead.
+// - The fd store: fds systemd kept for us (FDSTORE=1, FDNAME=lease-<id>, see lease-fds.ts) come
+//   back in the same range under those names, of any file type (iommufds). Each is returned in
+//   `stored` (CLOEXEC set), or closed here: a second fd under the same name, or every stored
+//   fd when ActivationError is thrown.
 // - fd ownership: until this function returns, the passed fds are owned by it; afterwards each
-//   returned fd is owned by the caller (who hands it to the server that listens on it).
+//   returned fd is owned by the caller (who hands a socket to the server that listens on it,
+//   and the stored fds to BrokerService.restore).
 import { closeFdQuietly, isUnixStreamSocket, setCloexec, SysError } from '../../../native/sys.ts';
+import { leaseIdOfStoreName } from '../lease-fds.ts';
 
 /** The FileDescriptorName= of each socket unit (systemd/iommufd-broker*.socket): the contract. */
 export const BROKER_SOCKET_NAME = 'broker';
@@ -45,6 +51,8 @@ export class ActivationError extends Error {
 export interface ActivatedSockets {
   /** name -> listening fd (AF_UNIX, SOCK_STREAM, CLOEXEC). Owned by the caller. */
   fds: Map<string, number>;
+  /** fd store name (lease-<id>) -> the fd systemd kept for us (CLOEXEC). Owned by the caller. */
+  stored: Map<string, number>;
   /** One line per thing that was ignored or closed, for the daemon's log. */
   warnings: string[];
 }
@@ -63,7 +71,7 @@ export function listenFdsFromEnv(env: NodeJS.ProcessEnv, ownPid: number, knownNa
   const namesText = env['LISTEN_FDNAMES'];
   for (const v of VARIABLES) delete env[v];
 
-  const result: ActivatedSockets = { fds: new Map(), warnings: [] };
+  const result: ActivatedSockets = { fds: new Map(), stored: new Map(), warnings: [] };
   if (pidText === undefined || countText === undefined) return result;
 
   const pid = parseDecimal(pidText);
@@ -90,9 +98,19 @@ export function listenFdsFromEnv(env: NodeJS.ProcessEnv, ownPid: number, knownNa
 
   const problems: Array<{ problem: ActivationProblem; text: string }> = [];
   const keep = new Map<string, number>();
+  const stored = new Map<string, number>();
   const unknown: number[] = [];
   passed.forEach((fd, i) => {
     const name = names[i] ?? 'unknown';
+    if (leaseIdOfStoreName(name) !== undefined) {
+      const cloexec = stored.has(name) ? 'a second fd under this name' : errnoOf(() => setCloexec(fd, true));
+      if (cloexec === undefined) stored.set(name, fd);
+      else {
+        closeFdQuietly(fd);
+        result.warnings.push(`stored fd ${fd} ("${name}") was closed: ${cloexec}`);
+      }
+      return;
+    }
     if (!knownNames.includes(name)) {
       unknown.push(fd);
       result.warnings.push(`passed fd ${fd} is named "${name}", not one of ${knownNames.join(', ')}: ${isSocket(fd) ? 'closed' : 'not a socket, left alone'}`);
@@ -119,10 +137,12 @@ export function listenFdsFromEnv(env: NodeJS.ProcessEnv, ownPid: number, knownNa
   const first = problems[0];
   if (first !== undefined) {
     closeSockets(passed);
+    for (const fd of stored.values()) closeFdQuietly(fd);
     throw new ActivationError(first.problem, `${problems.map((p) => p.text).join('; ')}; all passed sockets were closed`);
   }
   closeSockets(unknown);
   result.fds = keep;
+  result.stored = stored;
   return result;
 }
 

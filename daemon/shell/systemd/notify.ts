@@ -1,4 +1,5 @@
-// sd_notify(3) for the daemon: READY=1, STATUS=, STOPPING=1, RELOADING=1, WATCHDOG=1.
+// sd_notify(3) for the daemon: READY=1, STATUS=, STOPPING=1, RELOADING=1, WATCHDOG=1, and the
+// fd store (FDSTORE=1 / FDSTOREREMOVE=1 with FDNAME=) that keeps leases' FDs across a restart.
 //
 // Invariants:
 // - Built from NOTIFY_SOCKET once; without it (run by hand) every method does nothing, and
@@ -12,9 +13,12 @@
 //   call (as libsystemd's sd_notify does): path sockets through unix-dgram, whose Socket object
 //   owns its fd until close(); abstract ('@') sockets through native/sys.ts's
 //   sendAbstractDatagram, whose helper call owns its socket for the duration of the syscall. No fd outlives a call.
+//   FDSTORE=1 sends the fd as SCM_RIGHTS through the native helper for both kinds (unix-dgram
+//   cannot pass fds); the stored fd stays the caller's, systemd gets its own copy. FDPOLL=0:
+//   systemd must not drop a stored iommufd on a poll event (an iommufd is not a socket).
 // - The watchdog timer is unref'd: it never keeps the process alive on its own.
 import { createRequire } from 'node:module';
-import { errnoName, sendAbstractDatagram, SysError } from '../../../native/sys.ts';
+import { errnoName, sendAbstractDatagram, sendDatagramWithFd, SysError } from '../../../native/sys.ts';
 
 /** Where messages go: what the log needs (pino's Logger fits). */
 export interface NotifyLog {
@@ -25,8 +29,8 @@ export interface NotifyLog {
 /** A parsed NOTIFY_SOCKET: a file system path, or an abstract name (without the '@'). */
 export type NotifyAddress = { kind: 'path'; path: string } | { kind: 'abstract'; name: string };
 
-/** Sends one datagram; returns undefined on success or why it failed. */
-export type DatagramSend = (address: NotifyAddress, data: Buffer) => string | undefined;
+/** Sends one datagram (with `fd` as SCM_RIGHTS if given); returns undefined on success or why it failed. */
+export type DatagramSend = (address: NotifyAddress, data: Buffer, fd?: number) => string | undefined;
 
 /** Longest STATUS= text we send; systemd reads at most a pipe buffer per datagram. */
 const MAX_STATUS_CHARS = 1024;
@@ -121,12 +125,22 @@ export class Notifier {
     return intervalMs;
   }
 
+  /** FDSTORE=1: systemd keeps a copy of `fd` under `name` across restarts (FileDescriptorStoreMax= in the unit). */
+  store(name: string, fd: number): void {
+    this.#notify(['FDSTORE=1', `FDNAME=${name}`, 'FDPOLL=0'], fd);
+  }
+
+  /** FDSTOREREMOVE=1: systemd closes its copy of `name`. */
+  remove(name: string): void {
+    this.#notify(['FDSTOREREMOVE=1', `FDNAME=${name}`]);
+  }
+
   stopWatchdog(): void {
     if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
     this.#watchdog = undefined;
   }
 
-  #notify(lines: string[]): void {
+  #notify(lines: string[], fd?: number): void {
     const address = this.#address;
     if (address === undefined) {
       if (!this.#saidDisabled) {
@@ -135,7 +149,8 @@ export class Notifier {
       }
       return;
     }
-    const failure = this.#send(address, Buffer.from(lines.join('\n'), 'utf8'));
+    const data = Buffer.from(lines.join('\n'), 'utf8');
+    const failure = fd === undefined ? this.#send(address, data) : this.#send(address, data, fd);
     if (failure !== undefined) {
       const where = address.kind === 'path' ? address.path : `@${address.name}`;
       this.#log.warn(`sd_notify to ${where} failed (${lines[0] ?? ''}): ${failure}`);
@@ -167,10 +182,13 @@ interface UnixDgram {
 let unixDgram: UnixDgram | undefined;
 
 /** The default transport: unix-dgram for paths, the native helper for abstract names. */
-export function sendDatagram(address: NotifyAddress, data: Buffer): string | undefined {
-  if (address.kind === 'abstract') {
+export function sendDatagram(address: NotifyAddress, data: Buffer, fd?: number): string | undefined {
+  if (address.kind === 'abstract' || fd !== undefined) {
     try {
-      sendAbstractDatagram(address.name, data);
+      if (fd !== undefined) {
+        const abstract = address.kind === 'abstract';
+        sendDatagramWithFd(address.kind === 'abstract' ? address.name : address.path, abstract, data, fd);
+      } else sendAbstractDatagram(address.kind === 'abstract' ? address.name : address.path, data);
       return undefined;
     } catch (error) {
       if (error instanceof SysError) return error.code;

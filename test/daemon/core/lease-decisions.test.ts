@@ -75,6 +75,18 @@ describe('decideResize', () => {
     assert.equal(down.plan.order, 'kernel-first', 'a lowering reaches the kernel before the journal');
   });
 
+  it('per-fd backend: a lease whose FD the broker lost is LeaseNotResizable, both ways; a held FD resizes with fd steps', () => {
+    for (const memory of [16 * GiB, 2 * GiB]) {
+      const params = denied(decideResize(policy(), sample(), root, 'l-managed', memory, PAGE, 'per-fd', false), 'LeaseNotResizable');
+      assert.equal(params.lease, 'l-managed');
+      assert.match(String(params.reason), /no longer holds lease l-managed's FD/);
+    }
+    const held = decideResize(policy(), sample(), root, 'l-managed', 16 * GiB, PAGE, 'per-fd', true);
+    assert.ok(held.ok);
+    assert.equal(held.plan.kernel?.kind === 'set' && held.plan.kernel.fd, true);
+    assert.ok(decideResize(policy(), sample(), root, 'l-managed', 16 * GiB, PAGE, 'memlock', false).ok, 'memlock keeps no FD');
+  });
+
   it('NoSuchLease for an unknown id, for managers and others alike', () => {
     assert.deepEqual(denied(decideResize(policy(), sample(), root, 'l-0000000000000000', GiB, PAGE), 'NoSuchLease'),
       { lease: 'l-0000000000000000' });

@@ -29,7 +29,8 @@ describe('planGrant', () => {
     assert.equal(plan.order, 'journal-first');
     assert.deepEqual(plan.ledger, { kind: 'grant', lease: l });
     assert.deepEqual(plan.journal, { record: { kind: 'grant', lease: l }, durable: 'reply' });
-    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 } });
+    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 }, fd: false });
+    assert.equal(plan.keptFd, undefined);
     assert.equal(plan.watch, 'start');
     assert.deepEqual(plan.undo, { ledger: { kind: 'release', id: 'l-a' }, journal: { kind: 'release', id: 'l-a' } });
     assert.equal(plan.before, undefined);
@@ -42,7 +43,7 @@ describe('planResize', () => {
     const l = lease({ id: 'l-a' });
     const plan = planResize(l, { memoryBytes: 8 * GiB, limitBytes: 9 * GiB });
     assert.equal(plan.order, 'journal-first');
-    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 9 * GiB, restoreOnUndo: undefined });
+    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 9 * GiB, restoreOnUndo: undefined, fd: false });
     const from = { memoryBytes: 4 * GiB, limitBytes: 5 * GiB };
     assert.deepEqual(plan.undo, { ledger: { kind: 'resize', id: 'l-a', to: from }, journal: { kind: 'resize', id: 'l-a', to: from } });
     assert.equal(plan.before, l);
@@ -100,7 +101,7 @@ describe('planRestore', () => {
     const plan = planRestore(l, true);
     assert.deepEqual(plan.ledger, { kind: 'grant', lease: l });
     assert.equal(plan.journal, undefined);
-    assert.deepEqual(plan.kernel, { kind: 'reapply', limitBytes: 5 * GiB });
+    assert.deepEqual(plan.kernel, { kind: 'reapply', limitBytes: 5 * GiB, fd: false });
     assert.equal(plan.watch, 'start');
   });
 
@@ -110,5 +111,36 @@ describe('planRestore', () => {
     assert.deepEqual(plan.journal, { record: { kind: 'release', id: 'l-a' }, durable: 'next-flush' });
     assert.equal(plan.kernel, undefined);
     assert.equal(plan.watch, undefined);
+  });
+});
+
+describe('per-fd backend: the backend\'s steps', () => {
+  it('a grant sets the FD\'s limit with the target\'s and keeps the FD', () => {
+    const plan = planGrant(lease({ id: 'l-a' }), 'per-fd');
+    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 }, fd: true });
+    assert.equal(plan.keptFd, 'keep');
+    assert.equal(plan.watch, 'start');
+  });
+
+  it('a resize sets the FD\'s limit both ways, keeps the order rule, and touches no kept FD', () => {
+    fc.assert(fc.property(fc.integer({ min: 1, max: 64 }), (gib) => {
+      const plan = planResize(lease({ id: 'l-a' }), { memoryBytes: gib * GiB, limitBytes: gib * GiB }, 'per-fd');
+      assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: gib * GiB, restoreOnUndo: undefined, fd: true });
+      assert.equal(plan.keptFd, undefined);
+      assert.equal(plan.order, orderFor(5 * GiB, gib * GiB));
+    }));
+  });
+
+  it('a target\'s exit closes the kept FD (a kept one would hold the pinned pages)', () => {
+    assert.equal(planTargetExit(lease({ id: 'l-a' }), 'per-fd').keptFd, 'drop');
+    assert.equal(planTargetExit(lease({ id: 'l-a' })).keptFd, undefined);
+  });
+
+  it('restore: the FD\'s limit is re-applied only when the FD came back; a gone target\'s FD is closed', () => {
+    assert.deepEqual(planRestore(lease({ id: 'l-a' }), true, 'per-fd', true).kernel, { kind: 'reapply', limitBytes: 5 * GiB, fd: true });
+    assert.deepEqual(planRestore(lease({ id: 'l-a' }), true, 'per-fd', false).kernel, { kind: 'reapply', limitBytes: 5 * GiB, fd: false });
+    assert.equal(planRestore(lease({ id: 'l-a' }), true, 'per-fd', true).keptFd, undefined);
+    assert.equal(planRestore(lease({ id: 'l-a' }), false, 'per-fd').keptFd, 'drop');
+    assert.equal(planRestore(lease({ id: 'l-a' }), false).keptFd, undefined);
   });
 });

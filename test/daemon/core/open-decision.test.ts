@@ -142,6 +142,16 @@ describe('decideOpen: each rule', () => {
     assert.equal(granted(decideOpen(policy(), new Ledger(), request({ peer: alice }))), 5 * GiB, 'not required by default');
   });
 
+  it('per-fd backend: a CAP_IPC_LOCK holder (any set) or a target without NoNewPrivs is granted, the FD\'s limit binds it', () => {
+    for (const set of ['effective', 'permitted', 'ambient', 'inheritable']) {
+      assert.equal(granted(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIpcLockSet: set, perFdLimit: true }))), 5 * GiB);
+    }
+    const p = policy({ requireTargetNoNewPrivs: true });
+    assert.equal(granted(decideOpen(p, new Ledger(), request({ peer: alice, perFdLimit: true }))), 5 * GiB);
+    denied(decideOpen(policy(), new Ledger(), request({ peer: alice, targetIpcLockSet: 'effective', perFdLimit: false })),
+      'TargetBypassesAccounting');
+  });
+
   it('one lease per target pid, naming the lease that holds it', () => {
     const ledger = new Ledger();
     ledger.grant(lease({ id: 'l-held', targetPid: alice.pid }));

@@ -107,6 +107,9 @@ class World {
         },
       },
       kernel: {
+        setFd: () => {
+          throw new Error('the model\'s plans are memlock plans: no FD limit');
+        },
         set: (bytes) => {
           if (tick('prlimit')) setKernel(bytes);
         },
@@ -121,6 +124,10 @@ class World {
         stop: () => {
           if (tick('forget')) this.watched.delete(id);
         },
+      },
+      fd: {
+        keep: () => { throw new Error('the model\'s plans are memlock plans: no kept FD'); },
+        drop: () => { throw new Error('the model\'s plans are memlock plans: no kept FD'); },
       },
       warn: () => {},
     };
@@ -261,5 +268,62 @@ describe('runPlan', () => {
     assert.ok(pending instanceof Promise);
     assert.equal(world.ledger.get('l-y')?.limitBytes, MiB, 'reserved before the flush is awaited');
     void pending.catch(() => {}); // target 8 does not exist: its prlimit fails after the flush
+  });
+});
+
+describe('runPlan: the per-fd backend\'s steps', () => {
+  const lease: LeaseRecord = {
+    id: 'l-f', name: 'vm', targetPid: 9, targetUid: 1, targetStartTime: '1', ownerUid: 1,
+    memoryBytes: MiB, limitBytes: 2 * MiB, createdAt: 't', previousLimit: { soft: 0, hard: 0 },
+  };
+  /** Effects that only record what ran, in order; `failing` names a step that throws. */
+  function recorder(failing?: string): { log: string[]; fx: PlanEffects } {
+    const log: string[] = [];
+    const step = (name: string) => (arg?: unknown): void => {
+      log.push(arg === undefined ? name : `${name} ${String(arg)}`);
+      if (name === failing) throw new Error(`${name} failed`);
+    };
+    return {
+      log,
+      fx: {
+        ledger: new Ledger(),
+        journal: { write: (r) => step('journal')(r.kind), flush: async () => step('flush')() },
+        kernel: { setFd: step('fd-limit'), set: step('rlimit'), restore: (p) => step('restore')(p.soft) },
+        watch: { start: step('watch'), stop: step('forget') },
+        fd: { keep: step('keep'), drop: step('drop') },
+        warn: (_err, what) => log.push(`warn: ${what}`),
+      },
+    };
+  }
+
+  it('a grant sets the FD\'s limit before the target\'s, after the flush, and keeps the FD last', async () => {
+    const { log, fx } = recorder();
+    await runPlan(planGrant(lease, 'per-fd'), fx);
+    assert.deepEqual(log, ['journal grant', 'flush', `fd-limit ${2 * MiB}`, `rlimit ${2 * MiB}`, 'watch', 'keep']);
+  });
+
+  it('a grant whose FD limit is refused keeps no FD and sets no rlimit; the journal is undone', async () => {
+    const { log, fx } = recorder('fd-limit');
+    await assert.rejects(async () => runPlan(planGrant(lease, 'per-fd'), fx), /fd-limit failed/);
+    assert.deepEqual(log, ['journal grant', 'flush', `fd-limit ${2 * MiB}`, 'journal release']);
+  });
+
+  it('a lowering sets the FD\'s limit first of all (kernel-first); a target\'s exit drops the FD after forgetting it', () => {
+    const { log, fx } = recorder();
+    fx.ledger.grant(lease);
+    void runPlan(planResize(lease, { memoryBytes: MiB, limitBytes: MiB }, 'per-fd'), fx)?.catch(() => {});
+    assert.deepEqual(log.slice(0, 3), [`fd-limit ${MiB}`, `rlimit ${MiB}`, 'journal resize']);
+    const exit = recorder();
+    exit.fx.ledger.grant(lease);
+    assert.equal(runPlan(planTargetExit(lease, 'per-fd'), exit.fx), undefined);
+    assert.deepEqual(exit.log, ['journal release', 'forget', 'drop']);
+  });
+
+  it('a restore re-applies the FD\'s limit when it came back; a refusal is a warning, the lease is kept', () => {
+    const { log, fx } = recorder('fd-limit');
+    assert.equal(runPlan(planRestore(lease, true, 'per-fd', true), fx), undefined);
+    assert.deepEqual(log, [`fd-limit ${2 * MiB}`, 'warn: could not re-apply the journaled limit on the lease\'s FD; keeping the lease',
+      `rlimit ${2 * MiB}`, 'watch']);
+    assert.equal(fx.ledger.get('l-f')?.limitBytes, 2 * MiB);
   });
 });

@@ -32,6 +32,8 @@ export interface SpawnOptions {
   unprivileged?: boolean;
   /** An fd of ours the child gets as its fd 3 (and `--fd 3`). We keep ownership of ours. */
   passFd?: number;
+  /** Fds of ours the child gets as its fds 3, 4, ... (`--fd 3`; `fd N` switches). We keep ours. */
+  passFds?: readonly number[];
   /**
    * Instead of running lab-client directly, run this argv (it must end up exec'ing lab-client
    * in the same process, e.g. `iommufdctl exec ... -- LAB_CLIENT --fd {iommufd}`).
@@ -70,12 +72,13 @@ export class LabClient {
 
   static spawn(opts: SpawnOptions = {}): LabClient {
     const unprivileged = opts.unprivileged ?? true;
-    const clientArgv = opts.argv ?? [LAB_CLIENT, ...(opts.passFd === undefined ? [] : ['--fd', '3'])];
+    const passed = opts.passFds ?? (opts.passFd === undefined ? [] : [opts.passFd]);
+    const clientArgv = opts.argv ?? [LAB_CLIENT, ...(passed.length === 0 ? [] : ['--fd', '3'])];
     const argv = [...(unprivileged ? UNPRIVILEGED_PREFIX : []), ...clientArgv];
     const [file, ...args] = argv;
     if (file === undefined) throw new Error('empty argv');
     const stdio: Array<'pipe' | number> = ['pipe', 'pipe', 'pipe'];
-    if (opts.passFd !== undefined) stdio.push(opts.passFd);
+    stdio.push(...passed);
     const child = spawn(file, args, { stdio, env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: '/tmp' } });
     return new LabClient(child, opts.timeoutMs ?? 120_000);
   }

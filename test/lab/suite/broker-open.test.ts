@@ -21,7 +21,7 @@ const BUDGET = 16 * MiB;
 const MEMORY = 768 * 1024;
 const LIMIT = MEMORY + OVERHEAD; // 1 MiB, already page-aligned
 
-describe('broker on /dev/iommu: Status, Open, limits, refusal of CAP_IPC_LOCK', () => {
+describe('broker on /dev/iommu (unpatched kernel: memlock backend): Status, Open, limits, refusal of CAP_IPC_LOCK', () => {
   let broker: LabBroker;
   let manager: Manager;
   let client: LabClient | undefined;
@@ -43,7 +43,12 @@ describe('broker on /dev/iommu: Status, Open, limits, refusal of CAP_IPC_LOCK', 
     assert.equal(status.device.kind, 'iommufd');
     assert.equal(status.device.path, '/dev/iommu');
     assert.equal(status.device.rlimitModeSupported, true);
-    assert.equal(status.device.perFdLimitOption, false, 'the probe of an unknown option id gave EOPNOTSUPP');
+    assert.equal(status.device.perFdLimitOption, false, 'the probe of IOMMU_OPTION_PINNED_LIMIT gave EOPNOTSUPP');
+    // Issue #10: the unpatched kernel has no per-FD limit, so the probe chose the memlock backend.
+    assert.equal(status.backend?.kind, 'memlock');
+    assert.match(status.backend?.reason ?? '', /PINNED_LIMIT \(option 4\) on a fresh FD answered EOPNOTSUPP/);
+    const chosen = broker.logs.find((l) => typeof l.msg === 'string' && l.msg.startsWith('backend '));
+    assert.match(String(chosen?.msg), /^backend memlock: .*EOPNOTSUPP/);
     assert.equal(status.capabilities.sysResource, true, 'root in the VM has CAP_SYS_RESOURCE');
     assert.deepEqual(status.budget, { totalBytes: BUDGET, usedBytes: 0, freeBytes: BUDGET, releasedBytes: 0 });
     assert.equal(status.leases, 0);

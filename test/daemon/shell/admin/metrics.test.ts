@@ -50,6 +50,19 @@ function sample(text: string, prefix: string): string {
   return (lines[0] ?? '').slice(prefix.length + 1);
 }
 
+test('the backend: its kind as a label, the leases that cannot be resized, each lease\'s FD usage (issue #10)', () => {
+  const text = new Metrics().render({
+    ...SNAPSHOT,
+    status: status({ backend: { kind: 'per-fd', reason: 'r', notResizableCount: 3, notResizable: ['l-0123456789abcdef'] } }),
+    leases: [lease({ accountingMode: 'fd', fdPinnedBytes: 768 * MiB }), lease({ id: 'l-fedcba9876543210', name: 'vm2' })],
+  });
+  assert.equal(sample(text, 'iommufd_broker_backend{kind="per-fd"}'), '1');
+  assert.equal(sample(text, 'iommufd_broker_leases_not_resizable'), '3');
+  assert.equal(sample(text, 'iommufd_broker_lease_fd_pinned_bytes{lease="l-0123456789abcdef",name="vm1"}'), String(768 * MiB));
+  assert.equal(text.split('\n').filter((l) => l.startsWith('iommufd_broker_lease_fd_pinned_bytes{')).length, 1, 'absent without a kept FD');
+  assert.ok(!new Metrics().render(SNAPSHOT).includes('iommufd_broker_backend{'), 'an older broker\'s status has no backend');
+});
+
 test('the gauges print the snapshot: budget, lease count, and each lease\'s limit, pinned and locked bytes', () => {
   const text = new Metrics().render(SNAPSHOT);
   assert.equal(sample(text, 'iommufd_broker_budget_bytes'), String(64 * GiB));
