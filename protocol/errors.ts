@@ -20,7 +20,7 @@ const bytes = z.number().int().nonnegative();
  * broker adds.
  */
 export const permissionDeniedRules = [
-  'open-users', 'target-not-self', 'caller-exited', 'caller-ids-changed',
+  'open-users', 'target-not-self', 'caller-exited', 'caller-ids-changed', 'device-not-allowed',
   'resize-managers-only', 'lease-released', 'release-owner-or-manager',
 ] as const;
 

@@ -32,7 +32,7 @@ test('every flag lands in its field', () => {
   assert.deepEqual({ ...f }, { socket: '/s', adminSocket: '/a', socketMode: 0o600, stateDir: '/d', config: '/c.toml',
     device: 'simulated', vfioRoot: '/fake', overhead: '64M', budget: '8G', logLevel: 'debug', idleTimeoutMs: 1500, frameTimeoutMs: 2000,
     maxConnections: 100, maxConnectionsPerUid: 7, reservedConnections: 9, maxPendingClosesPerUid: 3, maxPendingCloses: 30, help: false });
-  assert.deepEqual([parseFlags([]).maxPendingClosesPerUid, parseFlags([]).maxPendingCloses], [64, 1024]);
+  assert.deepEqual([parseFlags([]).maxPendingClosesPerUid, parseFlags([]).maxPendingCloses], [1024, 8192]);
   assert.throws(() => parseFlags(['--max-pending-closes-per-uid', '0']), /whole number >= 1/);
   assert.equal(parseFlags(['--frame-timeout', '300ms']).frameTimeoutMs, 300);
   assert.equal(parseFlags(['--frame-timeout', '0']).frameTimeoutMs, 0);

@@ -100,7 +100,7 @@ test('PermissionDenied lists exactly the registry\'s rules, and the daemon names
   assert.ok(row !== undefined, 'the PermissionDenied rule row is missing');
   const documented = [...row.split('|')[3]?.matchAll(/`([a-z-]+)`/g) ?? []].map((m) => m[1]);
   assert.deepEqual(documented.sort(), [...permissionDeniedRules].sort());
-  const core = ['lease-decisions.ts', 'open-decision.ts']
+  const core = ['lease-decisions.ts', 'open-decision.ts', 'device-decision.ts']
     .map((f) => readFileSync(new URL(`../../daemon/core/${f}`, import.meta.url), 'utf8')).join('\n');
   const named = [...core.matchAll(/rule: '([a-z-]+)'/g)].map((m) => m[1]);
   assert.deepEqual([...new Set(named)].sort(), [...permissionDeniedRules].sort());
