@@ -9,6 +9,9 @@
 // - Every Vm is killed (SIGKILL) by stop(); the suite calls it on every path (t.after).
 // - The edu device (vendor 1234, device 11e8, bound to vfio-pci at boot by the lab root's
 //   hostlab-vfio-bind.service) is found in sysfs, never assumed at a fixed address.
+// - A QEMU without default devices is paused (-S) unless it is given the DIMM-eject guest
+//   (test/hostlab/dimm-guest/, built by run into DIMM_GUEST): the only guest code that ever
+//   runs in it acknowledges the unplug of a DIMM after device_del asked for it.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,6 +20,8 @@ import { sh, waitFor } from './system.ts';
 
 export const LAB_USER = 'labvm';
 const RUN_DIR = '/run/hostlab';
+/** The 64 KiB -bios image that acks DIMM ejects (test/hostlab/dimm-guest/dimm-eject.S). */
+export const DIMM_GUEST = '/usr/local/lib/hostlab/dimm-eject.bin';
 
 export interface VmOptions {
   name: string;
@@ -28,6 +33,8 @@ export interface VmOptions {
   vfio?: boolean;
   /** QEMU's default devices (VGA, NIC, ...) and a running guest (firmware runs); else -nodefaults -S. */
   defaults?: boolean;
+  /** -nodefaults, running DIMM_GUEST as its firmware instead of being paused (for unplug). */
+  dimmGuest?: boolean;
   extra?: string[];
 }
 
@@ -58,7 +65,7 @@ function labIds(): { uid: number; gid: number } {
 
 export function qemuArgs(o: VmOptions, qmp: string): string[] {
   const args = ['-M', 'q35', '-accel', 'tcg,tb-size=32', '-display', 'none', '-m', o.memory, '-qmp', `unix:${qmp},server=on,wait=off`];
-  if (o.defaults !== true) args.push('-nodefaults', '-S');
+  if (o.defaults !== true) args.push('-nodefaults', ...(o.dimmGuest === true ? ['-bios', DIMM_GUEST] : ['-S']));
   if (o.leaseMemory !== undefined) args.push('-object', 'iommufd,id=i0,fd={iommufd}');
   if (o.vfio === true) args.push('-device', `vfio-pci,iommufd=i0,sysfsdev=${eduDevice()}`);
   return [...args, ...(o.extra ?? [])];
