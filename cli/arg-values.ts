@@ -4,7 +4,8 @@
 // Invariants:
 // - Pure: no I/O, no environment reads; every value the broker or QEMU would refuse for its
 //   shape is refused here first (exit code 2, before anything is contacted).
-import { LEASE_ID_PATTERN, NAME_PATTERN } from '../protocol/methods.ts';
+import { LEASE_ID_PATTERN, MAX_DEVICES_PER_LEASE, NAME_PATTERN } from '../protocol/methods.ts';
+import { canonicalPciAddress } from '../shared/pci-address.ts';
 import { parseSize } from '../shared/sizes.ts';
 import { UsageError } from '../shared/usage-error.ts';
 import type { CommonOptions, OpenRequest } from './args.ts';
@@ -47,6 +48,21 @@ export function openRequest(values: OptionValues, command: string): OpenRequest 
   const { name, requestId } = namedRequest(values, command);
   const memoryBytes = sizeOption(values.memory, command);
   return requestId === undefined ? { name, memoryBytes } : { name, memoryBytes, requestId };
+}
+
+/** --device ADDR (repeatable): canonical PCI addresses, distinct, at most MAX_DEVICES_PER_LEASE. */
+export function devicesOption(values: readonly string[] | undefined, command: string): string[] {
+  const out: string[] = [];
+  for (const typed of values ?? []) {
+    const address = canonicalPciAddress(typed);
+    if (address === undefined) {
+      throw new UsageError(`--device '${typed}' is not a PCI address: DDDD:BB:DD.F or BB:DD.F in hex, as lspci -D prints it (e.g. 0000:00:03.0)`, command);
+    }
+    if (out.includes(address)) throw new UsageError(`--device ${address} is given twice`, command);
+    out.push(address);
+  }
+  if (out.length > MAX_DEVICES_PER_LEASE) throw new UsageError(`at most ${MAX_DEVICES_PER_LEASE} --device per lease, got ${out.length}`, command);
+  return out;
 }
 
 export function sizeOption(value: string | undefined, command: string): number {

@@ -7,10 +7,12 @@
 // - Each subcommand accepts exactly its own options; an option meant for another subcommand
 //   is a usage error, never silently ignored.
 // - `exec` takes its program and arguments only after `--`, verbatim (nothing after `--` is
-//   parsed as an option).
+//   parsed as an option). With substitution on, every {vfio:ADDR} token must name a --device
+//   and every --device must have a token, so no device fd is passed that QEMU is not told of.
 import { parseArgs } from 'node:util';
+import { canonicalPciAddress } from '../shared/pci-address.ts';
 import {
-  commonOptions, dimmIdOption, fdnameOption, keepFdOption, leaseArg, namedRequest, nodeOption, openRequest, optionalPid, required, sizeOption,
+  commonOptions, devicesOption, dimmIdOption, fdnameOption, keepFdOption, leaseArg, namedRequest, nodeOption, openRequest, optionalPid, required, sizeOption,
 } from './arg-values.ts';
 import { UsageError } from '../shared/usage-error.ts';
 
@@ -19,6 +21,12 @@ export { UsageError };
 
 /** The token `exec` replaces with the received fd number. */
 export const FD_TOKEN = '{iommufd}';
+/** `exec` replaces {vfio:ADDR} with the fd number of the VFIO device ADDR (as typed; compared canonical). */
+export const VFIO_TOKEN = /\{vfio:([^{}]*)\}/g;
+/** The QMP getfd name `pass` gives a VFIO device's fd: device_add vfio-pci,fd=NAME. */
+export function vfioFdname(address: string): string {
+  return `vfio-${address}`;
+}
 
 export interface CommonOptions {
   socketPath: string;
@@ -48,11 +56,17 @@ export type Command =
   | { kind: 'status'; common: CommonOptions }
   | {
     kind: 'exec'; common: CommonOptions; request: OpenRequest; substitute: boolean;
+    /** --device: canonical PCI addresses, opened with the lease; {vfio:ADDR} becomes each one's fd. */
+    devices: string[];
     /** Inherited fds (besides 0-2) the program must inherit in turn, from --keep-fd. */
     keepFds: number[];
     program: string; args: string[];
   }
-  | { kind: 'pass'; common: CommonOptions; request: OpenRequest | SizedRequest; qmpSocket: string; fdname: string; targetPid?: number }
+  | {
+    kind: 'pass'; common: CommonOptions; request: OpenRequest | SizedRequest; qmpSocket: string; fdname: string; targetPid?: number;
+    /** --device: canonical PCI addresses, each passed with getfd under vfioFdname(address). */
+    devices: string[];
+  }
   | { kind: 'hotplug'; common: CommonOptions; lease: string; qmpSocket: string; sizeBytes: number; dimmId?: string; node?: number }
   | { kind: 'unplug'; common: CommonOptions; lease: string; qmpSocket: string; dimmId: string }
   | { kind: 'measure'; common: CommonOptions; qmpSocket: string };
@@ -76,6 +90,7 @@ const optionSpec = {
   'size-from-qmp': { type: 'boolean' },
   id: { type: 'string' },
   node: { type: 'string' },
+  device: { type: 'string', multiple: true },
 } as const;
 
 type OptionName = keyof typeof optionSpec;
@@ -91,8 +106,8 @@ const COMMAND_OPTIONS: Record<Exclude<CommandKind, 'help'>, readonly OptionName[
   release: [],
   list: [],
   status: [],
-  exec: ['name', 'memory', 'request-id', 'no-substitute', 'keep-fd'],
-  pass: ['qmp', 'fdname', 'name', 'memory', 'size-from-qmp', 'target-pid', 'request-id'],
+  exec: ['name', 'memory', 'request-id', 'no-substitute', 'keep-fd', 'device'],
+  pass: ['qmp', 'fdname', 'name', 'memory', 'size-from-qmp', 'target-pid', 'request-id', 'device'],
   hotplug: ['qmp', 'memory', 'id', 'node'],
   unplug: ['qmp', 'id'],
   measure: ['qmp'],
@@ -175,7 +190,9 @@ export function parseCommand(argv: readonly string[]): Command {
           `(e.g. -object iommufd,id=iommufd0,fd=${FD_TOKEN}) or pass --no-substitute`, word);
       }
       const keepFds = (values['keep-fd'] ?? []).map((v) => keepFdOption(v, word));
-      return { kind: 'exec', common, request: openRequest(values, word), substitute, keepFds, program, args };
+      const devices = devicesOption(values.device, word);
+      if (substitute) checkVfioTokens([program, ...args], devices, word);
+      return { kind: 'exec', common, request: openRequest(values, word), substitute, devices, keepFds, program, args };
     }
     case 'pass': {
       const targetPid = optionalPid(values['target-pid'], word);
@@ -187,8 +204,12 @@ export function parseCommand(argv: readonly string[]): Command {
       } else {
         request = openRequest(values, word);
       }
+      const devices = devicesOption(values.device, word);
+      const fdname = fdnameOption(values.fdname, word);
+      const clash = devices.find((d) => vfioFdname(d) === fdname);
+      if (clash !== undefined) throw new UsageError(`--fdname ${fdname} is the name the device ${clash} is passed under; choose another`, word);
       return {
-        kind: 'pass', common, request, qmpSocket, fdname: fdnameOption(values.fdname, word),
+        kind: 'pass', common, request, qmpSocket, fdname, devices,
         ...(targetPid === undefined ? {} : { targetPid }),
       };
     }
@@ -218,6 +239,27 @@ function sizedFromQmp(values: Values, command: string): boolean {
   }
   if (command === 'resize' && values.qmp !== undefined) throw new UsageError('--qmp applies to resize only with --size-from-qmp', command);
   return false;
+}
+
+/** Every {vfio:ADDR} names a --device, and every --device has a {vfio:ADDR}. */
+function checkVfioTokens(argv: readonly string[], devices: readonly string[], command: string): void {
+  const named = new Set<string>();
+  for (const arg of argv) {
+    for (const match of arg.matchAll(VFIO_TOKEN)) {
+      const typed = match[1] ?? '';
+      const address = canonicalPciAddress(typed);
+      if (address === undefined || !devices.includes(address)) {
+        throw new UsageError(`{vfio:${typed}} names no --device given (${devices.length === 0 ? 'none was' : devices.join(', ')}); `
+          + 'add --device for it, or fix the address', command);
+      }
+      named.add(address);
+    }
+  }
+  const unused = devices.find((d) => !named.has(d));
+  if (unused !== undefined) {
+    throw new UsageError(`--device ${unused} appears in no argument: put {vfio:${unused}} where its fd number goes `
+      + `(e.g. -device vfio-pci,iommufd=iommufd0,fd={vfio:${unused}}) or pass --no-substitute`, command);
+  }
 }
 
 function commandWord(args: readonly string[]): string | undefined {

@@ -41,6 +41,9 @@ export const BROKER_ERROR_EXPLANATIONS: Readonly<Record<BrokerErrorName, string>
     + 'so a limit would be fiction: run it without that capability',
   DuplicateRequest: 'a lease was already made for this request id (see the lease named)',
   DeviceUnavailable: 'the broker cannot open the iommufd device (/dev/iommu): is the kernel built with CONFIG_IOMMUFD?',
+  NoSuchDevice: 'that PCI address is not a device bound to vfio-pci with a VFIO cdev (/dev/vfio/devices/vfioN) on the broker\'s host: '
+    + 'bind it to vfio-pci, or check the address (lspci -D)',
+  DeviceBusy: 'that VFIO device is held by another lease until that lease\'s target exits',
   KernelRefused: 'the kernel refused an operation the broker needed',
   ShuttingDown: 'the broker is stopping; retry once it is back',
   JournalUnavailable: 'the broker cannot write its lease journal (full or failing disk under its state dir): '

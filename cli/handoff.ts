@@ -4,8 +4,9 @@
 // Invariants:
 // - `exec`: the program and every --keep-fd are checked before the broker is asked; the broker
 //   connection is closed before execve. The exec'd program inherits exactly the iommufd FD,
-//   stdin/stdout/stderr and the --keep-fd fds (exec-inheritance.ts). If execve fails, the FD
-//   is closed and the lease ends with this process (its target).
+//   the --device VFIO fds, stdin/stdout/stderr and the --keep-fd fds (exec-inheritance.ts). If
+//   execve fails, every fd the lease brought is closed and the lease ends with this process
+//   (its target).
 // - `exec` writes one line to stderr before the execve, naming the pid, the lease and its limit
 //   (formatSize), and what QEMU's ENOMEM from a DMA map means: QEMU's own message names neither.
 //   Nothing else is written on success, nothing at all to stdout. There is no supervising
@@ -14,11 +15,13 @@
 // - `pass`: QMP is reached before the broker is asked, so an unreachable QEMU costs no lease.
 //   The FD goes to QmpClient.getfd, which closes our copy once sent. If QEMU does not take it,
 //   the lease is released again (best effort, reported). The target pidfd (ours) is closed
-//   once Open answered.
+//   once Open answered. Each --device fd goes to getfd under vfioFdname(address) after the
+//   iommufd; if one is refused, the fds not yet sent are closed, QEMU is asked to close those it
+//   took (best effort) and the lease is released.
 import { closeFd, execve, pidfdOpen, setCloexec, SysError } from '../native/sys.ts';
 import type { Lease } from '../protocol/methods.ts';
 import { formatSize } from '../shared/sizes.ts';
-import type { Command, CommonOptions } from './args.ts';
+import { vfioFdname, type Command, type CommonOptions } from './args.ts';
 import { EXIT_OK, failureText } from './failures.ts';
 import type { CliIo } from './io.ts';
 import { formatLease } from './output.ts';
@@ -33,16 +36,19 @@ import type { PinnedEstimate } from '../client/qmp-sizing.ts';
 export async function runExec(command: Extract<Command, { kind: 'exec' }>, io: CliIo): Promise<number> {
   const path = resolveProgram(command.program, io.env['PATH']);
   checkKeptFds(command.keepFds);
-  const { lease, fd } = await withBroker(command.common, (c) => c.open(command.request));
+  const devicesAsked = command.devices.length === 0 ? {} : { devices: command.devices };
+  const { lease, fd, devices } = await withBroker(command.common, (c) => c.open({ ...command.request, ...devicesAsked }));
   try {
     setCloexec(fd, false);
-    const argv = buildArgv(command.program, command.args, fd, command.substitute);
-    const envp = buildEnv(io.env, fd, lease.id);
+    for (const d of devices) setCloexec(d.fd, false);
+    const argv = buildArgv(command.program, command.args, fd, command.substitute, devices);
+    const envp = buildEnv(io.env, fd, lease.id, devices);
     io.stderr(execNote(lease));
     prepareInheritance(command.keepFds);
     execve(path, argv, envp);
   } catch (error) {
     closeFd(fd);
+    for (const d of devices) closeFd(d.fd);
     if (error instanceof SysError && error.syscall === 'execve') {
       throw new Error(`cannot execute ${path} (${error.code}); lease ${lease.id} ends as iommufdctl exits`, { cause: error });
     }
@@ -80,22 +86,25 @@ export async function runPass(command: Extract<Command, { kind: 'pass' }>, io: C
     try {
       let opened;
       try {
-        opened = await client.open({ ...request, targetPidFd: pidfd });
+        opened = await client.open({ ...request, targetPidFd: pidfd, ...(command.devices.length === 0 ? {} : { devices: command.devices }) });
       } finally {
         closeFd(pidfd);
       }
       const { lease } = opened;
-      try {
-        await qmp.getfd(fdname, opened.fd);
-      } catch (error) {
+      const passed = await handOver(qmp, [{ fdname, fd: opened.fd }, ...opened.devices.map((d) => ({ fdname: vfioFdname(d.address), fd: d.fd }))]);
+      if (passed !== undefined) {
         await releaseAfterFailedHandoff(client, lease.id, io);
-        throw error;
+        throw passed;
       }
+      const devices = opened.devices.map((d) => ({ address: d.address, fdname: vfioFdname(d.address) }));
       if (common.json) {
-        io.stdout(`${JSON.stringify({ lease, fdname, ...(estimate === undefined ? {} : { estimate }) })}\n`);
+        io.stdout(`${JSON.stringify({ lease, fdname, ...(devices.length === 0 ? {} : { devices }), ...(estimate === undefined ? {} : { estimate }) })}\n`);
       } else {
         io.stdout(formatLease(lease));
         io.stdout(`QEMU (pid ${lease.pid}) holds the FD as '${fdname}': use fd=${fdname}\n`);
+        for (const d of devices) {
+          io.stdout(`QEMU holds VFIO device ${d.address} as '${d.fdname}': device_add vfio-pci,iommufd=ID,fd=${d.fdname}\n`);
+        }
       }
       if (estimate !== undefined) noteOverhead(io, lease, estimate);
       return EXIT_OK;
@@ -105,6 +114,23 @@ export async function runPass(command: Extract<Command, { kind: 'pass' }>, io: C
   } finally {
     qmp.close();
   }
+}
+
+/**
+ * getfd of each fd in order (each call takes its fd). On the first refusal: closes the fds not
+ * yet sent, asks QEMU to close the ones it took (best effort), and returns the error.
+ */
+async function handOver(qmp: QmpClient, fds: readonly { fdname: string; fd: number }[]): Promise<unknown> {
+  for (const [i, { fdname, fd }] of fds.entries()) {
+    try {
+      await qmp.getfd(fdname, fd);
+    } catch (error) {
+      for (const rest of fds.slice(i + 1)) closeFd(rest.fd);
+      for (const taken of fds.slice(0, i)) await qmp.closefd(taken.fdname).catch(() => undefined);
+      return error;
+    }
+  }
+  return undefined;
 }
 
 /** Connects to the broker; if that fails, closes `pidfd` (which the caller would have sent). */

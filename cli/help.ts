@@ -31,7 +31,7 @@ export const COMMAND_HELP: Readonly<Record<Topic, string>> = {
     Show the broker's device, capabilities and budget (with a bar of how much is held), and for
     each lease you may see a bar of its target's pinned memory against its limit. With --json:
     the Status reply only (use 'list --json' for the leases).`,
-  exec: `exec --name NAME --memory SIZE [--request-id ID] [--no-substitute] [--keep-fd N]... -- PROGRAM [ARG...]
+  exec: `exec --name NAME --memory SIZE [--device ADDR]... [--request-id ID] [--no-substitute] [--keep-fd N]... -- PROGRAM [ARG...]
     Open for iommufdctl's own process, then execve PROGRAM (found on PATH) in its place: same
     pid, so the lease and the limit apply to PROGRAM. Every {iommufd} in PROGRAM's arguments
     becomes the FD number, e.g.
@@ -40,15 +40,22 @@ export const COMMAND_HELP: Readonly<Record<Topic, string>> = {
     Some argument must contain {iommufd} unless --no-substitute is given. The FD number and the
     lease id are also in $IOMMUFD_BROKER_FD and $IOMMUFD_BROKER_LEASE. PROGRAM inherits stdin,
     stdout, stderr and the FD; other fds iommufdctl inherited (a tap device, say) only when
-    named with --keep-fd N (repeatable). Before the execve one line on stderr names the lease and
+    named with --keep-fd N (repeatable). --device ADDR (repeatable, a PCI address such as
+    0000:00:03.0 or 00:03.0) also asks the broker for that VFIO device's cdev, if its policy
+    gives it to you; every {vfio:ADDR} becomes that fd's number, and each device needs one:
+      -device vfio-pci,iommufd=iommufd0,fd={vfio:0000:00:03.0}
+    ($IOMMUFD_BROKER_DEVICE_FDS lists them as ADDR=FD,...). Before the execve one line on stderr names the lease and
     its limit: QEMU's own "vfio_container_dma_map(...) = -12 (Cannot allocate memory)" or "DMA
     mapping failed" names neither, and means that limit was reached (resize the lease).`,
-  pass: `pass --qmp SOCKET --fdname NAME --name NAME (--memory SIZE | --size-from-qmp) [--target-pid PID] [--request-id ID]
+  pass: `pass --qmp SOCKET --fdname NAME --name NAME (--memory SIZE | --size-from-qmp) [--device ADDR]... [--target-pid PID] [--request-id ID]
     Open for a running (or -S paused) QEMU and hand it the FD over its QMP socket (QMP getfd
     NAME); QEMU then takes it as fd=NAME, e.g. QMP object-add
     {"qom-type":"iommufd","id":"iommufd0","fd":"NAME"}. The target is the process at the other
     end of the QMP socket unless --target-pid names it. If QEMU refuses the FD, the lease is
     released again. With --size-from-qmp the memory size is what that QEMU will pin ('measure').
+    --device ADDR (repeatable) also opens that VFIO device and hands it over as getfd
+    vfio-ADDR (e.g. vfio-0000:00:03.0), for QMP device_add
+    {"driver":"vfio-pci","iommufd":"iommufd0","fd":"vfio-0000:00:03.0","bus":"rp1"}.
     Who may pass to whose QEMU: the target is another process than iommufdctl, and only a
     manager (policy [managers], root by default) may Open for another process, even one running
     as the caller's own uid; anyone else is refused with PermissionDenied (target-not-self).

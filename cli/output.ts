@@ -43,6 +43,7 @@ export function formatLease(lease: Lease): string {
   ];
   if (lease.requestId !== undefined) lines.push(['request id', printable(lease.requestId)]);
   if (lease.releasedAt !== undefined) lines.push(['released', `${printable(lease.releasedAt)} (charged until pid ${lease.pid} exits)`]);
+  for (const d of lease.devices ?? []) lines.push(['vfio device', `${d.address} (/dev/vfio/devices/${d.cdev}, held until pid ${lease.pid} exits)`]);
   if (lease.pinnedBytes !== undefined || lease.lockedBytes !== undefined) {
     lines.push(['in use', `${size(lease.pinnedBytes)} pinned, ${size(lease.lockedBytes)} locked`]);
   }
@@ -87,6 +88,7 @@ export function formatStatus(status: Status, leases?: readonly Lease[]): string 
     ['budget', `${formatSizeApprox(budget.usedBytes)} used of ${formatSizeApprox(budget.totalBytes)} (${formatSizeApprox(budget.freeBytes)} free)`],
     ['budget use', budgetBar(budget)],
     ['leases', String(status.leases)],
+    ...(status.devicesHeld === undefined ? [] : [['vfio devices', `${status.devicesHeld} held by leases`] as [string, string]]),
     ['overhead', `${formatSize(status.overheadBytes)} per lease`],
     ['journal', journalState(status.journal)],
   ]);

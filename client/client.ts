@@ -7,9 +7,10 @@
 //   schemas before anyone sees it.
 // - fd ownership: the socket belongs to the UnixConnection, which belongs to this client until
 //   close(). An fd that arrives with a reply belongs to the FrameDecoder until its frame is
-//   complete, then to decodeReply's result: the one fd an Open reply refers to goes to the
-//   caller of open(), every other fd is closed here, as are fds held by the decoder when the
-//   connection ends. A caller's targetPidFd is never taken: open() sends a dup of it.
+//   complete, then to decodeReply's result: the fds an Open reply refers to (the iommufd and
+//   one per requested VFIO device) go to the caller of open(), every other fd is closed here,
+//   as are fds held by the decoder when the connection ends. An Open reply whose devices are
+//   not exactly the ones asked for, in order, is a ProtocolViolation and all its fds are closed. A caller's targetPidFd is never taken: open() sends a dup of it.
 // - Every call is bounded by a timeout. A timeout, a protocol violation, a framing error, EOF,
 //   or a socket error ends the connection: every pending call rejects (with a reason naming
 //   what happened), and every later call rejects at once with the same failure.
@@ -26,6 +27,7 @@ import { decodeReply, encodeCall } from '../protocol/reply.ts';
 import { BrokerClientError, unreachableAdvice, VarlinkServiceError } from './errors.ts';
 import { DEFAULT_SOCKET } from '../protocol/address.ts';
 import { DEFAULT_CALL_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS } from './defaults.ts';
+import { canonicalPciAddress } from '../shared/pci-address.ts';
 
 export interface CallOptions {
   /** Milliseconds to wait for the reply; on expiry the call rejects (Timeout) and the connection closes. */
@@ -49,12 +51,19 @@ export interface OpenRequest {
   targetPidFd?: number;
   /** Makes a retried Open idempotent (DuplicateRequest names the lease it made). */
   requestId?: string;
+  /**
+   * VFIO devices to open for the VM, by PCI address (`0000:00:03.0`, or `00:03.0` for domain
+   * 0000; sent canonical). Their fds come back in `devices`.
+   */
+  devices?: readonly string[];
 }
 
 export interface OpenedLease {
   lease: Lease;
   /** The iommufd FD, close-on-exec; the caller owns it. */
   fd: number;
+  /** One per requested VFIO device, in the order asked (canonical address); close-on-exec fds the caller owns. */
+  devices: { address: string; fd: number }[];
 }
 
 export type GetInfoReply = ReplyOf<'org.varlink.service.GetInfo'>;
@@ -62,6 +71,8 @@ export type GetInfoReply = ReplyOf<'org.varlink.service.GetInfo'>;
 interface Accepted<Q extends QualifiedMethod> {
   parameters: ReplyOf<Q>;
   fd: number | undefined;
+  /** Every fd of the reply, by index (`fd` among them): the caller's. */
+  fds: number[];
 }
 
 interface PendingCall {
@@ -139,6 +150,11 @@ export class BrokerClient {
 
   /** Asks for an iommufd FD and a lease limiting the target's RLIMIT_MEMLOCK to the VM's size. */
   async open(request: OpenRequest, options: CallOptions = {}): Promise<OpenedLease> {
+    const devices = (request.devices ?? []).map((typed) => {
+      const address = canonicalPciAddress(typed);
+      if (address === undefined) throw new TypeError(`not a PCI address: ${JSON.stringify(typed)} (DDDD:BB:DD.F or BB:DD.F)`);
+      return address;
+    });
     const fds: number[] = [];
     if (request.targetPidFd !== undefined) {
       if (!Number.isInteger(request.targetPidFd) || request.targetPidFd < 0) {
@@ -151,15 +167,24 @@ export class BrokerClient {
       memoryBytes: request.memoryBytes,
       ...(fds.length > 0 ? { targetPidFileDescriptor: 0 } : {}),
       ...(request.requestId === undefined ? {} : { requestId: request.requestId }),
+      ...(devices.length === 0 ? {} : { devices }),
     };
     const reply = await this.#call('io.iommufd.Broker.Open', parameters, fds, options);
-    if (reply.fd === undefined) {
+    const listed = reply.parameters.devices ?? [];
+    const violation = reply.fd === undefined
       // decodeReply refuses an Open reply without its fd; this guards the type only.
-      const error = new BrokerClientError('ProtocolViolation', this.socketPath, 'the Open reply carried no file descriptor');
+      ? 'the Open reply carried no file descriptor'
+      : listed.length !== devices.length || listed.some((d, i) => d.address !== devices[i])
+        ? `the Open reply's devices (${listed.map((d) => d.address).join(', ') || 'none'}) are not the ones asked for (${devices.join(', ') || 'none'})`
+        : undefined;
+    if (violation !== undefined || reply.fd === undefined) {
+      closeAll(reply.fds);
+      const error = new BrokerClientError('ProtocolViolation', this.socketPath, violation ?? '');
       this.#fail(error);
       throw error;
     }
-    return { lease: reply.parameters.lease, fd: reply.fd };
+    // decodeReply checked every index against the reply's fds.
+    return { lease: reply.parameters.lease, fd: reply.fd, devices: listed.map((d) => ({ address: d.address, fd: reply.fds[d.fileDescriptor] as number })) };
   }
 
   /** Changes a lease's memory size (raise before hotplug, lower after unplug). */
@@ -237,7 +262,7 @@ export class BrokerClient {
           const decoded = decodeReply(frame, method);
           switch (decoded.kind) {
             case 'reply':
-              resolve({ parameters: decoded.parameters, fd: decoded.fd });
+              resolve({ parameters: decoded.parameters, fd: decoded.fd, fds: decoded.fds });
               return;
             case 'broker-error':
               closeAll(decoded.fdsToClose);

@@ -19,3 +19,4 @@ export { estimatePinned, measurePinned, PINNED_MARGIN_BYTES, SizingError, type P
 export { BrokerError, type BrokerErrorName, type BrokerErrorParameters } from '../protocol/errors.ts';
 export type { Lease, Status } from '../protocol/methods.ts';
 export { formatSize, parseSize } from '../shared/sizes.ts';
+export { canonicalPciAddress } from '../shared/pci-address.ts';

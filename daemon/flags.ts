@@ -3,6 +3,8 @@
 //
 // Invariants:
 // - Unknown flags and positionals are errors (UsageError), never ignored.
+// - --vfio-root (a fake sysfs and /dev tree for VFIO devices) is accepted only with
+//   --device simulated, which is itself refused under systemd (shell/device.ts).
 // - Sizes (--overhead/--budget) stay text here; config.ts parses them with the policy file so
 //   one place says what a size may look like.
 import { parseArgs } from 'node:util';
@@ -33,6 +35,8 @@ export const USAGE = `usage: iommufd-brokerd [options]
   --state-dir DIR      where the lease journal lives (default ${DEFAULT_STATE_DIR})
   --config FILE        policy file, TOML or JSON (default: built-in policy, see docs/CONFIG.md)
   --device PATH        the iommufd device (default ${DEFAULT_DEVICE}), or "simulated" for tests
+  --vfio-root DIR      only with --device simulated: look VFIO devices up in DIR/sys/bus/pci/devices
+                       and DIR/dev/vfio/devices (a test's fake tree) instead of the host's
   --overhead SIZE      limit = VM memory + overhead (default 1G, like libvirt); overrides the file
   --budget SIZE        host-wide sum of limits (default MemTotal minus a reserve); overrides the file
   --idle-timeout SECS  close a client connection idle this long with nothing in flight (default ${DEFAULT_IDLE_TIMEOUT_SECONDS}, 0 = never)
@@ -56,6 +60,8 @@ export interface Flags {
   readonly stateDir: string;
   readonly config: string | undefined;
   readonly device: string;
+  /** The simulated world's VFIO tree (undefined: the host's sysfs and /dev). */
+  readonly vfioRoot: string | undefined;
   readonly overhead: string | undefined;
   readonly budget: string | undefined;
   readonly logLevel: string;
@@ -76,7 +82,7 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
       args: [...argv], strict: true, allowPositionals: false,
       options: {
         socket: { type: 'string' }, 'admin-socket': { type: 'string' }, 'socket-mode': { type: 'string' },
-        'state-dir': { type: 'string' }, config: { type: 'string' }, device: { type: 'string' },
+        'state-dir': { type: 'string' }, config: { type: 'string' }, device: { type: 'string' }, 'vfio-root': { type: 'string' },
         overhead: { type: 'string' }, budget: { type: 'string' }, 'log-level': { type: 'string' },
         'idle-timeout': { type: 'string' }, 'frame-timeout': { type: 'string' },
         'max-connections': { type: 'string' }, 'max-connections-per-uid': { type: 'string' },
@@ -99,13 +105,19 @@ export function parseFlags(argv: readonly string[]): Readonly<Flags> {
   if (reservedConnections >= maxConnections) {
     throw new UsageError(`--reserved-connections (${reservedConnections}) must be less than --max-connections (${maxConnections}), or no client but a manager could connect`);
   }
+  const device = values.device ?? DEFAULT_DEVICE;
+  const vfioRoot = values['vfio-root'];
+  if (vfioRoot !== undefined && device !== 'simulated') {
+    throw new UsageError('--vfio-root is for tests only and needs --device simulated: a real broker opens VFIO devices only through the host\'s sysfs and /dev');
+  }
   return Object.freeze({
     socket: values.socket ?? DEFAULT_SOCKET,
     adminSocket: values['admin-socket'],
     socketMode: parseInt(modeText, 8),
     stateDir: values['state-dir'] ?? DEFAULT_STATE_DIR,
     config: values.config,
-    device: values.device ?? DEFAULT_DEVICE,
+    device,
+    vfioRoot,
     overhead: values.overhead,
     budget: values.budget,
     logLevel,

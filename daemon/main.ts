@@ -24,6 +24,7 @@ import { formatSizeApprox } from '../shared/sizes.ts';
 import { ADMIN_SOCKET_MODE, LISTEN_BACKLOG, parseFlags, USAGE, type Flags } from './flags.ts';
 import { ADMIN_SOCKET_NAME, BROKER_SOCKET_NAME, listenFdsFromEnv, SOCKET_NAMES } from './shell/systemd/activation.ts';
 import { createDevice, assertDeviceAllowed, SIMULATED } from './shell/device.ts';
+import { HOST_VFIO_ROOTS, vfioRootsUnder } from './shell/vfio/resolve.ts';
 import { loadPolicy } from './shell/config.ts';
 import { LeaseJournal } from './shell/journal/journal.ts';
 import { Notifier } from './shell/systemd/notify.ts';
@@ -105,6 +106,10 @@ export async function main(argv: string[]): Promise<void> {
 
   const device = createDevice(flags.device);
   announceDevice(log, device);
+  const vfio = flags.vfioRoot === undefined ? HOST_VFIO_ROOTS : vfioRootsUnder(flags.vfioRoot);
+  if (flags.vfioRoot !== undefined) {
+    log.warn({ vfio }, 'SIMULATED VFIO DEVICES: devices are looked up in a fake tree, not the host\'s sysfs and /dev. Tests only.');
+  }
   const haveSysResource = ownCapabilities().sysResource;
   if (!haveSysResource) {
     log.warn('running without CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids; raises will fail with KernelRefused (EPERM)');
@@ -118,7 +123,7 @@ export async function main(argv: string[]): Promise<void> {
     const { journal } = opened;
     // The notifier hears about every lease change, so systemctl status shows the current summary.
     service = new BrokerService({
-      policy, device, journal, log, haveSysResource, version: version(),
+      policy, device, journal, log, haveSysResource, version: version(), vfio,
       onLeasesChanged: () => notifier.status(summary(service)),
       fatal: (err, why) => {
         log.fatal({ err }, `giving up: ${why}; exiting for a restart that replays the journal`);

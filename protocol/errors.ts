@@ -24,6 +24,13 @@ export const brokerErrorParameters = {
   TargetBypassesAccounting: z.object({ pid: z.number().int(), capability: z.string(), set: z.string(), reason: z.string() }),
   DuplicateRequest: z.object({ requestId: z.string(), lease: z.string() }),
   DeviceUnavailable: z.object({ device: z.string(), reason: z.string(), errno: z.string().optional() }),
+  /**
+   * A requested PCI address is not a VFIO cdev-bound device: `found` says what the broker saw
+   * ('absent', 'not-vfio-pci', 'no-vfio-cdev', 'not-a-vfio-cdev').
+   */
+  NoSuchDevice: z.object({ address: z.string(), found: z.string(), reason: z.string() }),
+  /** A requested device is held by another live lease (released ones hold theirs until the target exits). */
+  DeviceBusy: z.object({ address: z.string(), lease: z.string() }),
   KernelRefused: z.object({ operation: z.string(), errno: z.string(), reason: z.string() }),
   ShuttingDown: z.object({ reason: z.string() }),
   /** The lease journal cannot make records durable (e.g. a full disk); `since` is ISO 8601. */

@@ -54,13 +54,18 @@ type Lease (
   # When the lease was released (ISO 8601, UTC); absent while it is not. A released lease
   # can no longer be resized, but stays charged to the budget and its owner until its
   # target exits: the target keeps its fd and its limit, and may still pin up to it.
-  releasedAt: ?string
+  releasedAt: ?string,
+  # The VFIO devices the lease holds (absent: none), in the order Open named them: each
+  # one's PCI address (DDDD:BB:DD.F) and the cdev under /dev/vfio/devices the broker opened.
+  # A device stays held until the lease's target exits, released or not.
+  devices: ?[](address: string, cdev: string)
 )
 
 # Opens a new iommufd fd for a VM and limits the target's RLIMIT_MEMLOCK.
 # The target is the caller itself, or (managers only) the process of the pidfd sent with
-# the call and named by targetPidFileDescriptor. The reply carries one fd: the iommufd,
-# referenced by fileDescriptor. One lease per target process.
+# the call and named by targetPidFileDescriptor. The reply carries the iommufd, referenced
+# by fileDescriptor, and one fd per requested VFIO device, all in the same message. One
+# lease per target process.
 method Open(
   # The VM name: 1-128 of [A-Za-z0-9._:@+-], starting alphanumeric.
   name: string,
@@ -70,11 +75,18 @@ method Open(
   targetPidFileDescriptor: ?int,
   # An idempotency key (1-128 chars): the same owner repeating it while that lease lives
   # gets DuplicateRequest naming the lease.
-  requestId: ?string
+  requestId: ?string,
+  # VFIO devices to open for the VM: 1-8 distinct PCI addresses, DDDD:BB:DD.F in lowercase
+  # hex. Each must be given to this caller or VM by the policy's [[devices]], be bound to
+  # vfio-pci with a VFIO cdev, and be held by no other live lease.
+  devices: ?[]string
 ) -> (
   lease: Lease,
   # Index of the iommufd among the fds of this reply (always 0).
-  fileDescriptor: int
+  fileDescriptor: int,
+  # Present when devices were asked for: each device's address and the index of its
+  # /dev/vfio/devices/vfioN fd among the fds of this reply, in the order asked.
+  devices: ?[](address: string, fileDescriptor: int)
 )
 
 # Changes a lease's memory size and the target's limit with it: raise before memory
@@ -142,6 +154,8 @@ method Status() -> (
   budget: (totalBytes: int, usedBytes: int, freeBytes: int, releasedBytes: int),
   # How many leases are live.
   leases: int,
+  # How many VFIO devices live leases hold (released ones included).
+  devicesHeld: ?int,
   # What the broker adds to memoryBytes before rounding to the page size.
   overheadBytes: int,
   # Whether lease changes can be made durable; while not, since when (ISO 8601) and why.
@@ -176,6 +190,13 @@ error DuplicateRequest (requestId: string, lease: string)
 
 # The iommufd device cannot be opened or prepared; errno is its symbolic name.
 error DeviceUnavailable (device: string, reason: string, errno: ?string)
+
+# A requested PCI address is not a device bound to vfio-pci with a VFIO cdev. found says
+# what the broker saw: absent, not-vfio-pci, no-vfio-cdev or not-a-vfio-cdev.
+error NoSuchDevice (address: string, found: string, reason: string)
+
+# A requested VFIO device is held by another live lease (until that lease's target exits).
+error DeviceBusy (address: string, lease: string)
 
 # The kernel refused an operation (prlimit, ioctl, ...); errno is its symbolic name.
 error KernelRefused (operation: string, errno: string, reason: string)

@@ -84,6 +84,14 @@ export const replyFdParameter: Readonly<Partial<Record<QualifiedMethod, string>>
   'io.iommufd.Broker.Open': 'fileDescriptor',
 };
 
+/**
+ * The reply parameter that lists further fd references, per method: an array of objects each
+ * with a `fileDescriptor` index (Open: `devices`, one VFIO device fd each).
+ */
+export const replyFdListParameter: Readonly<Partial<Record<QualifiedMethod, string>>> = {
+  'io.iommufd.Broker.Open': 'devices',
+};
+
 export type ErrorLookup =
   | { found: true; kind: 'broker'; name: BrokerErrorName; schema: z.ZodType }
   | { found: true; kind: 'service'; name: ServiceErrorName; schema: z.ZodType }

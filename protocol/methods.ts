@@ -35,6 +35,17 @@ export const DEFAULT_LIST_LIMIT = 1000;
  * cursor that matches names a safe integer (years 0000-9999 need at most 15).
  */
 export const LIST_CURSOR_PATTERN = /^-?[0-9]{1,15}\/l-[0-9a-f]{16}$/;
+/**
+ * A PCI address as the wire carries it: canonical `DDDD:BB:DD.F`, lowercase hex (domain,
+ * bus, device 00-1f, function 0-7), exactly as sysfs names it under /sys/bus/pci/devices.
+ * One spelling only, so that "no duplicates" and the policy's allowlist compare exactly;
+ * iommufdctl accepts the short `BB:DD.F` (domain 0000) and uppercase, and sends this form.
+ */
+export const PCI_ADDRESS_PATTERN = /^[0-9a-f]{4}:[0-9a-f]{2}:[01][0-9a-f]\.[0-7]$/;
+/** Most VFIO devices one Open may ask for (and one lease may hold). */
+export const MAX_DEVICES_PER_LEASE = 8;
+/** A VFIO device cdev's name under /dev/vfio/devices, as sysfs lists it in vfio-dev/. */
+export const VFIO_CDEV_PATTERN = /^vfio[0-9]{1,10}$/;
 
 const byteCount = z.number().int().min(0).max(MAX_BYTES);
 const positiveBytes = z.number().int().min(1).max(MAX_BYTES);
@@ -43,6 +54,16 @@ const leaseId = z.string().regex(LEASE_ID_PATTERN, 'a lease id looks like l-0123
 const vmName = z.string().regex(NAME_PATTERN, 'names are 1-128 chars of [A-Za-z0-9._:@+-], starting alphanumeric');
 const requestId = z.string().min(1).max(MAX_REQUEST_ID_LENGTH);
 const listCursor = z.string().regex(LIST_CURSOR_PATTERN, 'a cursor is the `next` of an earlier List reply, passed back unchanged');
+const pciAddress = z.string().regex(PCI_ADDRESS_PATTERN, 'a PCI address is DDDD:BB:DD.F in lowercase hex, e.g. 0000:00:03.0');
+/** Open's devices: 1-8 distinct canonical PCI addresses (the one input check for them). */
+const deviceAddresses = z.array(pciAddress).min(1).max(MAX_DEVICES_PER_LEASE)
+  .refine((list) => new Set(list).size === list.length, 'each device may be named only once');
+/** A device a lease holds: its PCI address and the vfio cdev the broker opened for it. */
+export const LeaseDevice = z.object({
+  address: pciAddress,
+  cdev: z.string().regex(VFIO_CDEV_PATTERN, 'a vfio cdev name is vfio followed by its number'),
+}).strict();
+export type LeaseDevice = z.infer<typeof LeaseDevice>;
 
 export const deviceKinds = ['iommufd', 'simulated'] as const;
 export const accountingModes = ['process', 'none'] as const;
@@ -69,6 +90,8 @@ export const Lease = z.object({
   lockedBytes: byteCount.optional(),
   /** When the lease was released; it stays charged until its target exits (absent: not released). */
   releasedAt: z.string().optional(),
+  /** The VFIO devices this lease holds, in the order Open named them (absent: none). */
+  devices: z.array(LeaseDevice).min(1).max(MAX_DEVICES_PER_LEASE).optional(),
 }).strict();
 export type Lease = z.infer<typeof Lease>;
 
@@ -89,6 +112,8 @@ export const Status = z.object({
   }).strict(),
   budget: z.object({ totalBytes: byteCount, usedBytes: byteCount, freeBytes: byteCount, releasedBytes: byteCount }).strict(),
   leases: z.number().int().nonnegative(),
+  /** VFIO devices held by live leases, released ones included (absent from older brokers). */
+  devicesHeld: z.number().int().nonnegative().optional(),
   overheadBytes: byteCount,
   /** Whether lease changes can be made durable; while not, since when and why (absent from older brokers). */
   journal: z.object({
@@ -106,8 +131,16 @@ export const brokerMethods = {
       memoryBytes: positiveBytes,
       targetPidFileDescriptor: fdIndex.optional(),
       requestId: requestId.optional(),
+      /** VFIO devices to open for this VM, by PCI address; their fds come with the iommufd. */
+      devices: deviceAddresses.optional(),
     }).strict(),
-    reply: z.object({ lease: Lease, fileDescriptor: fdIndex }).strict(),
+    reply: z.object({
+      lease: Lease,
+      fileDescriptor: fdIndex,
+      /** One per requested device, in the order asked: its fd's index among the reply's fds (absent: none asked). */
+      devices: z.array(z.object({ address: pciAddress, fileDescriptor: fdIndex }).strict())
+        .min(1).max(MAX_DEVICES_PER_LEASE).optional(),
+    }).strict(),
     /** How many fds a call may carry. */
     maxFds: 1,
   },

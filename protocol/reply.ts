@@ -4,20 +4,21 @@
 // Invariants:
 // - decodeReply never throws. A reply is accepted only if it is strict UTF-8 JSON in the Varlink
 //   reply shape, its parameters pass the method's strict reply schema, and its fds are exactly
-//   the ones its fd parameter refers to (Open: one, at `fileDescriptor`); anything else is
+//   the ones its fd parameters refer to, each once (Open: the iommufd at `fileDescriptor`, and
+//   one per entry of `devices`, at its `fileDescriptor`); anything else is
 //   `kind: 'invalid'` (the client reports a protocol violation and should close the connection).
 // - Error replies come back as values: a BrokerError for io.iommufd.Broker.* (parameters checked
 //   against errors.ts), the name and parameters for org.varlink.service.*. An error name outside
 //   the registries is invalid: we never invent meaning for a name we do not know.
-// - fd ownership: the frame's fds pass to the result: `fd` (accepted reply) is the caller's,
-//   every other result lists all of them in `fdsToClose`.
+// - fd ownership: the frame's fds pass to the result: `fd` and `fds` (accepted reply; `fd` is
+//   one of `fds`) are the caller's, every other result lists all of them in `fdsToClose`.
 // - `continues: true` is invalid: the broker never streams (see docs/PROTOCOL.md, `more`).
 import { z } from 'zod';
 import { BrokerError, type BrokerErrorName, type BrokerErrorParameters } from './errors.ts';
 import { encodeFrame, MAX_FRAME_BYTES, type Frame } from './framing.ts';
 import { firstProblem, parseJsonBytes } from './json-message.ts';
 import {
-  lookupError, lookupMethod, replyFdParameter,
+  lookupError, lookupMethod, replyFdListParameter, replyFdParameter,
   type ParametersOf, type QualifiedMethod, type QualifiedServiceError, type ReplyOf,
 } from './method-table.ts';
 
@@ -52,6 +53,8 @@ export type DecodedReply<Q extends QualifiedMethod> =
     parameters: ReplyOf<Q>;
     /** The fd the reply refers to (Open: `fileDescriptor`), owned by the caller; else undefined. */
     fd: number | undefined;
+    /** Every fd of the reply, by index (`fd` among them), owned by the caller. */
+    fds: number[];
   }
   | { kind: 'broker-error'; error: BrokerError; fdsToClose: number[] }
   | {
@@ -110,20 +113,30 @@ export function decodeReply<Q extends QualifiedMethod>(frame: Frame, method: Q):
     const problem = firstProblem(checked.error, parameters, []);
     return invalid(`the reply to ${method} does not match the protocol: ${describe(problem.path, problem.reason)}`);
   }
+  const data = checked.data as Record<string, unknown>;
   const fdParameter = replyFdParameter[found.qualified];
-  const index = fdParameter === undefined ? undefined : (checked.data as Record<string, unknown>)[fdParameter];
-  const expected = typeof index === 'number' ? 1 : 0;
-  if (typeof index === 'number' && index >= fds.length) {
-    return invalid(`the reply to ${method} refers to file descriptor index ${index}, but ${fds.length} arrived`);
+  const index = fdParameter === undefined ? undefined : data[fdParameter];
+  const referenced = typeof index === 'number' ? [index] : [];
+  const listParameter = replyFdListParameter[found.qualified];
+  const list = listParameter === undefined ? undefined : data[listParameter];
+  // The reply schema made every entry an object with an integer fileDescriptor.
+  if (Array.isArray(list)) for (const entry of list as { fileDescriptor: number }[]) referenced.push(entry.fileDescriptor);
+  const beyond = referenced.find((i) => i >= fds.length);
+  if (beyond !== undefined) {
+    return invalid(`the reply to ${method} refers to file descriptor index ${beyond}, but ${fds.length} arrived`);
   }
-  if (fds.length !== expected) {
-    return invalid(`the reply to ${method} carried ${fds.length} file descriptor(s); ${expected} expected`);
+  if (new Set(referenced).size !== referenced.length) {
+    return invalid(`the reply to ${method} refers to one file descriptor index twice`);
+  }
+  if (fds.length !== referenced.length) {
+    return invalid(`the reply to ${method} carried ${fds.length} file descriptor(s); ${referenced.length} expected`);
   }
   return {
     kind: 'reply',
     // Checked above by the reply schema of this very method.
     parameters: checked.data as ReplyOf<Q>,
     fd: typeof index === 'number' ? fds[index] : undefined,
+    fds,
   };
 }
 

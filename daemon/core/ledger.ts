@@ -24,6 +24,8 @@
 //   releasedBytes() is the part of usedBytes() held by released leases.
 // - Stored records are frozen copies: a caller mutating its object cannot change the ledger.
 // - At most one lease per target pid (released or not), and per (ownerUid, requestId).
+// - At most one lease per VFIO device address (released or not: a released lease's target
+//   still holds the device fd), and no address twice in one lease. devicesHeld() counts them.
 // - A released lease is never resized and never released twice (LedgerError).
 // - limitBytes >= memoryBytes for every lease (a lease never limits below the VM's RAM).
 // - The decisions (open-decision.ts, lease-decisions.ts) read the ledger; it imports nothing
@@ -33,6 +35,12 @@
 export interface PreviousLimit {
   readonly soft: number;
   readonly hard: number;
+}
+
+/** A VFIO device a lease holds: its PCI address and the cdev the broker opened (e.g. "vfio0"). */
+export interface HeldDevice {
+  readonly address: string;
+  readonly cdev: string;
 }
 
 /** One live lease, exactly as the journal stores it. */
@@ -54,6 +62,8 @@ export interface LeaseRecord {
   readonly previousLimit: PreviousLimit;
   /** When its owner or a manager released it; the bytes stay charged until the target exits. */
   readonly releasedAt?: string | undefined;
+  /** The VFIO devices handed out with it, in the order Open named them (absent or empty: none). */
+  readonly devices?: readonly HeldDevice[] | undefined;
 }
 
 /** What one owner uid holds right now. */
@@ -95,6 +105,7 @@ export class Ledger {
   readonly #byPid = new Map<number, string>();
   readonly #byRequest = new Map<string, string>();
   readonly #byOwner = new Map<number, OwnerUsage>();
+  readonly #byDevice = new Map<string, string>();
   #used = 0;
   #released = 0;
 
@@ -126,6 +137,12 @@ export class Ledger {
         throw new LedgerError(`lease ${id}: uid ${lease.ownerUid} already used requestId ${requestId} for lease ${other}`);
       }
     }
+    const devices = lease.devices ?? [];
+    devices.forEach((d, i) => {
+      const other = this.#byDevice.get(d.address);
+      if (other !== undefined) throw new LedgerError(`lease ${id}: device ${d.address} is held by lease ${other}`);
+      if (devices.findIndex((e) => e.address === d.address) !== i) throw new LedgerError(`lease ${id}: device ${d.address} named twice`);
+    });
     this.#checkTotal(id, lease.limitBytes);
 
     const record: LeaseRecord = Object.freeze({
@@ -141,8 +158,10 @@ export class Ledger {
       createdAt: lease.createdAt,
       previousLimit: Object.freeze({ soft: lease.previousLimit.soft, hard: lease.previousLimit.hard }),
       ...(lease.releasedAt === undefined ? {} : { releasedAt: lease.releasedAt }),
+      ...(devices.length === 0 ? {} : { devices: Object.freeze(devices.map((d) => Object.freeze({ address: d.address, cdev: d.cdev }))) }),
     });
     this.#leases.set(id, record);
+    for (const d of devices) this.#byDevice.set(d.address, id);
     this.#byPid.set(record.targetPid, id);
     if (requestId !== undefined) this.#byRequest.set(requestKey(record.ownerUid, requestId), id);
     this.#charge(record.ownerUid, 1, record.limitBytes);
@@ -184,6 +203,7 @@ export class Ledger {
     this.#leases.delete(id);
     this.#byPid.delete(old.targetPid);
     if (old.requestId !== undefined) this.#byRequest.delete(requestKey(old.ownerUid, old.requestId));
+    for (const d of old.devices ?? []) this.#byDevice.delete(d.address);
     this.#charge(old.ownerUid, -1, -old.limitBytes);
     return old;
   }
@@ -216,6 +236,17 @@ export class Ledger {
   byRequestId(ownerUid: number, requestId: string): LeaseRecord | undefined {
     const id = this.#byRequest.get(requestKey(ownerUid, requestId));
     return id === undefined ? undefined : this.#leases.get(id);
+  }
+
+  /** The lease holding this VFIO device (by PCI address), released or not, if any. */
+  byDevice(address: string): LeaseRecord | undefined {
+    const id = this.#byDevice.get(address);
+    return id === undefined ? undefined : this.#leases.get(id);
+  }
+
+  /** How many VFIO devices the leases in the ledger hold. */
+  devicesHeld(): number {
+    return this.#byDevice.size;
   }
 
   /** Live leases and their summed limitBytes charged to this owner uid. */

@@ -16,15 +16,18 @@
 //    3b. NoNewPrivs        TargetBypassesAccounting, set 'exec' (if policy.requireTargetNoNewPrivs)
 //     4. requestId         DuplicateRequest       same owner uid, same requestId, live lease
 //     5. one lease per pid TargetAlreadyLeased
-//     6. representable     LimitExceeded 'limit-representable'
-//     7. per-VM max        LimitExceeded 'per-vm-max'
-//     8. per-uid leases    LimitExceeded 'per-uid-leases'   (charged to the owner = peer uid)
-//     9. per-uid bytes     LimitExceeded 'per-uid-bytes'
-//    10. budget            BudgetExceeded
+//     6. VFIO devices      PermissionDenied 'device-not-allowed'  (device-decision.ts)
+//     7. VFIO devices      DeviceBusy             another lease holds one
+//     8. representable     LimitExceeded 'limit-representable'
+//     9. per-VM max        LimitExceeded 'per-vm-max'
+//    10. per-uid leases    LimitExceeded 'per-uid-leases'   (charged to the owner = peer uid)
+//    11. per-uid bytes     LimitExceeded 'per-uid-bytes'
+//    12. budget            BudgetExceeded
 // - A granted Open always fits every cap and the budget at the moment of the decision, so as
 //   long as the shell commits decisions in order, usedBytes never exceeds budgetBytes through
 //   an Open.
 import { BrokerError } from '../../protocol/errors.ts';
+import { checkDevices } from './device-decision.ts';
 import type { Ledger } from './ledger.ts';
 import { describePeer, isManager, mayOpen, type Peer, type Policy } from './policy.ts';
 import { checkBudget, checkOwnerBytes, checkOwnerLeaseCount, checkPerVmMax, limitFor } from './quota.ts';
@@ -56,6 +59,8 @@ export interface OpenRequest {
   readonly name: string;
   readonly memoryBytes: number;
   readonly requestId?: string | undefined;
+  /** VFIO devices asked for: canonical PCI addresses, distinct (absent or empty: none). */
+  readonly devices?: readonly string[] | undefined;
   /** The machine's page size (a power of two); the limit is rounded up to it. */
   readonly pageSize: number;
 }
@@ -126,6 +131,8 @@ export function decideOpen(policy: Policy, ledger: Ledger, request: OpenRequest)
   if (existing !== undefined) {
     return deny(new BrokerError('TargetAlreadyLeased', { pid: targetPid, lease: existing.id }));
   }
+  const devices = checkDevices(policy, ledger, { peer, manager, name: request.name, addresses: request.devices ?? [] });
+  if (devices !== undefined) return deny(devices);
 
   const sized = limitFor(policy, request.memoryBytes, request.pageSize);
   if ('error' in sized) return deny(sized.error);

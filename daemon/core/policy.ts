@@ -13,6 +13,8 @@
 // - Observers (e.g. a metrics scraper) may see every lease and read the admin API; they can
 //   change nothing. Every manager is an observer too.
 // - Byte fields are non-negative safe integers; null means "no cap".
+// - VFIO devices: none is given to anyone unless `devices` has an entry for its address (the
+//   stock policy has none). Who may have one is decided in device-decision.ts.
 
 /** 1 GiB: what libvirt adds to guest RAM for VFIO when it sizes RLIMIT_MEMLOCK. */
 export const DEFAULT_OVERHEAD_BYTES = 1024 * 1024 * 1024;
@@ -47,6 +49,20 @@ export interface Policy {
    * exec of a setuid-root or file-capability program can give it CAP_IPC_LOCK.
    */
   readonly requireTargetNoNewPrivs: boolean;
+  /** The VFIO devices the broker may hand out, and to whom (at most one entry per address). */
+  readonly devices: readonly DeviceGrant[];
+}
+
+/** One [[devices]] entry: a PCI address and who may have it (see device-decision.ts). */
+export interface DeviceGrant {
+  /** Canonical DDDD:BB:DD.F, lowercase (protocol/methods.ts PCI_ADDRESS_PATTERN). */
+  readonly address: string;
+  /** VM names a manager may open it for (a non-manager's own VM name is not trusted). */
+  readonly vms: readonly string[];
+  /** Uids that may have it, for themselves or (managers) for any VM. */
+  readonly users: readonly number[];
+  /** Gids whose members may have it. */
+  readonly groups: readonly number[];
 }
 
 /** The process on the other end of a connection, as the kernel vouches for it. */
@@ -61,7 +77,8 @@ export interface Peer {
 
 /**
  * The policy with no config file: anyone may Open for itself, uid 0 is the only manager,
- * no per-VM or per-uid caps, 1 GiB overhead, CAP_IPC_LOCK targets refused, NoNewPrivs not required.
+ * no per-VM or per-uid caps, 1 GiB overhead, CAP_IPC_LOCK targets refused, NoNewPrivs not required,
+ * no VFIO devices.
  * Throws RangeError unless budgetBytes is a non-negative safe integer.
  */
 export function defaultPolicy(budgetBytes: number): Policy {
@@ -82,11 +99,12 @@ export function defaultPolicy(budgetBytes: number): Policy {
     budgetBytes,
     allowTargetsWithIpcLock: false,
     requireTargetNoNewPrivs: false,
+    devices: Object.freeze([]),
   });
 }
 
 /** True if the peer's gid or any supplementary group is in `gids`. */
-function inAnyGroup(peer: Peer, gids: readonly number[]): boolean {
+export function inAnyGroup(peer: Peer, gids: readonly number[]): boolean {
   return gids.includes(peer.gid) || peer.groups.some((g) => gids.includes(g));
 }
 

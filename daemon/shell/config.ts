@@ -15,13 +15,18 @@
 //   uid; only an absent [open] means "any user". [managers] likewise (absent: uid 0 only).
 // - Flags win over the file. Without a budget anywhere: MemTotal minus a reserve (the file's
 //   limits.reserve, else max(1 GiB, 10 % of MemTotal)).
+// - [[devices]]: each entry names one canonical PCI address (the wire's PCI_ADDRESS_PATTERN,
+//   so an entry can never name a device no Open could ask for) at most once, and who may have
+//   it (users, groups, vms); an entry that gives its device to no one is refused as a mistake.
+//   No [[devices]]: no VFIO device is handed out.
 // - Fds: the config file's fd is opened, read and closed inside readPolicyFile().
 import { closeSync, constants, fstatSync, openSync, readFileSync } from 'node:fs';
 import { extname } from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { z } from 'zod';
 import { parseSize } from '../../shared/sizes.ts';
-import { DEFAULT_OVERHEAD_BYTES, type Policy } from '../core/policy.ts';
+import { NAME_PATTERN, PCI_ADDRESS_PATTERN } from '../../protocol/methods.ts';
+import { DEFAULT_OVERHEAD_BYTES, type DeviceGrant, type Policy } from '../core/policy.ts';
 import { AccountFiles } from './accounts.ts';
 
 const GiB = 1024 ** 3;
@@ -65,10 +70,15 @@ const tables = {
     perUidBytes: size.optional(), budget: size.optional(), reserve: size.optional(),
   }).strict(),
   targets: z.object({ allowIpcLock: z.boolean().optional(), requireNoNewPrivs: z.boolean().optional() }).strict(),
+  devices: z.object({
+    address: z.string().regex(PCI_ADDRESS_PATTERN, 'not a canonical PCI address'),
+    vms: z.array(z.string().regex(NAME_PATTERN, 'not a VM name')).optional(),
+    users: principals.optional(), groups: principals.optional(),
+  }).strict(),
 } as const;
 const PolicyFile = z.object({
   open: tables.open.optional(), managers: tables.managers.optional(), observers: tables.observers.optional(),
-  limits: tables.limits.optional(), targets: tables.targets.optional(),
+  limits: tables.limits.optional(), targets: tables.targets.optional(), devices: z.array(tables.devices).optional(),
 }).strict();
 type PolicyFile = z.infer<typeof PolicyFile>;
 
@@ -84,6 +94,10 @@ const KEY_HELP: Readonly<Record<string, string>> = {
   'limits.budget': SIZE_HELP, 'limits.reserve': SIZE_HELP,
   'limits.perUidLeases': 'a whole number >= 1', 'targets.allowIpcLock': 'true or false',
   'targets.requireNoNewPrivs': 'true or false',
+  devices: 'an array of tables ([[devices]]) with the keys address, vms, users, groups',
+  'devices.address': 'a PCI address as sysfs names it, DDDD:BB:DD.F in lowercase hex, e.g. "0000:00:03.0"',
+  'devices.vms': 'a list of VM names, e.g. ["vm1"]',
+  'devices.users': USERS_HELP, 'devices.groups': GROUPS_HELP,
 };
 
 /** The keys of a table ('' = the top level: the table names). */
@@ -174,6 +188,30 @@ function ids(list: readonly (string | number)[], resolve: (name: string) => numb
   return Object.freeze(out);
 }
 
+/** The [[devices]] entries, resolved to ids and frozen; one entry per address, each giving its device to someone. */
+function deviceGrants(
+  entries: PolicyFile['devices'], uid: (n: string) => number, gid: (n: string) => number, source: string,
+): readonly DeviceGrant[] {
+  const out: DeviceGrant[] = [];
+  for (const [i, entry] of (entries ?? []).entries()) {
+    const key = `devices.${i}`;
+    if (out.some((d) => d.address === entry.address)) {
+      throw new PolicyError(source, `${key}.address`, `${entry.address} has two [[devices]] entries: merge them into one`);
+    }
+    const grant: DeviceGrant = Object.freeze({
+      address: entry.address,
+      vms: Object.freeze([...new Set(entry.vms ?? [])]),
+      users: ids(entry.users ?? [], uid, source, `${key}.users`),
+      groups: ids(entry.groups ?? [], gid, source, `${key}.groups`),
+    });
+    if (grant.vms.length + grant.users.length + grant.groups.length === 0) {
+      throw new PolicyError(source, key, `the entry for ${entry.address} gives it to no one: list vms, users or groups`);
+    }
+    out.push(grant);
+  }
+  return Object.freeze(out);
+}
+
 /** The reserve kept for the host when no budget is given: max(1 GiB, 10 % of MemTotal). */
 export function defaultReserveBytes(memTotalBytes: number): number {
   return Math.max(MIN_DEFAULT_RESERVE_BYTES, Math.floor((memTotalBytes * DEFAULT_RESERVE_PERCENT) / 100));
@@ -233,5 +271,6 @@ export function loadPolicy(options: LoadPolicyOptions): Readonly<Policy> {
     budgetBytes,
     allowTargetsWithIpcLock: file.targets?.allowIpcLock ?? false,
     requireTargetNoNewPrivs: file.targets?.requireNoNewPrivs ?? false,
+    devices: deviceGrants(file.devices, uid, gid, source),
   } satisfies Policy);
 }

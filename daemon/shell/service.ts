@@ -23,9 +23,13 @@
 //   (deps.fatal: exit 1, systemd restarts it and replays) only if ending an exited target's
 //   lease throws, a bug after which only a replay can settle what the broker holds.
 // - restore() validates the leases it will re-adopt (journal/guard.ts) before touching any limit.
+// - VFIO devices (Open's `devices`): the core decides who may have them and that no other lease
+//   holds them; only then are they resolved and opened (vfio/resolve.ts), before the plan runs,
+//   in the same synchronous step as the decision, and recorded in the lease (ledger, journal).
+//   A device is held until its lease's target exits, released or not.
 // - fd ownership: a target pidfd belongs to the call until the lease is granted, then to
-//   TargetWatch. The device fd returned by open() belongs to the caller (the server sends and
-//   closes it).
+//   TargetWatch. The iommufd and the VFIO device fds opened by open() belong to the call until
+//   it returns them (the server sends and closes them); a failed open() closes them all.
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
@@ -39,6 +43,7 @@ import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease
 import type { Policy } from '../core/policy.ts';
 import { callerExited } from '../core/open-decision.ts';
 import type { Device } from './device.ts';
+import { HOST_VFIO_ROOTS, openDevices, type OpenedDevice, type VfioRoots } from './vfio/resolve.ts';
 import type { LeaseJournal } from './journal/journal.ts';
 import { checkRestorable, durable, journalReady } from './journal/guard.ts';
 import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
@@ -57,11 +62,20 @@ export interface ServiceDeps {
   log: Logger;
   haveSysResource: boolean;
   version: string;
+  /** Where VFIO devices are looked up (default the host's sysfs and /dev; a fake tree only when simulated). */
+  vfio?: VfioRoots;
   now?: () => Date;
   /** Called after every grant, resize and release (e.g. to update systemd's STATUS=). */
   onLeasesChanged?: () => void;
   /** The broker can no longer vouch for its state (see the module comment): log and exit non-zero. */
   fatal?: (err: unknown, why: string) => void;
+}
+
+/** What a granted Open hands back: the lease, the iommufd and one fd per VFIO device asked for (all the caller's). */
+export interface OpenResult {
+  lease: Lease;
+  fd: number;
+  devices: { address: string; fd: number }[];
 }
 
 export class BrokerService {
@@ -117,12 +131,13 @@ export class BrokerService {
     return { adopted, dropped };
   }
 
-  async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<{ lease: Lease; fd: number }> {
+  async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<OpenResult> {
     // usage: read with the target's identity (one /proc read less per Open); not kept.
     const { usage, ...target } = describeTarget(targetPidFd ?? this.#selfPidfd(peer, p));
     // owner of target.pidfd: this call, until #targets.watch takes it
     const id = `l-${randomBytes(8).toString('hex')}`;
     let deviceFd: number | undefined; // owner: this call, until it is returned for the reply
+    let vfio: OpenedDevice[] = []; // owner of their fds: this call, until they are returned for the reply
     let watched = false;
     try {
       // Who the caller is, judged from pidfds right before the decision, never from pids: the
@@ -130,17 +145,19 @@ export class BrokerService {
       const decision = decideOpen(this.#policy, this.#ledger, {
         peer, peerAlive: peerIsAlive(peer), targetIsPeer: isPeerProcess(peer, target.pidfd),
         targetPid: target.pid, targetUid: target.uid, targetIpcLockSet: target.ipcLockSet, targetNoNewPrivs: target.noNewPrivs,
-        name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize,
+        name: p.name, memoryBytes: p.memoryBytes, pageSize: this.#pageSize, devices: p.devices,
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
       });
       if (!decision.ok) throw decision.error;
       journalReady(this.deps.journal);
       deviceFd = this.deps.device.openForLease();
+      vfio = openDevices(this.deps.vfio ?? HOST_VFIO_ROOTS, p.devices ?? []);
       const record: LeaseRecord = {
         id, name: p.name, targetPid: target.pid, targetUid: target.uid,
         targetStartTime: target.startTime, ownerUid: peer.uid, memoryBytes: p.memoryBytes,
         limitBytes: decision.limitBytes, createdAt: this.#now().toISOString(), previousLimit: readLimit(target, this.deps.haveSysResource),
         ...(p.requestId === undefined ? {} : { requestId: p.requestId }),
+        ...(vfio.length === 0 ? {} : { devices: vfio.map((d) => ({ address: d.address, cdev: d.cdev })) }),
       };
       // The lane is idle (a new id): runPlan reserves in this same synchronous step. A crash from
       // here on leaves a lease that restore() re-applies or drops.
@@ -148,12 +165,13 @@ export class BrokerService {
       watched = true; // granted: from here on the lease is the lane's and the watch's
       this.#audit('grant', peer, record);
       this.deps.onLeasesChanged?.();
-      return { lease: this.#toWire(record, usage), fd: deviceFd };
+      return { lease: this.#toWire(record, usage), fd: deviceFd, devices: vfio.map((d) => ({ address: d.address, fd: d.fd })) };
     } catch (err) {
       // A failed plan undid itself (lease-transaction.ts); the watch, its last step, never took the pidfd.
       if (deviceFd !== undefined) closeFd(deviceFd);
+      for (const d of vfio) closeFd(d.fd);
       if (!watched) closeFd(target.pidfd);
-      this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid });
+      this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid, devices: p.devices });
       throw err;
     }
   }
@@ -245,6 +263,7 @@ export class BrokerService {
       },
       budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used), releasedBytes: this.#ledger.releasedBytes() },
       leases: this.#ledger.count(),
+      devicesHeld: this.#ledger.devicesHeld(),
       overheadBytes: this.#policy.overheadBytes,
       journal: this.#journalStatus(),
     };
@@ -323,13 +342,15 @@ export class BrokerService {
       ...(r.requestId === undefined ? {} : { requestId: r.requestId }),
       ...usage,
       ...(r.releasedAt === undefined ? {} : { releasedAt: r.releasedAt }),
+      ...(r.devices === undefined || r.devices.length === 0 ? {} : { devices: r.devices.map((d) => ({ address: d.address, cdev: d.cdev })) }),
     };
   }
 
   #audit(action: string, peer: Peer | undefined, r: LeaseRecord, extra: Record<string, unknown> = {}): void {
     this.deps.log.info({
       audit: action, peer: peer === undefined ? undefined : { uid: peer.uid, pid: peer.pid },
-      lease: r.id, name: r.name, targetPid: r.targetPid, memoryBytes: r.memoryBytes, limitBytes: r.limitBytes, ...extra,
+      lease: r.id, name: r.name, targetPid: r.targetPid, memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
+      ...(r.devices === undefined ? {} : { devices: r.devices.map((d) => `${d.address}=${d.cdev}`) }), ...extra,
     }, `${action} ${r.id}`);
   }
 

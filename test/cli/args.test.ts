@@ -73,12 +73,38 @@ test('exec: needs a program after --, and keep-fd must be above 2', () => {
 test('pass: qmp socket, fdname and an optional target pid', () => {
   const c = parseCommand(['pass', '--qmp', '/run/vm1.qmp', '--fdname', 'iommufd0', '--name', 'vm1', '--memory', '2G']);
   assert.deepEqual(c, {
-    kind: 'pass', qmpSocket: '/run/vm1.qmp', fdname: 'iommufd0',
+    kind: 'pass', qmpSocket: '/run/vm1.qmp', fdname: 'iommufd0', devices: [],
     common: { socketPath: DEFAULT_SOCKET, json: false, timeoutMs: DEFAULT_CALL_TIMEOUT_MS },
     request: { name: 'vm1', memoryBytes: 2 * GiB },
   } satisfies Command);
   usageError(['pass', '--fdname', 'x', '--name', 'vm1', '--memory', '2G'], /needs --qmp/);
   usageError(['pass', '--qmp', '/q', '--fdname', '0fd', '--name', 'vm1', '--memory', '2G'], /must not start with a digit/);
+});
+
+test('exec --device: canonical, distinct, each with its {vfio:ADDR} token and every token with its --device', () => {
+  const c = parseCommand(['exec', '--name', 'vm1', '--memory', '1G', '--device', '00:03.0', '--device', 'ABCD:81:1F.7', '--',
+    'qemu', '-object', 'iommufd,id=i0,fd={iommufd}', '-device', 'vfio-pci,iommufd=i0,fd={vfio:0000:00:03.0}',
+    '-device', 'vfio-pci,iommufd=i0,fd={vfio:abcd:81:1f.7}']);
+  assert.deepEqual(c.kind === 'exec' ? c.devices : undefined, ['0000:00:03.0', 'abcd:81:1f.7']);
+  const base = ['exec', '--name', 'vm1', '--memory', '1G'];
+  usageError([...base, '--device', '0000:00:03.0', '--', 'qemu', 'fd={iommufd}'], /--device 0000:00:03\.0 appears in no argument: put \{vfio:0000:00:03\.0\}/);
+  usageError([...base, '--', 'qemu', 'fd={iommufd}', 'fd={vfio:00:03.0}'], /\{vfio:00:03\.0\} names no --device given \(none was\)/);
+  usageError([...base, '--device', '00:04.0', '--', 'qemu', 'fd={iommufd}', 'fd={vfio:00:04.0}', 'fd={vfio:../../x}'], /\{vfio:\.\.\/\.\.\/x\} names no --device/);
+  usageError([...base, '--device', '0000:00:03.0', '--device', '00:03.0', '--', 'q', '{iommufd}{vfio:00:03.0}'], /--device 0000:00:03\.0 is given twice/);
+  usageError([...base, '--device', '/dev/vfio/devices/vfio0', '--', 'q', '{iommufd}'], /--device '\/dev\/vfio\/devices\/vfio0' is not a PCI address/);
+  usageError([...base, '--device', '00:20.0', '--', 'q', '{iommufd}'], /is not a PCI address/);
+  const nine = Array.from({ length: 9 }, (_, i) => ['--device', `00:0${i}.0`]).flat();
+  usageError([...base, ...nine, '--no-substitute', '--', 'q'], /at most 8 --device per lease, got 9/);
+  const plain = parseCommand([...base, '--device', '00:03.0', '--no-substitute', '--', 'qemu']);
+  assert.deepEqual(plain.kind === 'exec' ? [plain.devices, plain.substitute] : undefined, [['0000:00:03.0'], false]);
+  usageError(['open', '--name', 'vm1', '--memory', '1G', '--device', '00:03.0'], /option --device does not apply to 'open'/);
+});
+
+test('pass --device: each passed under vfio-ADDR, which --fdname may not take', () => {
+  const c = parseCommand(['pass', '--qmp', '/q', '--fdname', 'iommufd0', '--name', 'vm1', '--memory', '2G', '--device', '00:03.0']);
+  assert.deepEqual(c.kind === 'pass' ? c.devices : undefined, ['0000:00:03.0']);
+  usageError(['pass', '--qmp', '/q', '--fdname', 'vfio-0000:00:03.0', '--name', 'vm1', '--memory', '2G', '--device', '00:03.0'],
+    /--fdname vfio-0000:00:03\.0 is the name the device 0000:00:03\.0 is passed under/);
 });
 
 test('sizes: decimal units, fractions of a byte, zero and junk are usage errors naming the option', () => {

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildArgv, buildEnv, FD_ENV, LEASE_ENV, ProgramNotFound, resolveProgram } from '../../cli/exec-program.ts';
+import { buildArgv, buildEnv, DEVICE_FDS_ENV, FD_ENV, LEASE_ENV, ProgramNotFound, resolveProgram } from '../../cli/exec-program.ts';
 
 let dir: string;
 before(() => {
@@ -52,4 +52,17 @@ test('every {iommufd} in every argument becomes the fd number', () => {
 test('the environment is ours plus the fd and the lease, replacing stale values', () => {
   const env = buildEnv({ PATH: '/bin', HOME: '/root', [FD_ENV]: '999', EMPTY: '', GONE: undefined }, 7, 'l-0123456789abcdef');
   assert.deepEqual(env.sort(), ['EMPTY=', 'HOME=/root', `${FD_ENV}=7`, `${LEASE_ENV}=l-0123456789abcdef`, 'PATH=/bin'].sort());
+});
+
+test('every {vfio:ADDR} becomes its device\'s fd number, however ADDR is spelled; nothing else changes', () => {
+  const devices = [{ address: '0000:00:03.0', fd: 8 }, { address: 'abcd:81:1f.7', fd: 9 }];
+  assert.deepEqual(buildArgv('q', ['fd={iommufd}', 'vfio-pci,fd={vfio:0000:00:03.0}', '{vfio:00:03.0}{vfio:ABCD:81:1F.7}', '{vfio}', '{vfio:00:05.0}'], 7, true, devices),
+    ['q', 'fd=7', 'vfio-pci,fd=8', '89', '{vfio}', '{vfio:00:05.0}']);
+  assert.deepEqual(buildArgv('q', ['fd={vfio:00:03.0}'], 7, false, devices), ['q', 'fd={vfio:00:03.0}']);
+});
+
+test('the environment lists the device fds, replacing a stale list, and has none without devices', () => {
+  const env = buildEnv({ [DEVICE_FDS_ENV]: 'stale' }, 7, 'l-0123456789abcdef', [{ address: '0000:00:03.0', fd: 8 }, { address: '0000:00:04.0', fd: 9 }]);
+  assert.deepEqual(env.filter((e) => e.startsWith(DEVICE_FDS_ENV)), [`${DEVICE_FDS_ENV}=0000:00:03.0=8,0000:00:04.0=9`]);
+  assert.deepEqual(buildEnv({ [DEVICE_FDS_ENV]: 'stale' }, 7, 'l-0123456789abcdef').filter((e) => e.startsWith(DEVICE_FDS_ENV)), []);
 });

@@ -27,6 +27,10 @@ test('a lease block shows sizes in binary units and who is limited', () => {
   assert.ok(text.endsWith('\n'));
   assert.doesNotMatch(formatLease(lease()), /in use|request id|released/);
   assert.match(formatLease(lease({ releasedAt: '2026-01-01T00:00:00.000Z' })), /^released: +2026-01-01T00:00:00.000Z \(charged until pid 4242 exits\)$/m);
+  assert.doesNotMatch(formatLease(lease()), /vfio device/);
+  const held = formatLease(lease({ devices: [{ address: '0000:00:03.0', cdev: 'vfio0' }, { address: '0000:00:04.0', cdev: 'vfio1' }] }));
+  assert.match(held, /^vfio device: +0000:00:03\.0 \(\/dev\/vfio\/devices\/vfio0, held until pid 4242 exits\)$/m);
+  assert.match(held, /^vfio device: +0000:00:04\.0 \(\/dev\/vfio\/devices\/vfio1, held until pid 4242 exits\)$/m);
 });
 
 test('the lease table has a header, aligned columns, and - for unknown usage', () => {
@@ -61,6 +65,8 @@ test('status shows the budget in sizes and the capability plainly', () => {
   assert.match(text, /^per-fd limit: +no$/m);
   assert.match(text, /^CAP_SYS_RESOURCE: +no$/m);
   assert.match(text, /^overhead: +1 GiB per lease$/m);
+  assert.doesNotMatch(text, /vfio devices/, 'an older broker that does not count devices');
+  assert.match(formatStatus({ ...status, devicesHeld: 2 }), /^vfio devices: +2 held by leases$/m);
   const unprobed = formatStatus({ ...status, device: { ...status.device, rlimitModeSupported: null } });
   assert.match(unprobed, /^rlimit mode: +not probed$/m);
   assert.match(text, /^journal: +not reported by this broker$/m);

@@ -268,3 +268,45 @@ test('a broker whose next makes no progress is a protocol violation, not an endl
     assert.equal(fake.calls.length, 2, 'the same cursor twice ends the walk');
   });
 });
+
+test('open with devices sends them canonical and hands back each device\'s fd by address, in the order asked', async () => {
+  const devices = [{ address: '0000:00:04.0', cdev: 'vfio1' }, { address: '0000:00:03.0', cdev: 'vfio0' }];
+  await withFake(() => ({
+    reply: { lease: wireLease({ devices }), fileDescriptor: 0, devices: [{ address: '0000:00:04.0', fileDescriptor: 2 }, { address: '0000:00:03.0', fileDescriptor: 1 }] },
+    fds: [memfd('fake-iommufd'), memfd('fake-vfio0'), memfd('fake-vfio1')],
+  }), async (client, fake) => {
+    const opened = await client.open({ name: 'vm1', memoryBytes: GiB, devices: ['00:04.0', '0000:00:03.0'] });
+    try {
+      assert.match(readlinkSync(`/proc/self/fd/${opened.fd}`), /memfd:fake-iommufd/);
+      assert.deepEqual(opened.devices.map((d) => [d.address, readlinkSync(`/proc/self/fd/${d.fd}`).replace(/ \(deleted\)$/, '')]),
+        [['0000:00:04.0', '/memfd:fake-vfio1'], ['0000:00:03.0', '/memfd:fake-vfio0']]);
+      assert.deepEqual(opened.lease.devices, devices);
+    } finally {
+      closeFd(opened.fd);
+      for (const d of opened.devices) closeFd(d.fd);
+    }
+    assert.deepEqual(fake.calls[0]?.parameters['devices'], ['0000:00:04.0', '0000:00:03.0']);
+  });
+});
+
+test('an Open reply whose devices are not the ones asked for is a protocol violation, every fd closed', async () => {
+  await withFake(() => ({
+    reply: { lease: wireLease(), fileDescriptor: 0, devices: [{ address: '0000:00:09.0', fileDescriptor: 1 }] },
+    fds: [memfd('fake-iommufd'), memfd('fake-vfio9')],
+  }), async (client) => {
+    await assert.rejects(client.open({ name: 'vm1', memoryBytes: GiB, devices: ['0000:00:03.0'] }),
+      clientError('ProtocolViolation', /devices \(0000:00:09\.0\) are not the ones asked for \(0000:00:03\.0\)/));
+  });
+  await withFake(() => ({ reply: { lease: wireLease(), fileDescriptor: 0 }, fds: [memfd('fake-iommufd')] }), async (client) => {
+    await assert.rejects(client.open({ name: 'vm1', memoryBytes: GiB, devices: ['0000:00:03.0'] }), clientError('ProtocolViolation', /none\) are not/));
+  });
+});
+
+test('a device that is not a PCI address is refused before anything is sent', async () => {
+  await withFake(() => 'close', async (client, fake) => {
+    for (const bad of ['../../dev/mem', '0000:00:03.0\u0000', '00:20.0', 'vfio0']) {
+      await assert.rejects(client.open({ name: 'vm1', memoryBytes: GiB, devices: [bad] }), TypeError);
+    }
+    assert.equal(fake.calls.length, 0);
+  });
+});

@@ -12,6 +12,7 @@ test('defaults are the production paths and a 0660 socket', () => {
   assert.equal(f.socket, DEFAULT_SOCKET);
   assert.equal(f.stateDir, DEFAULT_STATE_DIR);
   assert.equal(f.device, DEFAULT_DEVICE);
+  assert.equal(f.vfioRoot, undefined, 'VFIO devices come from the host\'s sysfs and /dev');
   assert.equal(f.socketMode, 0o660);
   assert.equal(f.adminSocket, undefined);
   assert.equal(f.logLevel, 'info');
@@ -26,9 +27,10 @@ test('defaults are the production paths and a 0660 socket', () => {
 test('every flag lands in its field', () => {
   const f = parseFlags(['--socket', '/s', '--admin-socket', '/a', '--socket-mode', '0600', '--state-dir', '/d',
     '--config', '/c.toml', '--device', 'simulated', '--overhead', '64M', '--budget', '8G', '--log-level', 'debug', '--idle-timeout', '1.5',
-    '--frame-timeout', '2', '--max-connections', '100', '--max-connections-per-uid', '7', '--reserved-connections', '9']);
+    '--frame-timeout', '2', '--max-connections', '100', '--max-connections-per-uid', '7', '--reserved-connections', '9',
+    '--vfio-root', '/fake']);
   assert.deepEqual({ ...f }, { socket: '/s', adminSocket: '/a', socketMode: 0o600, stateDir: '/d', config: '/c.toml',
-    device: 'simulated', overhead: '64M', budget: '8G', logLevel: 'debug', idleTimeoutMs: 1500, frameTimeoutMs: 2000,
+    device: 'simulated', vfioRoot: '/fake', overhead: '64M', budget: '8G', logLevel: 'debug', idleTimeoutMs: 1500, frameTimeoutMs: 2000,
     maxConnections: 100, maxConnectionsPerUid: 7, reservedConnections: 9, help: false });
   assert.equal(parseFlags(['--frame-timeout', '300ms']).frameTimeoutMs, 300);
   assert.equal(parseFlags(['--frame-timeout', '0']).frameTimeoutMs, 0);
@@ -61,4 +63,10 @@ test('--help names every connection limit with its default', () => {
 test('main.ts writes no socket numbers inline: backlogs, modes and limits are named in flags.ts', () => {
   const main = readFileSync(new URL('../../daemon/main.ts', import.meta.url), 'utf8');
   assert.deepEqual(main.match(/\b(backlog|mode|\w*[cC]onnections\w*|\w*[tT]imeout\w*): (0o)?\d[\d_]*/g), null);
+});
+
+test('--vfio-root (a fake VFIO tree) is accepted only with the simulated device', () => {
+  assert.throws(() => parseFlags(['--vfio-root', '/fake']), (e: unknown) => e instanceof UsageError && /needs --device simulated/.test(e.message));
+  assert.throws(() => parseFlags(['--vfio-root', '/fake', '--device', '/dev/iommu']), UsageError);
+  assert.equal(parseFlags(['--vfio-root', '/fake', '--device', 'simulated']).vfioRoot, '/fake');
 });

@@ -119,7 +119,7 @@ test('InvalidParameter names the first bad field and says why', () => {
     [open({ name: 'vm', memoryBytes: 2 ** 53 }), 'memoryBytes', /<=|too big/i],
     [open({ name: 'vm', memoryBytes: '8G' }), 'memoryBytes', /expected number/],
     [open({ name: '-bad', memoryBytes: 1 }), 'name', /names are 1-128 chars/],
-    [open({ name: 'vm', memoryBytes: 1, colour: 'red' }), 'colour', /unknown field \(accepted: name, memoryBytes, targetPidFileDescriptor, requestId\)/],
+    [open({ name: 'vm', memoryBytes: 1, colour: 'red' }), 'colour', /unknown field \(accepted: name, memoryBytes, targetPidFileDescriptor, requestId, devices\)/],
     [open({ name: 'vm', memoryBytes: 1, targetPidFileDescriptor: -1 }), 'targetPidFileDescriptor', />=0/],
     [{ method: 'io.iommufd.Broker.Resize', parameters: { lease: 'l-xyz', memoryBytes: 1 } }, 'lease', /l-0123456789abcdef/],
     [{ method: 'io.iommufd.Broker.Status', parameters: { all: true } }, 'all', /unknown field \(none are accepted\)/],
@@ -260,4 +260,34 @@ test('property: every well-formed Open decodes to exactly its parameters', () =>
 test('decode.ts is the incoming side only: encoders live in encode.ts, the client\'s helpers in reply.ts', async () => {
   const decode = await import('../../protocol/decode.ts');
   assert.deepEqual(Object.keys(decode).sort(), ['decodeCall', 'framingRejection']);
+});
+
+test('Open devices: 1-8 distinct canonical PCI addresses, nothing else reaches a handler', () => {
+  const ok = accepted(decodeCall(frame(open({ name: 'vm', memoryBytes: 1, devices: ['0000:00:03.0', 'abcd:ff:1f.7'] }))));
+  assert.deepEqual((ok.parameters as { devices?: string[] }).devices, ['0000:00:03.0', 'abcd:ff:1f.7']);
+  const eight = Array.from({ length: 8 }, (_, i) => `0000:00:0${i}.0`);
+  assert.equal(accepted(decodeCall(frame(open({ name: 'vm', memoryBytes: 1, devices: eight })))).kind, 'call');
+  const cases: [unknown, string, RegExp][] = [
+    [[], 'devices', />=1/],
+    [[...eight, '0000:00:08.0'], 'devices', /<=8/],
+    [['0000:00:03.0', '0000:00:03.0'], 'devices', /only once/],
+    [['00:03.0'], 'devices[0]', /DDDD:BB:DD\.F/],
+    [['0000:00:03.0', '0000:00:03.0A'], 'devices[1]', /DDDD:BB:DD\.F/],
+    [['0000:00:03.0'.toUpperCase().replace('0000', 'ABCD')], 'devices[0]', /lowercase/],
+    [['0000:00:20.0'], 'devices[0]', /DDDD:BB:DD\.F/], // device numbers stop at 1f
+    [['0000:00:03.8'], 'devices[0]', /DDDD:BB:DD\.F/], // functions stop at 7
+    [['../../../../dev/mem'], 'devices[0]', /DDDD:BB:DD\.F/],
+    [['0000:00:03.0/../../x'], 'devices[0]', /DDDD:BB:DD\.F/],
+    [['0000:00:03.0\u0000'], 'devices[0]', /DDDD:BB:DD\.F/],
+    [['0000:00:03.0\n'], 'devices[0]', /DDDD:BB:DD\.F/],
+    [['0'.repeat(5000)], 'devices[0]', /DDDD:BB:DD\.F/],
+    [[3], 'devices[0]', /expected string/],
+    ['0000:00:03.0', 'devices', /expected array/],
+  ];
+  for (const [devices, parameter, reason] of cases) {
+    const r = rejected(decodeCall(frame(open({ name: 'vm', memoryBytes: 1, devices }))));
+    assert.equal(r.error.name, 'org.varlink.service.InvalidParameter', JSON.stringify(devices));
+    assert.equal(r.error.parameters.parameter, parameter, JSON.stringify(devices));
+    assert.match(String(r.error.parameters.reason), reason, JSON.stringify(devices));
+  }
 });

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { encodeReply } from '../../protocol/encode.ts';
 import { MAX_REPLY_FRAME_BYTES } from '../../protocol/framing.ts';
 import {
-  DEFAULT_LIST_LIMIT, LIST_CURSOR_PATTERN, Lease, MAX_BYTES, MAX_LIST_LIMIT, MAX_REQUEST_ID_LENGTH, brokerMethods,
+  DEFAULT_LIST_LIMIT, LIST_CURSOR_PATTERN, Lease, MAX_BYTES, MAX_DEVICES_PER_LEASE, MAX_LIST_LIMIT, MAX_REQUEST_ID_LENGTH, brokerMethods,
 } from '../../protocol/methods.ts';
 
 /** The most bytes JSON.stringify makes of one UTF-16 code unit, over all of them. */
@@ -44,6 +44,7 @@ function worstLease(): Record<string, unknown> {
     requestId,
     createdAt: '2026-11-25T11:40:00.000Z',
     pinnedBytes: MAX_BYTES, lockedBytes: MAX_BYTES,
+    devices: Array.from({ length: MAX_DEVICES_PER_LEASE }, (_, i) => ({ address: `ffff:ff:1f.${i}`, cdev: `vfio${'9'.repeat(10)}` })),
   };
   assert.equal(Lease.safeParse(lease).success, true, 'the worst lease is one the schema accepts');
   return lease;
@@ -62,6 +63,9 @@ test('every string field of a Lease has a bound the schema enforces', () => {
     { createdAt: '2026-11-25T11:40:00.0000Z' },
     { pid: -Number.MAX_SAFE_INTEGER - 2 },
     { memoryBytes: MAX_BYTES + 2 },
+    { devices: [...(lease['devices'] as object[]), { address: '0000:00:00.0', cdev: 'vfio0' }] },
+    { devices: [{ address: 'ffff:ff:1f.70', cdev: 'vfio0' }] },
+    { devices: [{ address: 'ffff:ff:1f.7', cdev: `vfio${'9'.repeat(11)}` }] },
   ];
   for (const over of longer) assert.equal(Lease.safeParse({ ...lease, ...over }).success, false, JSON.stringify(Object.keys(over)));
   assert.equal(longestInt.length, 17);

@@ -63,8 +63,9 @@ test('method names are qualified in one place: methods.ts exports schemas and li
   // qualifiedBrokerMethod/qualifiedServiceMethod duplicated method-table.ts and nothing called them (issue #9).
   const methods = await import('../../protocol/methods.ts');
   assert.deepEqual(Object.keys(methods).sort(), [
-    'CREATED_AT_PATTERN', 'DEFAULT_LIST_LIMIT', 'LEASE_ID_PATTERN', 'LIST_CURSOR_PATTERN', 'Lease', 'MAX_BYTES',
-    'MAX_LIST_LIMIT', 'MAX_REQUEST_ID_LENGTH', 'NAME_PATTERN', 'Status', 'accountingModes', 'brokerMethods',
+    'CREATED_AT_PATTERN', 'DEFAULT_LIST_LIMIT', 'LEASE_ID_PATTERN', 'LIST_CURSOR_PATTERN', 'Lease', 'LeaseDevice', 'MAX_BYTES',
+    'MAX_DEVICES_PER_LEASE', 'MAX_LIST_LIMIT', 'MAX_REQUEST_ID_LENGTH', 'NAME_PATTERN', 'PCI_ADDRESS_PATTERN', 'Status',
+    'VFIO_CDEV_PATTERN', 'accountingModes', 'brokerMethods',
     'deviceKinds', 'serviceMethods',
   ].sort());
 });

@@ -113,3 +113,28 @@ test('property: decodeReply never throws and never loses an fd', () => {
     assert.deepEqual([...back].sort(), [...list].sort());
   }));
 });
+
+test('an Open reply with devices: the iommufd and each device fd, every index referenced exactly once', () => {
+  const withDevices = { ...lease, devices: [{ address: '0000:00:03.0', cdev: 'vfio0' }, { address: '0000:00:04.0', cdev: 'vfio1' }] };
+  const devices = [{ address: '0000:00:03.0', fileDescriptor: 1 }, { address: '0000:00:04.0', fileDescriptor: 2 }];
+  const ok = decodeReply(fromWire(encodeReply({ lease: withDevices, fileDescriptor: 0, devices }), [310, 311, 312]), 'io.iommufd.Broker.Open');
+  assert.equal(kindOf(ok), 'reply');
+  if (ok.kind !== 'reply') return;
+  assert.deepEqual([ok.fd, ok.fds], [310, [310, 311, 312]]);
+  assert.deepEqual(ok.parameters.devices, devices);
+  assert.deepEqual(ok.parameters.lease.devices, withDevices.devices);
+
+  const cases: [Record<string, unknown>, number[], RegExp][] = [
+    [{ lease: withDevices, fileDescriptor: 0, devices }, [310, 311], /index 2, but 2 arrived/],
+    [{ lease: withDevices, fileDescriptor: 0, devices }, [310, 311, 312, 313], /4 file descriptor\(s\); 3 expected/],
+    [{ lease: withDevices, fileDescriptor: 0, devices: [devices[0], { ...devices[1], fileDescriptor: 0 }] }, [310, 311], /index twice/],
+    [{ lease: withDevices, fileDescriptor: 0, devices: [] }, [310], /devices/],
+    [{ lease: { ...lease, devices: [{ address: '00:03.0', cdev: 'vfio0' }] }, fileDescriptor: 0 }, [310], /lease/],
+    [{ lease: { ...lease, devices: [{ address: '0000:00:03.0', cdev: '../vfio0' }] }, fileDescriptor: 0 }, [310], /lease/],
+  ];
+  for (const [value, fds, reason] of cases) {
+    const r = decodeReply(fromWire(encodeReply(value), fds), 'io.iommufd.Broker.Open');
+    assert.match(kindOf(r), reason, JSON.stringify(value));
+    assert.deepEqual(r.kind === 'invalid' ? r.fdsToClose : undefined, fds, 'every fd is handed back to be closed');
+  }
+});

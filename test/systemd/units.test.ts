@@ -110,15 +110,25 @@ test('/dev/iommu: the device ExecStart opens is the one DeviceAllow= admits and 
   const exec = one(service, 'Service', 'ExecStart').split(' ');
   const device = exec[exec.indexOf('--device') + 1];
   assert.equal(device, '/dev/iommu');
-  assert.deepEqual(service.get('Service')?.get('DeviceAllow'), [`${device} rw`]);
+  assert.deepEqual(service.get('Service')?.get('DeviceAllow'), [`${device} rw`, 'char-vfio-dev rw']);
   assert.equal(one(service, 'Service', 'DevicePolicy'), 'closed');
   const rules = readFileSync(join(root, 'usr/lib/udev/rules.d/70-iommufd-broker.rules'), 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#'));
-  assert.equal(rules.length, 1);
+  assert.equal(rules.length, 2);
   const rule = rules[0] ?? '';
   assert.match(rule, /SUBSYSTEM=="misc"/);
   assert.match(rule, new RegExp(`KERNEL=="${device.replace('/dev/', '')}"`));
   assert.match(rule, new RegExp(`GROUP="${one(service, 'Service', 'Group')}"`));
   assert.match(rule, /MODE="0660"/);
+});
+
+test('VFIO cdevs: DeviceAllow= names their major as the kernel registers it, and udev gives them to the service group only', () => {
+  // drivers/vfio/device_cdev.c: alloc_chrdev_region(..., "vfio-dev"); the class is "vfio-dev" too.
+  assert.ok(service.get('Service')?.get('DeviceAllow')?.includes('char-vfio-dev rw'));
+  assert.ok(!service.get('Service')?.get('DeviceAllow')?.includes('char-vfio rw'), 'not the legacy group cdevs');
+  const rules = readFileSync(join(root, 'usr/lib/udev/rules.d/70-iommufd-broker.rules'), 'utf8').split('\n').filter((l) => l.trim() !== '' && !l.startsWith('#'));
+  const rule = rules.find((l) => l.includes('vfio')) ?? '';
+  assert.match(rule, /^SUBSYSTEM=="vfio-dev", KERNEL=="vfio\[0-9\]\*", /);
+  assert.match(rule, new RegExp(`GROUP="${one(service, 'Service', 'Group')}", MODE="0660"$`));
 });
 
 test('systemd-sysusers and systemd-tmpfiles create the users, groups and directories in a root', () => {

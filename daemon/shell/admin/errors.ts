@@ -7,9 +7,9 @@
 //   InvalidParameter, ...) and `parameters` its documented parameters. Only a failed policy
 //   reload, which has no Varlink counterpart, uses the admin's own io.iommufd.Admin.PolicyRejected.
 // - Status codes, decided once here (docs: the table below):
-//     PermissionDenied 403 · NoSuchLease 404 · TargetGone 410 ·
+//     PermissionDenied 403 · NoSuchLease, NoSuchDevice 404 · TargetGone 410 ·
 //     BudgetExceeded, LimitExceeded, TargetAlreadyLeased, TargetBypassesAccounting,
-//     DuplicateRequest 409 (valid request, refused by the current budget, caps or lease state:
+//     DuplicateRequest, DeviceBusy 409 (valid request, refused by the current budget, caps or lease state:
 //     the body's name and parameters say which) · PolicyRejected 422 · InvalidParameter 400
 //     (413/415 when fastify refused the body's size or type) · MethodNotFound 404 ·
 //     KernelRefused 502 (the broker acted, the kernel said no: not a broker bug) ·
@@ -38,6 +38,8 @@ export const HTTP_STATUS: Readonly<Record<BrokerErrorName, number>> = {
   TargetAlreadyLeased: 409,
   TargetBypassesAccounting: 409,
   DuplicateRequest: 409,
+  NoSuchDevice: 404,
+  DeviceBusy: 409,
   KernelRefused: 502,
   DeviceUnavailable: 503,
   ShuttingDown: 503,

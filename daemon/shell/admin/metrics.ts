@@ -119,6 +119,8 @@ export class Metrics {
       leases.flatMap((l): Sample[] => (l.pinnedBytes === undefined ? [] : [[id(l), l.pinnedBytes]])));
     family(out, 'lease_locked_bytes', 'gauge', 'Locked memory of the lease\'s target now (VmLck of /proc/PID/status)',
       leases.flatMap((l): Sample[] => (l.lockedBytes === undefined ? [] : [[id(l), l.lockedBytes]])));
+    family(out, 'lease_device_info', 'gauge', 'A VFIO device a lease holds (always 1): its PCI address and vfio cdev',
+      leases.flatMap((l): Sample[] => (l.devices ?? []).map((d) => [{ ...id(l), address: d.address, cdev: d.cdev }, 1])));
     family(out, 'journal_records_total', 'counter', 'Lease journal records written since start', [[{}, snapshot.journal.records]]);
     family(out, 'journal_syncs_total', 'counter', 'fdatasyncs of the lease journal since start (records / syncs = group-commit batch)',
       [[{}, snapshot.journal.syncs]]);

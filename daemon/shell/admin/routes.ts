@@ -48,6 +48,8 @@ export const PolicyReply = z.object({
     perVmMaxBytes: capBytes, perUidMaxLeases: z.number().int().positive().nullable(), perUidMaxBytes: capBytes,
     overheadBytes: z.number().int().nonnegative(), budgetBytes: z.number().int().nonnegative(),
     allowTargetsWithIpcLock: z.boolean(), requireTargetNoNewPrivs: z.boolean(),
+    /** The [[devices]] allowlist: each address and who may have it. */
+    devices: z.array(z.object({ address: z.string(), vms: z.array(z.string()), users: ids, groups: ids }).strict()),
   }).strict(),
 }).strict();
 
@@ -108,5 +110,6 @@ function policyToWire(p: Readonly<Policy>): z.infer<typeof PolicyReply>['policy'
     perVmMaxBytes: p.perVmMaxBytes, perUidMaxLeases: p.perUidMaxLeases, perUidMaxBytes: p.perUidMaxBytes,
     overheadBytes: p.overheadBytes, budgetBytes: p.budgetBytes, allowTargetsWithIpcLock: p.allowTargetsWithIpcLock,
     requireTargetNoNewPrivs: p.requireTargetNoNewPrivs,
+    devices: p.devices.map((d) => ({ address: d.address, vms: [...d.vms], users: [...d.users], groups: [...d.groups] })),
   };
 }

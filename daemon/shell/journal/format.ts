@@ -8,6 +8,9 @@
 //   read, and may be mixed in one file: a compaction writes a lease whose boot is unknown back
 //   as a version 1 grant, so "no bootId" keeps meaning "boot unknown" and is never guessed.
 //   Any other version is corruption (a newer broker's journal is refused, never half-read).
+//   A version 2 grant may carry `devices` (the VFIO devices the lease holds, which a restart
+//   must keep held); a broker from before devices refuses such a line as corrupt, never
+//   half-reads it. Version 1 grants never carry devices.
 // - Which boot a lease belongs to (grantedInAnotherBoot): a known bootId decides. A lease of
 //   unknown boot counts as this boot's only if the journal was last written during this boot:
 //   then the broker that wrote it ran in this boot and had already matched the lease's target
@@ -25,7 +28,9 @@
 //   corrupt (the broker's longest record is far shorter).
 // - Pure: bytes in, leases out; the file I/O lives in files.ts and journal.ts.
 import { z } from 'zod';
-import { LEASE_ID_PATTERN, MAX_BYTES, NAME_PATTERN } from '../../../protocol/methods.ts';
+import {
+  LEASE_ID_PATTERN, MAX_BYTES, MAX_DEVICES_PER_LEASE, NAME_PATTERN, PCI_ADDRESS_PATTERN, VFIO_CDEV_PATTERN,
+} from '../../../protocol/methods.ts';
 import { BOOT_ID_PATTERN } from './boot.ts'; // a constant only: this module does no I/O
 
 export const JOURNAL_FILE = 'leases.journal';
@@ -56,8 +61,13 @@ const leaseFields = {
   previousLimit: z.object({ soft: rlimitValue, hard: rlimitValue }).strict(),
 };
 
+/** The VFIO devices a lease holds (version 2 grants only). */
+const devices = z.array(z.object({
+  address: z.string().regex(PCI_ADDRESS_PATTERN), cdev: z.string().regex(VFIO_CDEV_PATTERN),
+}).strict().readonly()).min(1).max(MAX_DEVICES_PER_LEASE).readonly();
+
 /** A live lease as replay returns it: `bootId` absent = granted by a version 1 broker, boot unknown. */
-export const JournaledLease = z.object({ ...leaseFields, bootId: bootId.optional() }).strict();
+export const JournaledLease = z.object({ ...leaseFields, devices: devices.optional(), bootId: bootId.optional() }).strict();
 export type JournaledLease = z.infer<typeof JournaledLease>;
 
 const V1Record = z.discriminatedUnion('type', [
@@ -66,7 +76,7 @@ const V1Record = z.discriminatedUnion('type', [
   z.object({ v: z.literal(1), type: z.literal('release'), id: leaseId }).strict(),
 ]);
 const V2Record = z.discriminatedUnion('type', [
-  z.object({ v: z.literal(2), type: z.literal('grant'), lease: z.object({ ...leaseFields, bootId }).strict() }).strict(),
+  z.object({ v: z.literal(2), type: z.literal('grant'), lease: z.object({ ...leaseFields, devices: devices.optional(), bootId }).strict() }).strict(),
   z.object({ v: z.literal(2), type: z.literal('resize'), id: leaseId, memoryBytes: byteCount, limitBytes: byteCount }).strict(),
   z.object({ v: z.literal(2), type: z.literal('release'), id: leaseId }).strict(),
 ]);

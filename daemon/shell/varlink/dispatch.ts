@@ -2,7 +2,8 @@
 //
 // Invariants:
 // - Only calls that passed decodeCall arrive here: parameters are already validated.
-// - The device fd of an Open reply is handed to the server (reply.fds) and never kept.
+// - The fds of an Open reply (the iommufd at index 0, then each VFIO device in the order asked)
+//   are handed to the server (reply.fds), which sends them in one message; none is kept.
 import type { DecodedCall } from '../../../protocol/decode.ts';
 import { interfaceDescription, SERVICE_INFO } from '../../../protocol/interface.ts';
 import { VarlinkServiceError } from '../../../protocol/errors.ts';
@@ -14,8 +15,12 @@ export function makeDispatcher(service: BrokerService): (call: DecodedCall, peer
   return async (call, peer) => {
     switch (call.method) {
       case 'io.iommufd.Broker.Open': {
-        const { lease, fd } = await service.open(peer, call.parameters, call.targetPidFd);
-        return { parameters: { lease, fileDescriptor: 0 }, fds: [fd] };
+        const { lease, fd, devices } = await service.open(peer, call.parameters, call.targetPidFd);
+        const listed = devices.map((d, i) => ({ address: d.address, fileDescriptor: i + 1 }));
+        return {
+          parameters: { lease, fileDescriptor: 0, ...(listed.length === 0 ? {} : { devices: listed }) },
+          fds: [fd, ...devices.map((d) => d.fd)],
+        };
       }
       case 'io.iommufd.Broker.Resize':
         return { parameters: await service.resize(peer, call.parameters) };

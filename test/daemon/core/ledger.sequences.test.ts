@@ -53,6 +53,7 @@ const policyArb: fc.Arbitrary<Policy> = fc.record({
   budgetBytes: fc.integer({ min: 0, max: 200 * GiB }),
   allowTargetsWithIpcLock: fc.boolean(),
   requireTargetNoNewPrivs: fc.boolean(),
+  devices: fc.constant([]),
 });
 
 const memoryArb = fc.oneof(

@@ -259,3 +259,41 @@ describe('Ledger.markReleased (issue #8 item 5: the budget never counts less tha
     assert.equal(ledger.usedBytes(), 10 * GiB);
   });
 });
+
+describe('Ledger: VFIO devices', () => {
+  it('indexes a lease\'s devices (frozen copies) until the lease leaves the ledger', () => {
+    const ledger = new Ledger();
+    const input = { ...lease({ id: 'l-a', targetPid: 11 }), devices: [{ address: '0000:00:03.0', cdev: 'vfio0' }] };
+    ledger.grant(input);
+    input.devices[0] = { address: '0000:00:09.0', cdev: 'vfio9' };
+    const stored = ledger.get('l-a');
+    assert.deepEqual(stored?.devices, [{ address: '0000:00:03.0', cdev: 'vfio0' }]);
+    assert.ok(Object.isFrozen(stored?.devices) && Object.isFrozen(stored?.devices?.[0]));
+    assert.equal(ledger.byDevice('0000:00:03.0')?.id, 'l-a');
+    assert.equal(ledger.byDevice('0000:00:09.0'), undefined);
+    assert.equal(ledger.devicesHeld(), 1);
+    ledger.markReleased('l-a', '2025-01-02T00:00:00.000Z');
+    assert.equal(ledger.byDevice('0000:00:03.0')?.id, 'l-a', 'a released lease keeps its devices');
+    ledger.release('l-a');
+    assert.equal(ledger.byDevice('0000:00:03.0'), undefined);
+    assert.equal(ledger.devicesHeld(), 0);
+  });
+
+  it('stores no devices key for a lease without devices', () => {
+    const ledger = new Ledger();
+    ledger.grant(lease({ id: 'l-a', devices: [] }));
+    assert.equal(Object.hasOwn(ledger.get('l-a') ?? {}, 'devices'), false);
+    assert.equal(ledger.devicesHeld(), 0);
+  });
+
+  it('refuses a device another lease holds, or one named twice, and changes nothing', () => {
+    const ledger = new Ledger();
+    ledger.grant(lease({ id: 'l-a', targetPid: 11, devices: [{ address: '0000:00:03.0', cdev: 'vfio0' }] }));
+    assert.throws(() => ledger.grant(lease({ id: 'l-b', targetPid: 12, devices: [{ address: '0000:00:03.0', cdev: 'vfio0' }] })),
+      (e: unknown) => e instanceof LedgerError && /device 0000:00:03\.0 is held by lease l-a/.test(e.message));
+    const twice = [{ address: '0000:00:04.0', cdev: 'vfio1' }, { address: '0000:00:04.0', cdev: 'vfio1' }];
+    assert.throws(() => ledger.grant(lease({ id: 'l-c', targetPid: 13, devices: twice })),
+      (e: unknown) => e instanceof LedgerError && /device 0000:00:04\.0 named twice/.test(e.message));
+    assert.deepEqual([ledger.count(), ledger.devicesHeld(), ledger.byDevice('0000:00:04.0')], [1, 1, undefined]);
+  });
+});

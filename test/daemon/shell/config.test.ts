@@ -51,7 +51,7 @@ test('without a file: anyone opens, root manages, 1 GiB overhead, budget = MemTo
     openUsers: 'any', openGroups: [], managerUsers: [0], managerGroups: [], observerUsers: [], observerGroups: [],
     perVmMaxBytes: null, perUidMaxLeases: null, perUidMaxBytes: null,
     overheadBytes: DEFAULT_OVERHEAD_BYTES, budgetBytes: MEM - defaultReserveBytes(MEM),
-    allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false,
+    allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false, devices: [],
   });
   assert.equal(defaultReserveBytes(MEM), Math.floor(MEM / 10), '10 % of 64 GiB');
   assert.equal(defaultReserveBytes(4 * GiB), GiB, 'at least 1 GiB');
@@ -65,6 +65,7 @@ test('the shipped example loads to exactly what its comments say', () => {
     openUsers: [1000], openGroups: [107], managerUsers: [0], managerGroups: [990], observerUsers: [998], observerGroups: [],
     perVmMaxBytes: 256 * GiB, perUidMaxLeases: 8, perUidMaxBytes: 512 * GiB,
     overheadBytes: GiB, budgetBytes: 200 * GiB, allowTargetsWithIpcLock: false, requireTargetNoNewPrivs: false,
+    devices: [{ address: '0000:00:03.0', vms: ['vm1'], users: [], groups: [] }],
   });
 });
 
@@ -86,6 +87,7 @@ test('JSON with the same keys gives the same policy as TOML', () => {
     observers: { users: ['prometheus'] },
     limits: { overhead: '1G', perVmMax: '256G', perUidLeases: 8, perUidBytes: '512G', budget: '200G' },
     targets: { allowIpcLock: false },
+    devices: [{ address: '0000:00:03.0', vms: ['vm1'] }],
   }), 'json');
   assert.deepEqual(load({ configPath: json }), load({ configPath: EXAMPLE }));
 });
@@ -182,4 +184,38 @@ test('loading leaves no fd open, on success or failure', () => {
   assert.throws(() => load({ configPath: policyFile('[limits]\nx = 1\n') }), PolicyError);
   assert.throws(() => load({ configPath: policyFile('[open\n') }), PolicyError);
   assert.deepEqual(leakedSince(before), [], 'an fd leaked');
+});
+
+test('[[devices]]: each PCI address once, given to VM names, users and groups (names resolved); none by default', () => {
+  assert.deepEqual(load().devices, []);
+  const p = load({ configPath: policyFile(`
+[[devices]]
+address = "0000:00:03.0"
+vms = ["vm1", "vm1", "vm2"]
+users = ["alice", 1001]
+
+[[devices]]
+address = "0000:81:00.1"
+groups = ["kvm"]
+`) });
+  assert.deepEqual(p.devices, [
+    { address: '0000:00:03.0', vms: ['vm1', 'vm2'], users: [1000, 1001], groups: [] },
+    { address: '0000:81:00.1', vms: [], users: [], groups: [107] },
+  ]);
+  assert.ok(Object.isFrozen(p.devices) && Object.isFrozen(p.devices[0]) && Object.isFrozen(p.devices[0]?.vms));
+  const json = load({ configPath: policyFile(JSON.stringify({ devices: [{ address: '0000:00:03.0', users: [0] }] }), 'json') });
+  assert.deepEqual(json.devices, [{ address: '0000:00:03.0', vms: [], users: [0], groups: [] }]);
+});
+
+test('[[devices]] refusals say which entry and what is accepted', () => {
+  rejects('[[devices]]\naddress = "00:03.0"\nusers = [0]\n', 'devices.0.address', /not a canonical PCI address; accepted: a PCI address as sysfs names it, DDDD:BB:DD\.F/);
+  rejects('[[devices]]\naddress = "0000:00:03.0/../x"\nusers = [0]\n', 'devices.0.address', /not a canonical PCI address/);
+  rejects('[[devices]]\naddress = "0000:00:03.0"\nusers = [0]\npath = "/dev/vfio/devices/vfio0"\n', 'devices.path',
+    /unknown key; accepted keys in \[devices\]: address, vms, users, groups/);
+  rejects('[[devices]]\naddress = "0000:00:03.0"\n', 'devices.0', /gives it to no one: list vms, users or groups/);
+  rejects('[[devices]]\naddress = "0000:00:03.0"\nusers = [0]\n[[devices]]\naddress = "0000:00:03.0"\ngroups = [0]\n',
+    'devices.1.address', /0000:00:03\.0 has two \[\[devices\]\] entries/);
+  rejects('[[devices]]\naddress = "0000:00:03.0"\nusers = ["mallory"]\n', 'devices.0.users', /mallory/);
+  rejects('[[devices]]\naddress = "0000:00:03.0"\nvms = ["-bad"]\n', 'devices.0.vms.0', /not a VM name/);
+  rejects('[devices]\naddress = "0000:00:03.0"\n', 'devices', /an array of tables \(\[\[devices\]\]\)/);
 });

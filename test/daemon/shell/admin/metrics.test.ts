@@ -38,7 +38,7 @@ function lease(over: Partial<Lease> = {}): Lease {
 
 const SNAPSHOT: BrokerSnapshot = {
   status: status(),
-  leases: [lease({ pinnedBytes: 512 * MiB, lockedBytes: 256 * MiB }), lease({ id: 'l-fedcba9876543210', name: 'vm2', memoryBytes: GiB, limitBytes: 2 * GiB })],
+  leases: [lease({ pinnedBytes: 512 * MiB, lockedBytes: 256 * MiB, devices: [{ address: '0000:00:03.0', cdev: 'vfio0' }, { address: '0000:81:00.1', cdev: 'vfio3' }] }), lease({ id: 'l-fedcba9876543210', name: 'vm2', memoryBytes: GiB, limitBytes: 2 * GiB })],
   journal: { records: 40, syncs: 3, compactions: 2, degraded: true },
   pendingCloses: 2,
 };
@@ -70,6 +70,10 @@ test('the gauges print the snapshot: budget, lease count, and each lease\'s limi
   // vm2's usage was unreadable: no sample at all rather than a made-up 0.
   assert.doesNotMatch(text, /lease_pinned_bytes\{lease="l-fedcba9876543210"/);
   assert.doesNotMatch(text, /lease_locked_bytes\{lease="l-fedcba9876543210"/);
+  // One info sample per device a lease holds; a lease without devices has none.
+  assert.equal(sample(text, 'iommufd_broker_lease_device_info{lease="l-0123456789abcdef",name="vm1",address="0000:00:03.0",cdev="vfio0"}'), '1');
+  assert.equal(sample(text, 'iommufd_broker_lease_device_info{lease="l-0123456789abcdef",name="vm1",address="0000:81:00.1",cdev="vfio3"}'), '1');
+  assert.doesNotMatch(text, /lease_device_info\{lease="l-fedcba9876543210"/);
   assert.ok(text.endsWith('\n'));
 });
 

@@ -64,6 +64,22 @@ test('encode writes one line per record and replay reads back exactly what was e
   assert.deepEqual([...replay('j', line).leases.values()], [lease]);
 });
 
+test('a version 2 grant keeps the lease\'s VFIO devices; a version 1 grant or a malformed device list is corrupt', () => {
+  const devices = [{ address: '0000:00:03.0', cdev: 'vfio0' }, { address: '0000:00:04.0', cdev: 'vfio12' }];
+  const lease = { ...leaseFor(4), devices };
+  assert.deepEqual([...replay('j', encode({ v: 2, type: 'grant', lease })).leases.values()], [lease]);
+  const line = (v: number, patch: Record<string, unknown>): Buffer => {
+    const { bootId, ...rest } = leaseFor(5);
+    return Buffer.from(`${JSON.stringify({ v, type: 'grant', lease: { ...rest, ...(v === 2 ? { bootId } : {}), ...patch } })}\n`);
+  };
+  for (const [v, patch] of [
+    [1, { devices }], [2, { devices: [] }], [2, { devices: [{ address: '00:03.0', cdev: 'vfio0' }] }],
+    [2, { devices: [{ address: '0000:00:03.0', cdev: '../../dev/mem' }] }], [2, { devices: [{ address: '0000:00:03.0' }] }],
+  ] as const) {
+    assert.throws(() => replay('j', line(v, patch)), (e: unknown) => e instanceof JournalCorrupt && e.line === 1, JSON.stringify([v, patch]));
+  }
+});
+
 test('a lease whose name or pid could not have come from the broker is corrupt', () => {
   const bad = (patch: Partial<Record<keyof JournaledLease, unknown>>): Buffer =>
     Buffer.from(`${JSON.stringify({ v: 2, type: 'grant', lease: { ...leaseFor(1), ...patch } })}\n`);
