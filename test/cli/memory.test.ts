@@ -152,7 +152,7 @@ test('memory options: usage errors before anything is contacted', () => {
   bad(['measure'], /needs --qmp/);
   bad(['measure', '--qmp', '/q', '--memory', '1G'], /does not apply/);
   assert.deepEqual(parseCommand(['pass', '--qmp', '/q', '--fdname', 'f', '--name', 'vm1', '--size-from-qmp', '--request-id', 'r']),
-    { kind: 'pass', common: COMMON, request: { name: 'vm1', sizeFromQmp: true, requestId: 'r' }, qmpSocket: '/q', fdname: 'f' });
+    { kind: 'pass', common: COMMON, request: { name: 'vm1', sizeFromQmp: true, requestId: 'r' }, qmpSocket: '/q', fdname: 'f', devices: [] });
   assert.deepEqual(parseCommand(['hotplug', LEASE, '--qmp', '/q', '--memory', '1G', '--id', 'm.1', '--node', '1']),
     { kind: 'hotplug', common: COMMON, lease: LEASE, qmpSocket: '/q', sizeBytes: GiB, dimmId: 'm.1', node: 1 });
 });

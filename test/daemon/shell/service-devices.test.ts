@@ -143,6 +143,23 @@ describe('BrokerService.open with devices', { skip }, () => {
     }
   });
 
+  it('two Opens for one device at once: exactly one gets it (decision and reservation in one synchronous step)', async () => {
+    const { service: s, journal } = service(join(dir, 'e'));
+    try {
+      const [t1, t2] = [await target(), await target()];
+      const results = await Promise.allSettled([t1, t2].map((t) => s.open(ROOT_PEER, { name: 'vm', memoryBytes: MiB, devices: [B] }, pidfdOpen(t.pid ?? -1))));
+      const granted = results.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+      const refusals = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as unknown] : []));
+      for (const g of granted) closeAll(g);
+      assert.equal(granted.length, 1);
+      assert.ok(refusals[0] instanceof BrokerError && refusals[0].errorName === 'DeviceBusy');
+      assert.equal(s.status().devicesHeld, 1);
+    } finally {
+      s.close();
+      journal.close();
+    }
+  });
+
   it('a restart keeps which lease holds which device (journaled with the grant)', async () => {
     const state = join(dir, 'd');
     const t = await target();
