@@ -1,7 +1,8 @@
 // The broker as systemd runs it, installed from its Debian package (issue #11, item 2): socket
 // activation, its own user with exactly CAP_SYS_RESOURCE and NoNewPrivs, DeviceAllow letting
-// /dev/iommu through and refusing every other device (char or block) with EPERM, READY=1 and
-// its status line seen by systemd.
+// /dev/iommu and the VFIO device cdevs (char-vfio-dev: the broker hands them out) through and
+// refusing every other device (char or block) with EPERM, READY=1 and its status line seen by
+// systemd.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
@@ -45,7 +46,7 @@ test('the daemon runs as its own user, CapEff/CapPrm/CapBnd/CapAmb exactly CAP_S
   assert.equal(s.Seccomp, '2', 'SystemCallFilter= is in force');
 });
 
-test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu opens, other real devices and a disk\'s node are refused (EPERM)', T, (t) => {
+test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu and the VFIO cdevs open, other real devices and a disk\'s node are refused (EPERM)', T, (t) => {
   const pid = mainPid();
   const cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').trim().replace(/^0::/, '');
   assert.match(cgroup, /iommufd-broker\.service$/);
@@ -58,7 +59,7 @@ test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu opens, oth
   const made = sh('mknod', ['-m', '0600', disk, 'b', '8', '0']);
   assert.equal(made.status, 0, made.stderr);
   t.after(() => rmSync(disk, { force: true }));
-  const devices = ['/dev/iommu', '/dev/vfio/vfio', '/dev/vfio/devices/vfio0', '/dev/ttyS0', disk];
+  const devices = ['/dev/iommu', '/dev/vfio/vfio', '/dev/vfio/devices/vfio0', '/dev/vfio/devices/vfio1', '/dev/ttyS0', disk];
   // Each exists (bash's <> would create a missing one as a plain file) and is a device node.
   for (const d of devices) assert.ok(existsSync(d) && (statSync(d).isCharacterDevice() || statSync(d).isBlockDevice()), `${d} is a device node`);
   // A root shell with every capability moves itself into the service's cgroup and enters its mount
@@ -74,5 +75,8 @@ test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu opens, oth
   assert.deepEqual(probe(false), { ...Object.fromEntries(devices.map((d) => [d, 'ok'])), [disk]: 'No such device or address' },
     'as root outside the unit every device opens, and the disk node reaches the kernel (no block driver: ENXIO)');
   const refused = 'Operation not permitted';
-  assert.deepEqual(probe(true), { '/dev/iommu': 'ok', '/dev/vfio/vfio': refused, '/dev/vfio/devices/vfio0': refused, '/dev/ttyS0': refused, [disk]: refused });
+  assert.deepEqual(probe(true), {
+    '/dev/iommu': 'ok', '/dev/vfio/devices/vfio0': 'ok', '/dev/vfio/devices/vfio1': 'ok',
+    '/dev/vfio/vfio': refused, '/dev/ttyS0': refused, [disk]: refused,
+  }, 'the unit allows /dev/iommu and char-vfio-dev (the device cdevs), not the legacy VFIO container, a tty or a disk');
 });
