@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { formatSize } from '../../../client/index.ts';
-import { MiB, broker, kB, memlock, setOverhead, sh } from '../harness/system.ts';
+import { MiB, broker, kB, memlock, overheadBytes, setOverhead, sh } from '../harness/system.ts';
 import { EDU_ALLOWED, LAB_USER, qmp, qmpReady, startVm } from '../harness/vm.ts';
 
 const T = { timeout: 900_000 };
@@ -22,7 +22,7 @@ test('iommufdctl exec --device: QEMU with vfio-pci runs, VmPin = VmLck = RAM + B
   assert.equal(lease.pid, vm.pid, 'the lease\'s target is QEMU itself (exec kept the pid)');
   assert.equal(lease.accountingMode, 'process');
   assert.deepEqual((lease.devices ?? []).map((d) => d.address), [EDU_ALLOWED], 'the lease holds the device it handed out');
-  assert.equal(lease.limitBytes, 64 * MiB + 1024 * MiB, 'RAM + the packaged policy\'s 1G overhead');
+  assert.equal(lease.limitBytes, 64 * MiB + await overheadBytes(), 'RAM + the packaged policy\'s overhead');
   assert.deepEqual(memlock(vm.pid), { soft: lease.limitBytes, hard: lease.limitBytes });
   const pin = kB(vm.pid, 'VmPin');
   assert.equal(pin, 64 * 1024 + PC_BIOS_KB, 'pinned: guest RAM and pc.bios (-nodefaults)');
@@ -58,8 +58,7 @@ test('the default overhead carries QEMU\'s default devices (VGA VRAM, NIC ROM) t
 });
 
 test('overhead 0 (systemctl reload): the same QEMU fails at start with the kernel\'s ENOMEM', T, async (t) => {
-  await setOverhead('0', 0);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(await setOverhead('0', 0));
   const vm = await startVm({ name: 'vm-no-overhead', memory: '64M', leaseMemory: '64M', vfio: true });
   t.after(() => vm.stop());
   const end = await vm.exited;

@@ -24,8 +24,7 @@ async function hotplugVm(name: string, o: Partial<VmOptions> = {}): Promise<{ vm
 }
 
 test('hotplug: Resize up first, then object-add + device_add pc-dimm: the DIMM appears, VmPin grows by 64 MiB', T, async (t) => {
-  await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(await setOverhead('1M', MiB));
   const { vm, lease, baseline } = await hotplugVm('vm-hotplug');
   t.after(() => vm.stop());
   const r = await broker((c) => c.resize(lease, 128 * MiB));
@@ -46,8 +45,7 @@ test('hotplug: Resize up first, then object-add + device_add pc-dimm: the DIMM a
 });
 
 test('the same hotplug without the raise aborts QEMU with the kernel\'s ENOMEM', T, async (t) => {
-  await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(await setOverhead('1M', MiB));
   const { vm } = await hotplugVm('vm-no-raise');
   t.after(() => vm.stop());
   await qmp(vm, async (c) => {
@@ -79,8 +77,7 @@ async function leaseOf(id: string): Promise<{ memoryBytes: number; limitBytes: n
 }
 
 test('iommufdctl hotplug then unplug, the guest acks the eject: mapped after the raise, the limit lowered after QEMU released it', T, async (t) => {
-  await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(await setOverhead('1M', MiB));
   const { vm, lease, baseline } = await hotplugVm('vm-unplug', { dimmGuest: true });
   t.after(() => vm.stop());
   const add = ctl(300, 'hotplug', lease, '--qmp', vm.qmp, '--memory', '64M', '--id', 'dimm1');
@@ -100,8 +97,7 @@ test('iommufdctl hotplug then unplug, the guest acks the eject: mapped after the
 });
 
 test('iommufdctl unplug with no guest to release the DIMM: no DEVICE_DELETED, so the limit stays raised', T, async (t) => {
-  await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(await setOverhead('1M', MiB));
   const { vm, lease, baseline } = await hotplugVm('vm-unplug-noack');
   t.after(() => vm.stop());
   const add = ctl(300, 'hotplug', lease, '--qmp', vm.qmp, '--memory', '64M', '--id', 'dimm1');
@@ -116,8 +112,7 @@ test('iommufdctl unplug with no guest to release the DIMM: no DEVICE_DELETED, so
 });
 
 test('iommufdctl hotplug whose device_add QEMU refuses: the backend is deleted and the limit is back where it was', T, async (t) => {
-  await setOverhead('1M', MiB);
-  t.after(() => setOverhead('1G', 1024 * MiB));
+  t.after(await setOverhead('1M', MiB));
   const { vm, lease, baseline } = await hotplugVm('vm-hotplug-refused');
   t.after(() => vm.stop());
   // 512 MiB does not fit: maxmem=512M leaves 448 MiB for DIMMs. The raise comes first (so the

@@ -4,7 +4,7 @@
 // killed by systemd's watchdog and restarted, and the leases are re-adopted again.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MiB, SERVICE, broker, journal, mainPid, memlock, sh, unitProps, waitFor } from '../harness/system.ts';
+import { MiB, SERVICE, broker, journal, mainPid, memlock, overheadBytes, sh, unitProps, waitFor } from '../harness/system.ts';
 import { EDU_ALLOWED, qmpReady, startVm, type Vm } from '../harness/vm.ts';
 
 const T = { timeout: 900_000 };
@@ -47,10 +47,11 @@ async function assertReadopted(ids: string[], vms: Vm[]): Promise<void> {
   assert.deepEqual(after.map((l) => l.id).filter((id) => ids.includes(id)).sort(), [...ids].sort(), 'every lease re-adopted');
   assert.deepEqual(after.find((l) => l.id === ids[0])?.devices?.map((d) => d.address), [EDU_ALLOWED], 'vm-a\'s lease still holds its device (journaled)');
   // Still live: a Resize reaches each QEMU's limit.
+  const overhead = await overheadBytes();
   for (const [i, vm] of vms.entries()) {
     const id = ids[i] ?? '';
     await broker((c) => c.resize(id, (80 + i) * MiB));
-    assert.deepEqual(memlock(vm.pid), { soft: (80 + i) * MiB + 1024 * MiB, hard: (80 + i) * MiB + 1024 * MiB });
+    assert.deepEqual(memlock(vm.pid), { soft: (80 + i) * MiB + overhead, hard: (80 + i) * MiB + overhead });
   }
 }
 
