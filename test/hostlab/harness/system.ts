@@ -74,20 +74,31 @@ export async function broker<T>(fn: (c: BrokerClient) => Promise<T>): Promise<T>
   }
 }
 
+/** The overhead the broker applies now (the packaged policy's, unless a check changed it). */
+export async function overheadBytes(): Promise<number> {
+  return (await broker((c) => c.status())).overheadBytes;
+}
+
 /**
  * Replaces [limits] overhead in the policy, reloads, and waits until Status shows it. A Status
  * call first starts the socket-activated service if nothing has yet (reload needs it running).
+ * Returns what puts the policy's overhead line back as it was (for t.after): the checks never
+ * assume which overhead the package ships.
  */
-export async function setOverhead(overhead: string, bytes: number): Promise<void> {
-  await broker((c) => c.status());
+export async function setOverhead(overhead: string, bytes: number): Promise<() => Promise<void>> {
+  const before = await overheadBytes();
   const text = readFileSync(POLICY, 'utf8');
-  const next = text.replace(/^overhead\s*=.*$/m, `overhead = "${overhead}"`);
-  if (next === text && !text.includes(`overhead = "${overhead}"`)) throw new Error(`no overhead line in ${POLICY}`);
-  writeFileSync(POLICY, next);
+  const line = /^overhead\s*=.*$/m.exec(text)?.[0];
+  if (line === undefined) throw new Error(`no overhead line in ${POLICY}`);
+  await applyOverhead(text.replace(line, `overhead = "${overhead}"`), overhead, bytes);
+  return async () => applyOverhead(readFileSync(POLICY, 'utf8').replace(/^overhead\s*=.*$/m, () => line), line, before);
+}
+
+async function applyOverhead(policy: string, what: string, bytes: number): Promise<void> {
+  writeFileSync(POLICY, policy);
   const r = sh('systemctl', ['reload', SERVICE]);
   if (r.status !== 0) throw new Error(`systemctl reload: ${r.stderr}`);
-  await waitFor(`the broker to report overhead ${overhead} after systemctl reload`, 120, async () =>
-    (await broker((c) => c.status())).overheadBytes === bytes);
+  await waitFor(`the broker to report overhead ${what} after systemctl reload`, 120, async () => (await overheadBytes()) === bytes);
 }
 
 /** The broker's journal since the unit's first start, as its JSON lines (pino). */

@@ -1,22 +1,35 @@
 // The inner QEMU 10 of the host lab: started as the unprivileged user `labvm` (group iommufd,
 // no capabilities: setpriv drops them all), either through the packaged `iommufdctl exec`
 // (the broker's FD substituted for {iommufd}) or bare (for `iommufdctl pass`), with a QMP
-// socket, and optionally QEMU's `edu` PCI device through vfio-pci + iommufd.
+// socket, and optionally one of QEMU's `edu` PCI devices through vfio-pci + iommufd, its cdev
+// fd handed out by the broker (`exec --device ADDR`, `{vfio:ADDR}`): labvm cannot open it.
 //
 // Invariants:
 // - The pid of the setpriv child is QEMU's pid: setpriv, iommufdctl and QEMU exec one another.
 // - stdout/stderr are collected for the checks (QEMU's own error messages are the evidence).
 // - Every Vm is killed (SIGKILL) by stop(); the suite calls it on every path (t.after).
-// - The edu device (vendor 1234, device 11e8, bound to vfio-pci at boot by the lab root's
-//   hostlab-vfio-bind.service) is found in sysfs, never assumed at a fixed address.
+// - The outer VM has two edu devices (vendor 1234, device 11e8, bound to vfio-pci at boot by
+//   the lab root's hostlab-vfio-bind.service) at the PCI addresses test/hostlab/run gives them:
+//   EDU_ALLOWED has the lab policy's [[devices]] entry, EDU_OTHER has none. The suite checks
+//   that both are edu devices bound to vfio-pci before relying on them.
+// - A VM asking for a device waits first until no lease holds it (the lease of a QEMU killed by
+//   the previous check ends when the broker sees it exit), unless told the device is busy.
+// - A QEMU without default devices is paused (-S) unless it is given the DIMM-eject guest
+//   (test/hostlab/dimm-guest/, built by run into DIMM_GUEST): the only guest code that ever
+//   runs in it acknowledges the unplug of a DIMM after device_del asked for it.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chownSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { QmpClient } from '../../../client/index.ts';
-import { sh, waitFor } from './system.ts';
+import { broker, sh, waitFor } from './system.ts';
 
 export const LAB_USER = 'labvm';
 const RUN_DIR = '/run/hostlab';
+/** The edu devices' addresses: the same as test/hostlab/run's -device edu,addr= and policy entry. */
+export const EDU_ALLOWED = '0000:00:08.0';
+export const EDU_OTHER = '0000:00:09.0';
+/** The 64 KiB -bios image that acks DIMM ejects (test/hostlab/dimm-guest/dimm-eject.S). */
+export const DIMM_GUEST = '/usr/local/lib/hostlab/dimm-eject.bin';
 
 export interface VmOptions {
   name: string;
@@ -24,10 +37,14 @@ export interface VmOptions {
   memory: string;
   /** What to ask the broker for (iommufdctl exec --memory); undefined: start QEMU bare. */
   leaseMemory?: string;
-  /** Attach the edu device with vfio-pci through the iommufd (needs leaseMemory). */
-  vfio?: boolean;
+  /** Attach an edu device (true: EDU_ALLOWED) with vfio-pci through the iommufd, its fd from the broker (needs leaseMemory). */
+  vfio?: boolean | string;
+  /** The device is expected to be held by another lease: do not wait for it to be free. */
+  deviceBusy?: boolean;
   /** QEMU's default devices (VGA, NIC, ...) and a running guest (firmware runs); else -nodefaults -S. */
   defaults?: boolean;
+  /** -nodefaults, running DIMM_GUEST as its firmware instead of being paused (for unplug). */
+  dimmGuest?: boolean;
   extra?: string[];
 }
 
@@ -41,12 +58,17 @@ export interface Vm {
   stop(): Promise<void>;
 }
 
-export function eduDevice(): string {
-  for (const d of readdirSync('/sys/bus/pci/devices')) {
+/** The edu devices bound to vfio-pci, by address (sysfs). */
+export function eduDevices(): string[] {
+  return readdirSync('/sys/bus/pci/devices').filter((d) => {
     const p = join('/sys/bus/pci/devices', d);
-    if (readFileSync(join(p, 'vendor'), 'utf8').trim() === '0x1234' && readFileSync(join(p, 'device'), 'utf8').trim() === '0x11e8') return p;
-  }
-  throw new Error('no edu PCI device (1234:11e8): is the outer VM started with -device edu?');
+    return readFileSync(join(p, 'vendor'), 'utf8').trim() === '0x1234' && readFileSync(join(p, 'device'), 'utf8').trim() === '0x11e8'
+      && existsSync(join(p, 'driver')) && readlinkSync(join(p, 'driver')).endsWith('/vfio-pci');
+  }).sort();
+}
+
+export function deviceOf(o: VmOptions): string | undefined {
+  return o.vfio === true ? EDU_ALLOWED : o.vfio === false ? undefined : o.vfio;
 }
 
 function labIds(): { uid: number; gid: number } {
@@ -58,9 +80,10 @@ function labIds(): { uid: number; gid: number } {
 
 export function qemuArgs(o: VmOptions, qmp: string): string[] {
   const args = ['-M', 'q35', '-accel', 'tcg,tb-size=32', '-display', 'none', '-m', o.memory, '-qmp', `unix:${qmp},server=on,wait=off`];
-  if (o.defaults !== true) args.push('-nodefaults', '-S');
+  if (o.defaults !== true) args.push('-nodefaults', ...(o.dimmGuest === true ? ['-bios', DIMM_GUEST] : ['-S']));
   if (o.leaseMemory !== undefined) args.push('-object', 'iommufd,id=i0,fd={iommufd}');
-  if (o.vfio === true) args.push('-device', `vfio-pci,iommufd=i0,sysfsdev=${eduDevice()}`);
+  const device = deviceOf(o);
+  if (device !== undefined) args.push('-device', `vfio-pci,iommufd=i0,fd={vfio:${device}}`);
   return [...args, ...(o.extra ?? [])];
 }
 
@@ -74,8 +97,11 @@ export async function startVm(o: VmOptions): Promise<Vm> {
   const qmp = join(dir, 'qmp.sock');
   rmSync(qmp, { force: true }); // an earlier VM's socket: qmpReady must see this QEMU's
   const qemu = ['qemu-system-x86_64', ...qemuArgs(o, qmp)];
+  const device = deviceOf(o);
+  if (device !== undefined && o.deviceBusy !== true) await deviceFree(device);
   const argv = o.leaseMemory === undefined ? qemu
-    : ['/usr/bin/iommufdctl', '--timeout', '300', 'exec', '--name', o.name, '--memory', o.leaseMemory, '--', ...qemu];
+    : ['/usr/bin/iommufdctl', '--timeout', '300', 'exec', '--name', o.name, '--memory', o.leaseMemory,
+        ...(device === undefined ? [] : ['--device', device]), '--', ...qemu];
   const child = spawn('setpriv', [`--reuid=${LAB_USER}`, `--regid=${LAB_USER}`, '--init-groups', '--inh-caps=-all',
     '--bounding-set=-all', '--', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
   let out = '';
@@ -96,6 +122,12 @@ export async function startVm(o: VmOptions): Promise<Vm> {
     },
   };
   return vm;
+}
+
+/** Waits until no lease holds the device (a killed QEMU's lease ends when the broker sees the exit). */
+export async function deviceFree(address: string): Promise<void> {
+  await waitFor(`no lease to hold ${address}`, 120, async () =>
+    !(await broker((c) => c.list())).leases.some((l) => (l.devices ?? []).some((d) => d.address === address)));
 }
 
 /** Waits until QEMU answers on QMP (or exits: then resolves false with its output in vm.output()). */

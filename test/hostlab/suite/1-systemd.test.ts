@@ -1,9 +1,11 @@
 // The broker as systemd runs it, installed from its Debian package (issue #11, item 2): socket
 // activation, its own user with exactly CAP_SYS_RESOURCE and NoNewPrivs, DeviceAllow letting
-// /dev/iommu through and nothing else, READY=1 and its status line seen by systemd.
+// /dev/iommu and the VFIO device cdevs (char-vfio-dev: the broker hands them out) through and
+// refusing every other device (char or block) with EPERM, READY=1 and its status line seen by
+// systemd.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { SERVICE, broker, mainPid, procStatus, sh, unitProps } from '../harness/system.ts';
 
 const CAP_SYS_RESOURCE = 1n << 24n;
@@ -44,20 +46,37 @@ test('the daemon runs as its own user, CapEff/CapPrm/CapBnd/CapAmb exactly CAP_S
   assert.equal(s.Seccomp, '2', 'SystemCallFilter= is in force');
 });
 
-test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu opens, other real devices do not', T, () => {
+test('DeviceAllow: inside the service\'s cgroup and mounts /dev/iommu and the VFIO cdevs open, other real devices and a disk\'s node are refused (EPERM)', T, (t) => {
   const pid = mainPid();
   const cgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').trim().replace(/^0::/, '');
   assert.match(cgroup, /iommufd-broker\.service$/);
-  const devices = ['/dev/iommu', '/dev/vfio/vfio', '/dev/vfio/devices/vfio0', '/dev/ttyS0'];
+  // The lab kernel has no block layer (CONFIG_BLOCK is off, the root is 9p), so no disk exists.
+  // A node for the first SCSI disk (block 8:0, /dev/sda's numbers) shows what the unit's device
+  // program does with one: outside the unit the open gets as far as the kernel's block device
+  // lookup (ENXIO: no driver); inside, the cgroup refuses it (EPERM) before that.
+  const disk = '/dev/hostlab-disk-sda';
+  rmSync(disk, { force: true });
+  const made = sh('mknod', ['-m', '0600', disk, 'b', '8', '0']);
+  assert.equal(made.status, 0, made.stderr);
+  t.after(() => rmSync(disk, { force: true }));
+  const devices = ['/dev/iommu', '/dev/vfio/vfio', '/dev/vfio/devices/vfio0', '/dev/vfio/devices/vfio1', '/dev/ttyS0', disk];
+  // Each exists (bash's <> would create a missing one as a plain file) and is a device node.
+  for (const d of devices) assert.ok(existsSync(d) && (statSync(d).isCharacterDevice() || statSync(d).isBlockDevice()), `${d} is a device node`);
   // A root shell with every capability moves itself into the service's cgroup and enters its mount
-  // namespace, so only the unit's device policy (a cgroup BPF program) can refuse an open.
+  // namespace, so only the unit's device policy (a cgroup BPF program) can refuse an open; each
+  // refusal is reported with its errno text.
   const probe = (inService: boolean): Record<string, string> => {
-    const opens = devices.map((d) => `if (exec 3<>${d}) 2>/dev/null; then echo "${d} ok"; else echo "${d} refused"; fi`).join('; ');
+    const opens = devices.map((d) => `if err=$( (exec 3<>${d}) 2>&1 ); then echo "${d}=ok"; else echo "${d}=\${err##*: }"; fi`).join('; ');
     const script = inService ? `echo $$ > /sys/fs/cgroup${cgroup}/cgroup.procs && exec nsenter -t ${pid} -m -- bash -c '${opens}'` : opens;
     const r = sh('bash', ['-c', script]);
     assert.equal(r.status, 0, r.stderr);
-    return Object.fromEntries(r.stdout.trim().split('\n').map((l) => l.split(' ') as [string, string]));
+    return Object.fromEntries(r.stdout.trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
   };
-  assert.deepEqual(probe(false), Object.fromEntries(devices.map((d) => [d, 'ok'])), 'as root outside the unit every device opens');
-  assert.deepEqual(probe(true), { '/dev/iommu': 'ok', '/dev/vfio/vfio': 'refused', '/dev/vfio/devices/vfio0': 'refused', '/dev/ttyS0': 'refused' });
+  assert.deepEqual(probe(false), { ...Object.fromEntries(devices.map((d) => [d, 'ok'])), [disk]: 'No such device or address' },
+    'as root outside the unit every device opens, and the disk node reaches the kernel (no block driver: ENXIO)');
+  const refused = 'Operation not permitted';
+  assert.deepEqual(probe(true), {
+    '/dev/iommu': 'ok', '/dev/vfio/devices/vfio0': 'ok', '/dev/vfio/devices/vfio1': 'ok',
+    '/dev/vfio/vfio': refused, '/dev/ttyS0': refused, [disk]: refused,
+  }, 'the unit allows /dev/iommu and char-vfio-dev (the device cdevs), not the legacy VFIO container, a tty or a disk');
 });

@@ -1,18 +1,19 @@
 // Real QEMU 10 as the broker's client (issue #11, item 3), unprivileged (user labvm, group
-// iommufd, no capabilities), started by the packaged `iommufdctl exec` with the broker's FD:
+// iommufd, no capabilities), started by the packaged `iommufdctl exec` with the broker's FDs
+// (the iommufd and, with --device, the edu device's VFIO cdev, which labvm cannot open):
 // what it pins is charged to it and within its lease; the default overhead carries QEMU's
 // default devices through firmware; with the overhead at 0 (a policy change applied by
 // `systemctl reload`) the kernel refuses QEMU's first DMA map.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { formatSize } from '../../../client/index.ts';
-import { MiB, broker, kB, memlock, setOverhead, sh } from '../harness/system.ts';
-import { LAB_USER, qmp, qmpReady, startVm } from '../harness/vm.ts';
+import { MiB, broker, kB, memlock, overheadBytes, setOverhead, sh } from '../harness/system.ts';
+import { EDU_ALLOWED, LAB_USER, qmp, qmpReady, startVm } from '../harness/vm.ts';
 
 const T = { timeout: 900_000 };
 const PC_BIOS_KB = 256;
 
-test('iommufdctl exec: QEMU with vfio-pci runs, VmPin = VmLck = RAM + BIOS, within the lease; status shows it', T, async (t) => {
+test('iommufdctl exec --device: QEMU with vfio-pci runs, VmPin = VmLck = RAM + BIOS, within the lease; status shows it', T, async (t) => {
   const vm = await startVm({ name: 'vm-exec', memory: '64M', leaseMemory: '64M', vfio: true });
   t.after(() => vm.stop());
   assert.equal(await qmpReady(vm), true, `QEMU did not come up:\n${vm.output()}`);
@@ -20,7 +21,8 @@ test('iommufdctl exec: QEMU with vfio-pci runs, VmPin = VmLck = RAM + BIOS, with
   assert.ok(lease !== undefined, 'the lease is listed');
   assert.equal(lease.pid, vm.pid, 'the lease\'s target is QEMU itself (exec kept the pid)');
   assert.equal(lease.accountingMode, 'process');
-  assert.equal(lease.limitBytes, 64 * MiB + 64 * MiB, 'RAM + the packaged policy\'s 64M overhead');
+  assert.deepEqual((lease.devices ?? []).map((d) => d.address), [EDU_ALLOWED], 'the lease holds the device it handed out');
+  assert.equal(lease.limitBytes, 64 * MiB + await overheadBytes(), 'RAM + the packaged policy\'s overhead');
   assert.deepEqual(memlock(vm.pid), { soft: lease.limitBytes, hard: lease.limitBytes });
   const pin = kB(vm.pid, 'VmPin');
   assert.equal(pin, 64 * 1024 + PC_BIOS_KB, 'pinned: guest RAM and pc.bios (-nodefaults)');
@@ -56,8 +58,7 @@ test('the default overhead carries QEMU\'s default devices (VGA VRAM, NIC ROM) t
 });
 
 test('overhead 0 (systemctl reload): the same QEMU fails at start with the kernel\'s ENOMEM', T, async (t) => {
-  await setOverhead('0', 0);
-  t.after(() => setOverhead('64M', 64 * MiB));
+  t.after(await setOverhead('0', 0));
   const vm = await startVm({ name: 'vm-no-overhead', memory: '64M', leaseMemory: '64M', vfio: true });
   t.after(() => vm.stop());
   const end = await vm.exited;

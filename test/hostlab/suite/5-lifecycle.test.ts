@@ -4,8 +4,8 @@
 // killed by systemd's watchdog and restarted, and the leases are re-adopted again.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MiB, SERVICE, broker, journal, mainPid, memlock, sh, unitProps, waitFor } from '../harness/system.ts';
-import { qmpReady, startVm, type Vm } from '../harness/vm.ts';
+import { MiB, SERVICE, broker, journal, mainPid, memlock, overheadBytes, sh, unitProps, waitFor } from '../harness/system.ts';
+import { EDU_ALLOWED, qmpReady, startVm, type Vm } from '../harness/vm.ts';
 
 const T = { timeout: 900_000 };
 
@@ -36,20 +36,28 @@ async function twoLiveVms(t: { after: (fn: () => Promise<void>) => void }): Prom
   return vms;
 }
 
+/** The leases of the VMs, in the VMs' order (vm-a's first). */
+async function leaseIds(vms: Vm[]): Promise<string[]> {
+  const leases = (await broker((c) => c.list())).leases;
+  return vms.map((v) => leases.find((l) => l.pid === v.pid)?.id ?? `(no lease for pid ${v.pid})`);
+}
+
 async function assertReadopted(ids: string[], vms: Vm[]): Promise<void> {
   const after = (await broker((c) => c.list())).leases;
   assert.deepEqual(after.map((l) => l.id).filter((id) => ids.includes(id)).sort(), [...ids].sort(), 'every lease re-adopted');
+  assert.deepEqual(after.find((l) => l.id === ids[0])?.devices?.map((d) => d.address), [EDU_ALLOWED], 'vm-a\'s lease still holds its device (journaled)');
   // Still live: a Resize reaches each QEMU's limit.
+  const overhead = await overheadBytes();
   for (const [i, vm] of vms.entries()) {
     const id = ids[i] ?? '';
     await broker((c) => c.resize(id, (80 + i) * MiB));
-    assert.deepEqual(memlock(vm.pid), { soft: (80 + i) * MiB + 1024 * MiB, hard: (80 + i) * MiB + 1024 * MiB });
+    assert.deepEqual(memlock(vm.pid), { soft: (80 + i) * MiB + overhead, hard: (80 + i) * MiB + overhead });
   }
 }
 
 test('systemctl restart with live leases re-adopts them all; they stay resizable', T, async (t) => {
   const vms = await twoLiveVms(t);
-  const ids = (await broker((c) => c.list())).leases.filter((l) => vms.some((v) => v.pid === l.pid)).map((l) => l.id);
+  const ids = await leaseIds(vms);
   assert.equal(ids.length, 2);
   const oldPid = mainPid();
   const r = sh('systemctl', ['restart', SERVICE]);
@@ -60,7 +68,7 @@ test('systemctl restart with live leases re-adopts them all; they stay resizable
 
 test('SIGSTOP of the daemon: the watchdog kills it, systemd restarts it, the leases are re-adopted', T, async (t) => {
   const vms = await twoLiveVms(t);
-  const ids = (await broker((c) => c.list())).leases.filter((l) => vms.some((v) => v.pid === l.pid)).map((l) => l.id);
+  const ids = await leaseIds(vms);
   const before = unitProps(SERVICE, 'NRestarts', 'MainPID', 'WatchdogUSec');
   assert.ok(Number(before.WatchdogUSec) > 0 || /s$/.test(before.WatchdogUSec ?? ''), `WatchdogSec is set: ${before.WatchdogUSec}`);
   process.kill(Number(before.MainPID), 'SIGSTOP');
