@@ -39,27 +39,26 @@
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
-import { DEFAULT_LIST_LIMIT, MAX_NOT_RESIZABLE_LISTED, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
+import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec } from '../../native/sys.ts';
 import { decideRelease, decideResize, mayView, visibleLeases } from '../core/lease-decisions.ts';
 import { Ledger, type LeaseRecord } from '../core/ledger.ts';
-import { decideOpen } from '../core/open-decision.ts';
-import { planGrant, planRestore, planTargetExit, type JournalRecord, type PlanBackend } from '../core/lease-plan.ts';
-import { formatCursor, grantedAtMs, leasePage, parseCursor } from '../core/lease-pages.ts';
+import { callerExited, decideOpen } from '../core/open-decision.ts';
+import { planGrant, planRestore, planTargetExit, type PlanBackend } from '../core/lease-plan.ts';
+import { formatCursor, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
-import { callerExited } from '../core/open-decision.ts';
 import type { Device } from './device.ts';
 import { HOST_VFIO_ROOTS, openDevices, type OpenedDevice, type VfioRoots } from './vfio/resolve.ts';
 import { fdStoreName, leaseIdOfStoreName, LeaseFds, type FdStore } from './lease-fds.ts';
 import type { LeaseJournal } from './journal/journal.ts';
-import { checkRestorable, durable, journalReady } from './journal/guard.ts';
+import { checkRestorable, journalReady } from './journal/guard.ts';
 import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
 import { pageSize } from './target/procfs.ts';
-import {
-  applyLimit, describeTarget, reacquireTarget, readLimit, readTargetUsage, restoreLimit, type Target, type TargetUsage,
-} from './target/target.ts';
+import { describeTarget, reacquireTarget, readLimit, type Target, type TargetUsage } from './target/target.ts';
 import { LeaseLanes } from './lease-lanes.ts';
+import { leaseEffects } from './lease-effects.ts';
 import { runPlan, type PlanEffects } from './lease-transaction.ts';
+import { brokerStatus, wireLease, type ServiceView } from './lease-views.ts';
 import { TargetWatch } from './target/watch.ts';
 
 export interface ServiceDeps {
@@ -293,37 +292,20 @@ export class BrokerService {
   }
 
   status(): Status {
-    const used = this.#ledger.usedBytes();
-    const total = this.#policy.budgetBytes;
-    return {
-      version: this.deps.version,
-      device: this.deps.device.info,
-      capabilities: {
-        sysResource: this.deps.haveSysResource,
-        note: this.deps.haveSysResource
-          ? 'CAP_SYS_RESOURCE held: limits can be set on any target and raised'
-          : 'no CAP_SYS_RESOURCE: limits can only be lowered, and only on processes with the broker\'s own uids/gids',
-      },
-      budget: { totalBytes: total, usedBytes: used, freeBytes: Math.max(0, total - used), releasedBytes: this.#ledger.releasedBytes() },
-      leases: this.#ledger.count(),
-      devicesHeld: this.#ledger.devicesHeld(),
-      overheadBytes: this.#policy.overheadBytes,
-      journal: this.#journalStatus(),
-      backend: this.#backendStatus(),
-    };
+    return brokerStatus(this.#view());
   }
 
-  #backendStatus(): NonNullable<Status['backend']> {
-    const lost = this.#backend === 'per-fd' ? this.#ledger.all().filter((r) => !this.#fds.has(r.id)).map((r) => r.id) : [];
-    return {
-      ...this.deps.device.backend, notResizableCount: lost.length, notResizable: lost.slice(0, MAX_NOT_RESIZABLE_LISTED),
-    };
+  /** What the wire views read: one object, so lease-views.ts needs no access to the class. */
+  #view(): ServiceView {
+    return { deps: this.deps, ledger: this.#ledger, policy: this.#policy, fds: this.#fds, backend: this.#backend };
   }
 
-  #journalStatus(): NonNullable<Status['journal']> {
-    const degraded = this.deps.journal.degraded;
-    if (degraded === null) return { healthy: true };
-    return { healthy: false, degradedSince: degraded.since.toISOString(), reason: degraded.error.message };
+  #toWire(r: LeaseRecord, usage?: TargetUsage): Lease {
+    return wireLease(this.#view(), r, usage);
+  }
+
+  #effects(id: string, target: Target | undefined, pendingFd?: number): PlanEffects {
+    return leaseEffects({ id, target, pendingFd, deps: this.deps, ledger: this.#ledger, fds: this.#fds, targets: this.#targets });
   }
 
   /** The journal's records, fdatasyncs and compactions so far, and whether it is degraded (for /metrics). */
@@ -350,37 +332,6 @@ export class BrokerService {
     this.deps.onLeasesChanged?.();
   }
 
-  /**
-   * The effects a plan for lease `id` acts on. `target`: the process whose limit it sets and
-   * whose exit it watches (owner of its pidfd: the caller until watch.start, then TargetWatch);
-   * undefined for plans that touch neither. `pendingFd`: a grant's FD duplicate, owned by the
-   * caller until fd.keep hands it to #fds; other plans act on the one #fds holds.
-   */
-  #effects(id: string, target: Target | undefined, pendingFd?: number): PlanEffects {
-    const { journal, haveSysResource, log, device } = this.deps;
-    const mustTarget = (): Target => {
-      if (target === undefined) throw new Error(`lease ${id}: a plan touched a target the service did not give it (a bug)`);
-      return target;
-    };
-    const mustFd = (): number => {
-      const fd = pendingFd ?? this.#fds.get(id);
-      if (fd === undefined || device.fdLimits === undefined) throw new Error(`lease ${id}: a plan set an FD limit on no kept FD (a bug)`);
-      return fd;
-    };
-    return {
-      ledger: this.#ledger,
-      journal: { write: (record) => writeRecord(journal, record), flush: () => durable(journal) },
-      kernel: {
-        setFd: (limitBytes) => device.fdLimits?.set(mustFd(), limitBytes),
-        set: (limitBytes) => applyLimit(mustTarget(), limitBytes, haveSysResource),
-        restore: (previous) => restoreLimit(mustTarget(), previous),
-      },
-      watch: { start: () => this.#targets.watch(id, mustTarget()), stop: () => this.#targets.forget(id) },
-      fd: { keep: () => this.#fds.keep(id, mustFd()), drop: () => this.#fds.drop(id) },
-      warn: (err, what) => log.warn({ err, lease: id }, what),
-    };
-  }
-
   /** The caller's own process as the target: a copy of its pidfd (the connection owns peer.pidfd). */
   #selfPidfd(peer: Peer, p: BrokerParameters<'Open'>): number {
     if (peer.pidfd === undefined || !peerIsAlive(peer)) {
@@ -389,26 +340,6 @@ export class BrokerService {
       throw err;
     }
     return dupCloexec(peer.pidfd);
-  }
-
-  #toWire(r: LeaseRecord, usage: TargetUsage = readTargetUsage(r.targetPid)): Lease {
-    const { device } = this.deps;
-    const fd = this.#fds.get(r.id);
-    const fdPinnedBytes = fd === undefined || device.backend.kind !== 'per-fd' ? undefined : device.fdLimits?.usage(fd);
-    return {
-      id: r.id, name: r.name, pid: r.targetPid, uid: r.targetUid, ownerUid: r.ownerUid,
-      memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
-      accountingMode: device.backend.kind === 'simulated' ? 'none' : device.backend.kind === 'per-fd' ? 'fd' : 'process',
-      // The wire's createdAt is Date.toISOString()'s form (always 24 chars); a journaled time
-      // written with another precision is shown in that form too.
-      deviceKind: this.deps.device.info.kind, createdAt: new Date(grantedAtMs(r)).toISOString(),
-      ...(r.requestId === undefined ? {} : { requestId: r.requestId }),
-      ...usage,
-      ...(fdPinnedBytes === undefined ? {} : { fdPinnedBytes }),
-      ...(this.#backend === 'per-fd' && fd === undefined ? { resizable: false } : {}),
-      ...(r.releasedAt === undefined ? {} : { releasedAt: r.releasedAt }),
-      ...(r.devices === undefined || r.devices.length === 0 ? {} : { devices: r.devices.map((d) => ({ address: d.address, cdev: d.cdev })) }),
-    };
   }
 
   #audit(action: string, peer: Peer | undefined, r: LeaseRecord, extra: Record<string, unknown> = {}): void {
@@ -427,11 +358,3 @@ export class BrokerService {
   }
 }
 
-function writeRecord(journal: LeaseJournal, record: JournalRecord): void {
-  switch (record.kind) {
-    case 'grant': journal.recordGrant(record.lease); return;
-    case 'resize': journal.recordResize(record.id, record.to.memoryBytes, record.to.limitBytes); return;
-    case 'mark-released': journal.recordReleased(record.id, record.at); return;
-    case 'release': journal.recordRelease(record.id); return;
-  }
-}
