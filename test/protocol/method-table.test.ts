@@ -64,7 +64,7 @@ test('method names are qualified in one place: methods.ts exports schemas and li
   const methods = await import('../../protocol/methods.ts');
   assert.deepEqual(Object.keys(methods).sort(), [
     'CREATED_AT_PATTERN', 'DEFAULT_LIST_LIMIT', 'LEASE_ID_PATTERN', 'LIST_CURSOR_PATTERN', 'Lease', 'MAX_BYTES',
-    'MAX_LIST_LIMIT', 'MAX_REQUEST_ID_LENGTH', 'NAME_PATTERN', 'Status', 'accountingModes', 'brokerMethods',
+    'MAX_LIST_LIMIT', 'MAX_NOT_RESIZABLE_LISTED', 'MAX_REQUEST_ID_LENGTH', 'NAME_PATTERN', 'Status', 'accountingModes', 'backendKinds', 'brokerMethods',
     'deviceKinds', 'serviceMethods',
   ].sort());
 });
