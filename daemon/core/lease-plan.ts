@@ -53,9 +53,14 @@ export type PlanBackend = 'per-fd' | 'memlock';
 export type KernelChange =
   /**
    * Set the limit (`fd`: on the lease's FD first, then the target's RLIMIT_MEMLOCK); if a later
-   * step fails, put `restoreOnUndo` back on the target (undefined: nothing to put back).
+   * step fails, put `restoreOnUndo` back on the target (undefined: nothing to put back) and
+   * `restoreFdOnUndo` on the FD (a raise whose RLIMIT_MEMLOCK step fails after the FD's was
+   * raised: the FD must not keep more than the journal will claim).
    */
-  | { readonly kind: 'set'; readonly limitBytes: number; readonly restoreOnUndo: PreviousLimit | undefined; readonly fd: boolean }
+  | {
+    readonly kind: 'set'; readonly limitBytes: number; readonly restoreOnUndo: PreviousLimit | undefined; readonly fd: boolean;
+    readonly restoreFdOnUndo: number | undefined;
+  }
   /** Restore after a restart: make the kernel agree with the journal; a failure is logged and the lease kept. */
   | { readonly kind: 'reapply'; readonly limitBytes: number; readonly fd: boolean };
 
@@ -93,7 +98,8 @@ export function planGrant(lease: LeaseRecord, backend: PlanBackend = 'memlock'):
     id: lease.id, order: 'journal-first',
     ledger: { kind: 'grant', lease },
     journal: { record: { kind: 'grant', lease }, durable: 'reply' },
-    kernel: { kind: 'set', limitBytes: lease.limitBytes, restoreOnUndo: lease.previousLimit, fd: perFd },
+    // The FD is new and is closed, never handed out, if the grant fails: no FD limit to restore.
+    kernel: { kind: 'set', limitBytes: lease.limitBytes, restoreOnUndo: lease.previousLimit, fd: perFd, restoreFdOnUndo: undefined },
     watch: 'start', keptFd: perFd ? 'keep' : undefined,
     undo: { ledger: { kind: 'release', id: lease.id }, journal: { kind: 'release', id: lease.id } },
     before: undefined, after: lease,
@@ -108,8 +114,12 @@ export function planResize(lease: LeaseRecord, to: Sizes, backend: PlanBackend =
     id: lease.id, order,
     ledger: { kind: 'resize', id: lease.id, to },
     journal: { record: { kind: 'resize', id: lease.id, to }, durable: 'reply' },
-    // A raise sets the kernel last, so nothing after it can fail and need the old limit back.
-    kernel: { kind: 'set', limitBytes: to.limitBytes, restoreOnUndo: undefined, fd: backend === 'per-fd' },
+    // A raise sets the kernel last, so nothing after it can fail and need the target's old limit
+    // back; but on per-fd the FD's limit is set before the target's, which may still fail.
+    kernel: {
+      kind: 'set', limitBytes: to.limitBytes, restoreOnUndo: undefined, fd: backend === 'per-fd',
+      restoreFdOnUndo: backend === 'per-fd' && order === 'journal-first' ? lease.limitBytes : undefined,
+    },
     watch: undefined, keptFd: undefined,
     undo: order === 'kernel-first'
       ? NO_UNDO

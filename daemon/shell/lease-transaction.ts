@@ -21,8 +21,9 @@
 // - Each step that succeeded registers its undo; when a later step fails, the undos run in
 //   reverse and the failure is rethrown. Undo of a reservation: plan.undo.ledger; of a journal
 //   record: plan.undo.journal (a failure to write it is logged, not thrown: the journal then
-//   keeps claiming the larger, safe value); of a kernel limit: restoreOnUndo (the FD's limit
-//   needs none: a grant's FD that fails is closed by the caller, never handed out). Flush,
+//   keeps claiming the larger, safe value); of a kernel limit: restoreOnUndo, and for the FD's
+//   limit restoreFdOnUndo (a raise's FD limit, set before a target limit that then failed; a
+//   grant's FD needs none: it is closed by the caller, never handed out). Flush,
 //   watch and fd are last or have nothing to undo; 'fd' (keep or drop the lease's FD duplicate)
 //   cannot fail. A kernel-first plan's undo is empty (lease-plan.ts).
 // - 'apply' with kernel.fd sets the FD's limit before the target's RLIMIT_MEMLOCK.
@@ -128,7 +129,11 @@ function doStep(step: Exclude<Step, 'flush'>, plan: LeasePlan, fx: PlanEffects, 
         }
         return;
       }
-      if (k.fd) fx.kernel.setFd(k.limitBytes);
+      if (k.fd) {
+        fx.kernel.setFd(k.limitBytes);
+        const previousFd = k.restoreFdOnUndo;
+        if (previousFd !== undefined) undos.push(() => fx.kernel.setFd(previousFd));
+      }
       fx.kernel.set(k.limitBytes);
       const previous = k.restoreOnUndo;
       if (previous !== undefined) undos.push(() => fx.kernel.restore(previous));

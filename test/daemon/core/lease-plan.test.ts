@@ -29,7 +29,7 @@ describe('planGrant', () => {
     assert.equal(plan.order, 'journal-first');
     assert.deepEqual(plan.ledger, { kind: 'grant', lease: l });
     assert.deepEqual(plan.journal, { record: { kind: 'grant', lease: l }, durable: 'reply' });
-    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 }, fd: false });
+    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 }, fd: false, restoreFdOnUndo: undefined });
     assert.equal(plan.keptFd, undefined);
     assert.equal(plan.watch, 'start');
     assert.deepEqual(plan.undo, { ledger: { kind: 'release', id: 'l-a' }, journal: { kind: 'release', id: 'l-a' } });
@@ -43,7 +43,7 @@ describe('planResize', () => {
     const l = lease({ id: 'l-a' });
     const plan = planResize(l, { memoryBytes: 8 * GiB, limitBytes: 9 * GiB });
     assert.equal(plan.order, 'journal-first');
-    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 9 * GiB, restoreOnUndo: undefined, fd: false });
+    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 9 * GiB, restoreOnUndo: undefined, fd: false, restoreFdOnUndo: undefined });
     const from = { memoryBytes: 4 * GiB, limitBytes: 5 * GiB };
     assert.deepEqual(plan.undo, { ledger: { kind: 'resize', id: 'l-a', to: from }, journal: { kind: 'resize', id: 'l-a', to: from } });
     assert.equal(plan.before, l);
@@ -117,7 +117,9 @@ describe('planRestore', () => {
 describe('per-fd backend: the backend\'s steps', () => {
   it('a grant sets the FD\'s limit with the target\'s and keeps the FD', () => {
     const plan = planGrant(lease({ id: 'l-a' }), 'per-fd');
-    assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 }, fd: true });
+    assert.deepEqual(plan.kernel, {
+      kind: 'set', limitBytes: 5 * GiB, restoreOnUndo: { soft: 8 * MiB, hard: -1 }, fd: true, restoreFdOnUndo: undefined,
+    });
     assert.equal(plan.keptFd, 'keep');
     assert.equal(plan.watch, 'start');
   });
@@ -125,7 +127,9 @@ describe('per-fd backend: the backend\'s steps', () => {
   it('a resize sets the FD\'s limit both ways, keeps the order rule, and touches no kept FD', () => {
     fc.assert(fc.property(fc.integer({ min: 1, max: 64 }), (gib) => {
       const plan = planResize(lease({ id: 'l-a' }), { memoryBytes: gib * GiB, limitBytes: gib * GiB }, 'per-fd');
-      assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: gib * GiB, restoreOnUndo: undefined, fd: true });
+      // A raise (or same) puts the FD's old limit back if the target's step fails; a lowering has no undo.
+      const restoreFdOnUndo = plan.order === 'journal-first' ? 5 * GiB : undefined;
+      assert.deepEqual(plan.kernel, { kind: 'set', limitBytes: gib * GiB, restoreOnUndo: undefined, fd: true, restoreFdOnUndo });
       assert.equal(plan.keptFd, undefined);
       assert.equal(plan.order, orderFor(5 * GiB, gib * GiB));
     }));

@@ -319,6 +319,14 @@ describe('runPlan: the per-fd backend\'s steps', () => {
     assert.deepEqual(exit.log, ['journal release', 'forget', 'drop']);
   });
 
+  it('a raise whose RLIMIT_MEMLOCK step fails puts the FD\'s old limit back, then undoes the journal', async () => {
+    const { log, fx } = recorder('rlimit');
+    fx.ledger.grant(lease);
+    await assert.rejects(async () => runPlan(planResize(lease, { memoryBytes: 4 * MiB, limitBytes: 4 * MiB }, 'per-fd'), fx), /rlimit failed/);
+    assert.deepEqual(log, ['journal resize', 'flush', `fd-limit ${4 * MiB}`, `rlimit ${4 * MiB}`, `fd-limit ${2 * MiB}`, 'journal resize']);
+    assert.equal(fx.ledger.get('l-f')?.limitBytes, 2 * MiB);
+  });
+
   it('a restore re-applies the FD\'s limit when it came back; a refusal is a warning, the lease is kept', () => {
     const { log, fx } = recorder('fd-limit');
     assert.equal(runPlan(planRestore(lease, true, 'per-fd', true), fx), undefined);
