@@ -75,9 +75,9 @@ export interface NativeBinding {
   /** setsockopt SO_PASSRIGHTS=0: peers can no longer send fds (EPERM). -ENOPROTOOPT before Linux 6.16. */
   refuseFdPassing(fd: number): 0 | NegErrno;
   /**
-   * For an accepted socket: 0 if it already refused fds; else SO_PASSRIGHTS=0 is set now and
-   * 1 = no fd waits in its receive queue, 2 = some do (peeked, nothing installed or read).
-   * -ENOPROTOOPT before Linux 6.16.
+   * For an accepted socket: SO_PASSRIGHTS=0 is set if it still accepted fds, and its receive
+   * queue peeked (nothing installed or read): 0 = it already refused fds and none wait, 1 = it
+   * accepted them until now and none wait, 2 = some wait. -ENOPROTOOPT before Linux 6.16.
    */
   sealFdPassing(fd: number): 0 | 1 | 2 | NegErrno;
 

@@ -239,7 +239,8 @@ export function refuseFdPassing(fd: number): boolean {
  * For an accepted socket whose peer connected before its listener refused fds (the kernel
  * copies SO_PASSRIGHTS at connect()): makes it refuse them from now on, and says whether fds
  * already wait in its receive queue ('queued': reading it with read(2) would drop them, and
- * run their last close, on this thread). 'sealed': it refused fds from the start;
+ * run their last close, on this thread; checked whatever the option said, in case a kernel
+ * copies it at accept() rather than connect()). 'sealed': it refused fds from the start;
  * 'unsupported': the kernel has no SO_PASSRIGHTS (before 6.16).
  */
 export function sealFdPassing(fd: number): 'sealed' | 'now-sealed' | 'queued' | 'unsupported' {

@@ -18,10 +18,11 @@
  *   flags into the embryo socket then, net/unix/af_unix.c unix_stream_connect, Linux 6.16+;
  *   checked on 6.18): a peer that connected before the listener's setsockopt (a
  *   socket-activated listener's backlog) may still send fds, even after accept.
- * - sealFdPassing(fd), for such an accepted socket: returns 0 if it already refuses fds; else
- *   sets SO_PASSRIGHTS=0 on it (no fd can arrive from then on) and peeks (MSG_PEEK, no control
- *   buffer: the kernel reports MSG_CTRUNC and installs nothing) whether fds already wait in its
- *   receive queue: 1 = none, 2 = some (the caller must not read it on its thread). Reads no byte.
+ * - sealFdPassing(fd), for an accepted socket: sets SO_PASSRIGHTS=0 on it if it still accepted
+ *   fds (no fd can arrive from then on), and peeks (MSG_PEEK, no control buffer: the kernel
+ *   reports MSG_CTRUNC and installs nothing) whether fds already wait in its receive queue:
+ *   0 = it already refused fds and none wait, 1 = it accepted fds until now and none wait,
+ *   2 = some wait (the caller must not read it on its thread). Reads no byte.
  */
 #include "closer.h"
 #include "exports.h"
@@ -268,12 +269,13 @@ napi_value js_seal_fd_passing(napi_env env, napi_callback_info info) {
   int on = 0;
   socklen_t len = sizeof on;
   if (getsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &on, &len) < 0) return make_number(env, -errno);
-  if (on == 0) return make_number(env, 0);
   int off = 0;
-  if (setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof off) < 0) return make_number(env, -errno);
+  if (on != 0 && setsockopt(fd, SOL_SOCKET, SO_PASSRIGHTS, &off, sizeof off) < 0) return make_number(env, -errno);
+  /* Peeked even when it already refused fds: a kernel that copied the option at accept()
+   * instead of connect() (proposed upstream) would let fds in before accept all the same. */
   int queued = 0;
   if (ioctl(fd, SIOCINQ, &queued) < 0) return make_number(env, -errno);
-  if (queued <= 0) return make_number(env, 1);
+  if (queued <= 0) return make_number(env, on != 0 ? 1 : 0);
   /* A peek reads across fd-less messages and stops after the first one with fds, so room for
    * every queued byte finds any fd in the queue. */
   char *buf = malloc((size_t)queued);
@@ -283,6 +285,7 @@ napi_value js_seal_fd_passing(napi_env env, napi_callback_info info) {
   ssize_t n = recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
   int err = errno;
   free(buf);
-  if (n < 0) return make_number(env, err == EAGAIN ? 1 : -err);
-  return make_number(env, (msg.msg_flags & MSG_CTRUNC) ? 2 : 1);
+  int none = on != 0 ? 1 : 0;
+  if (n < 0) return make_number(env, err == EAGAIN ? none : -err);
+  return make_number(env, (msg.msg_flags & MSG_CTRUNC) ? 2 : none);
 }
