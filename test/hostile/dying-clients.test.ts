@@ -53,7 +53,15 @@ test('self-Opens whose clients die before reading the reply leave no fd and no l
       const grants = broker.audits('grant').filter((l) => String(l['name']).startsWith('vm-dies-'));
       return grants.every((g) => broker.audits('release').some((r) => r['lease'] === g['lease']));
     });
-    assert.deepEqual((await client.list()).leases, []);
+    // An Open still between its decision and its grant line is listed but not yet audited
+    // (seen once in a full run): it too must end, so List is polled until it is empty.
+    const deadline = Date.now() + 10_000;
+    let leases = (await client.list()).leases;
+    while (leases.length > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 25));
+      leases = (await client.list()).leases;
+    }
+    assert.deepEqual(leases, [], 'every lease of a dead client ends (hang guard 10 s)');
     assert.equal((await client.status()).budget.usedBytes, 0);
   } finally {
     client.close();
