@@ -2,8 +2,8 @@
 // request ids are as long as the protocol allows, so that all of them together are more JSON
 // than the 8 MiB reply cap. An unpaged List would have had to refuse that reply (and used to
 // exit on the unhandled rejection); now List answers page by page, every page under the cap,
-// and the daemon stays up. Targets are real idle processes (test/hostile/fixtures/many-targets.c,
-// bench/hold-targets.c made cheap with clone(CLONE_VM)), one lease each, opened by managers
+// and the daemon stays up. Targets are real idle processes (bench/hold-targets.c, made cheap
+// with clone(CLONE_VM)), one lease each, opened by managers
 // naming them by pidfd, with the simulated device.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -36,12 +36,12 @@ const longName = (i: number): string => `vm-${String(i).padStart(6, '0')}-`.padE
 
 /** Starts `n` idle, capability-less target processes; resolves with their pids and a stopper. */
 async function holdTargets(n: number): Promise<{ pids: number[]; stop: () => Promise<void> }> {
-  const holder = spawn('setpriv', [...STRIP, '--', buildC(join(REPO, 'test/hostile/fixtures/many-targets.c')), String(n)],
+  const holder = spawn('setpriv', [...STRIP, '--', buildC(join(REPO, 'bench/hold-targets.c')), String(n)],
     { stdio: ['pipe', 'pipe', 'inherit'] });
   const pids: number[] = [];
   await new Promise<void>((resolve, reject) => {
     createInterface({ input: holder.stdout }).on('line', (l) => { if (l === 'ready') resolve(); else pids.push(Number(l)); });
-    holder.once('exit', (code) => reject(new Error(`many-targets exited ${String(code)}`)));
+    holder.once('exit', (code) => reject(new Error(`hold-targets exited ${String(code)}`)));
   });
   return { pids, stop: async () => { holder.stdin.end(); await exited(holder); } };
 }
