@@ -33,6 +33,7 @@ test('both edu devices are bound to vfio-pci; the QEMU user cannot open their cd
   // Without the broker, QEMU would have to open the device itself (here the legacy group path).
   const vm = await startVm({ name: 'vm-bare-vfio', memory: '64M', extra: ['-device', `vfio-pci,sysfsdev=/sys/bus/pci/devices/${EDU_ALLOWED}`] });
   t.after(() => vm.stop());
+  assert.equal(await qmpReady(vm), false, `a bare QEMU started with the device:\n${vm.output()}`);
   const end = await vm.exited;
   assert.equal(end.code, 1, `a bare QEMU with the device exits 1:\n${vm.output()}`);
   assert.match(vm.output(), /Permission denied/);
@@ -53,6 +54,8 @@ test('exec --device: the broker opens the cdev for labvm\'s QEMU, which runs and
 test('a device the policy does not give: PermissionDenied (device-not-allowed) before anything is opened, no lease', T, async (t) => {
   const vm = await startVm({ name: 'vm-other-device', memory: '64M', leaseMemory: '64M', vfio: EDU_OTHER });
   t.after(() => vm.stop());
+  // Bounded: a QEMU that got the device runs (paused) until stopped, so wait for QMP or exit.
+  assert.equal(await qmpReady(vm), false, `QEMU started with a device the policy does not give:\n${vm.output()}`);
   const end = await vm.exited;
   const out = vm.output();
   assert.equal(end.code, 1, `iommufdctl exec exits 1 (refused):\n${out}`);
@@ -71,6 +74,7 @@ test('two leases cannot share a device: the second Open gets DeviceBusy naming t
   const pinned = kB(holder.pid, 'VmPin');
   const second = await startVm({ name: 'vm-second', memory: '64M', leaseMemory: '64M', vfio: true, deviceBusy: true });
   t.after(() => second.stop());
+  assert.equal(await qmpReady(second), false, `a second QEMU started with the held device:\n${second.output()}`);
   const end = await second.exited;
   const out = second.output();
   assert.equal(end.code, 1, `the second exec is refused:\n${out}`);
