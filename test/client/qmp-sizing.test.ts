@@ -1,8 +1,9 @@
 // Sizing a lease from what QEMU will pin: the parsers on QEMU 7.2's real output (saved from
 // `-M q35 -m 64M` with default devices, paused under -S and running SeaBIOS, and `-M pc` with a
 // 64 MiB DIMM), on QEMU 10.0's (the host lab's QEMU 10.0.13, `-M q35 -m 64M,slots=2,maxmem=512M`,
-// default devices and a pcie-root-port, under -S and running SeaBIOS: its `info ramblock` has
-// two more columns), on the format variants of other versions, and against the host's real QEMU.
+// default devices and a pcie-root-port, under -S and running SeaBIOS, and under -S with the edu
+// device attached by vfio-pci in the host lab: its `info ramblock` has two more columns, and an
+// unnamed row for the device's BAR mmap), on the format variants of other versions, and against the host's real QEMU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -58,6 +59,15 @@ test('QEMU 10.0 running SeaBIOS: mapped now = the 82,048 kB VmPin measured on QE
   assert.equal(e.mappedBytes, 82_048 * KiB);
   assert.equal(e.regions.find((r) => r.name === 'vga.vram')?.blockBytes, 16 * MiB);
   assert.equal(e.estimateBytes, 82_624 * KiB + PINNED_MARGIN_BYTES);
+});
+
+test('QEMU 10.0 with the edu device by vfio-pci (host lab, under -S): its BAR mmap is an unnamed RAM block, never pinned, not counted', () => {
+  const without = estimatePinned(fixture('q35-S.mtree', '10.0'), fixture('q35-S.ramblock', '10.0'), summary(64 * MiB));
+  const blocks = parseRamBlocks(fixture('q35-S-vfio.ramblock', '10.0'));
+  assert.deepEqual([...blocks.keys()].sort(), ['e1000e.rom', 'pc.bios', 'pc.ram', 'pc.rom', 'vga.rom', 'vga.vram'],
+    'the 1 MiB rw block without a name (edu\'s BAR 0 mmap, a ram_device QEMU never registers for migration) is left out');
+  const e = estimatePinned(fixture('q35-S-vfio.mtree', '10.0'), fixture('q35-S-vfio.ramblock', '10.0'), summary(64 * MiB));
+  assert.equal(e.estimateBytes, without.estimateBytes, 'the VFIO device adds nothing VFIO pins: sizing before device_add is right');
 });
 
 const BLOCKS_HEADER = '              Block Name    PSize              Offset               Used              Total\r\n';
