@@ -20,7 +20,13 @@
 //   `query-memory-size-summary` as a check: an estimate below the guest's RAM (base + plugged)
 //   means the text was not understood, and is refused (SizingFailed), never returned.
 // - Parsing is pure and tolerant of the known format variants (with or without "prio N, ",
-//   "nv-" types, " @offset" and trailing " KVM"); a flat view without AS "memory" is refused.
+//   "nv-" types, " @offset" and trailing " KVM"; `info ramblock` with or without newer QEMUs'
+//   HVA and RO columns); a flat view without AS "memory" is refused, and so is any
+//   `info ramblock` row not understood (skipping it would leave a block out of the estimate).
+// - RAM blocks without a name are left out: QEMU names a block when it registers it for
+//   migration, which every pinned kind (guest RAM, DIMMs in use, ROMs, VRAM) is; a VFIO BAR mmap
+//   (ram_device, never pinned) is not, and QEMU 10 prints it unnamed. An unnamed block that is
+//   mapped now still counts through the flat view.
 // - Every count is a whole number of 4 KiB pages of a range (VFIO maps page-aligned parts only).
 import { formatSize } from '../shared/sizes.ts';
 
@@ -89,6 +95,12 @@ export function parseFlatView(text: string): Map<string, number> {
 /** A VFIO device's BAR mmap (ram_device): "0000:00:03.0 BAR 0 mmaps[0]". Not pinnable. */
 const VFIO_BAR_MMAP = / BAR \d+ mmaps\[\d+\]$/;
 
+/**
+ * One `info ramblock` row: name, PSize, Offset, Used, Total, and in newer QEMUs (10.0 has them,
+ * 7.2 does not) HVA and RO (`rw`/`ro`).
+ */
+const RAM_BLOCK_ROW = /^(.*?)\s+\d+ [KMGT]?i?B\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+(?:\s+0x[0-9a-f]+\s+r[ow])?\s*$/;
+
 /** RAM block bytes per region name, from `info ramblock` (device path prefixes dropped). */
 export function parseRamBlocks(text: string): Map<string, number> {
   const blocks = new Map<string, number>();
@@ -96,10 +108,15 @@ export function parseRamBlocks(text: string): Map<string, number> {
   const header = lines.findIndex((l) => /Block Name\s+PSize\s+Offset\s+Used\s+Total/.test(l));
   if (header === -1) throw new SizingError('`info ramblock` printed no block table');
   for (const line of lines.slice(header + 1)) {
-    const m = /^\s*(.+?)\s+\d+ [KMGT]?i?B\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s*$/.exec(line);
-    if (m === null) continue;
-    const [, idstr = '', used = ''] = m;
-    if (idstr.startsWith('/rom@') || VFIO_BAR_MMAP.test(idstr)) continue;
+    if (line.trim() === '') continue;
+    const m = RAM_BLOCK_ROW.exec(line);
+    // A row skipped would be a block left out of the estimate: refuse instead.
+    if (m === null) throw new SizingError(`an \`info ramblock\` row is not understood, so no size is guessed: ${JSON.stringify(line.trim())}`);
+    const [, rawName = '', used = ''] = m;
+    const idstr = rawName.trim();
+    // No name: RAM QEMU never registered for migration, such as a VFIO BAR mmap (ram_device;
+    // QEMU 10 prints those unnamed). Guest RAM, ROMs and VRAM migrate, so they are always named.
+    if (idstr === '' || idstr.startsWith('/rom@') || VFIO_BAR_MMAP.test(idstr)) continue;
     const name = idstr.startsWith('/') ? idstr : idstr.slice(idstr.lastIndexOf('/') + 1);
     blocks.set(name, (blocks.get(name) ?? 0) + pageAlignedBytes(0n, BigInt(`0x${used}`) - 1n));
   }

@@ -1,6 +1,9 @@
 // Sizing a lease from what QEMU will pin: the parsers on QEMU 7.2's real output (saved from
 // `-M q35 -m 64M` with default devices, paused under -S and running SeaBIOS, and `-M pc` with a
-// 64 MiB DIMM), on the format variants of other versions, and against the host's real QEMU.
+// 64 MiB DIMM), on QEMU 10.0's (the host lab's QEMU 10.0.13, `-M q35 -m 64M,slots=2,maxmem=512M`,
+// default devices and a pcie-root-port, under -S and running SeaBIOS, and under -S with the edu
+// device attached by vfio-pci in the host lab: its `info ramblock` has two more columns, and an
+// unnamed row for the device's BAR mmap), on the format variants of other versions, and against the host's real QEMU.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -11,7 +14,7 @@ import { startQemu, stopQemu } from './qemu.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-const fixture = (name: string): string => readFileSync(join(import.meta.dirname, 'fixtures', `qemu-7.2-${name}.txt`), 'utf8');
+const fixture = (name: string, version = '7.2'): string => readFileSync(join(import.meta.dirname, 'fixtures', `qemu-${version}-${name}.txt`), 'utf8');
 const summary = (base: number, plugged = 0): Record<string, unknown> => ({ 'base-memory': base, 'plugged-memory': plugged });
 
 test('running q35 with std VGA and e1000e: mapped now = the 82,048 kB VmPin measured on QEMU 10; every ROM counted', () => {
@@ -41,6 +44,32 @@ test('a plugged DIMM counts by its backend name, once', () => {
   assert.equal(e.estimateBytes, (82_624 + 65_536) * KiB + PINNED_MARGIN_BYTES);
 });
 
+test('QEMU 10.0 (HVA and RO columns in info ramblock): under -S every RAM block counts, VRAM and ROMs included', () => {
+  const e = estimatePinned(fixture('q35-S.mtree', '10.0'), fixture('q35-S.ramblock', '10.0'), summary(64 * MiB));
+  assert.equal(e.mappedBytes, 65_664 * KiB, 'RAM less the legacy window, pc.rom, pc.bios and its ISA alias');
+  const counted = Object.fromEntries(e.regions.map((r) => [r.name, [r.mappedBytes / KiB, r.blockBytes / KiB]]));
+  assert.deepEqual(counted, {
+    'e1000e.rom': [0, 256], 'pc.bios': [384, 256], 'pc.ram': [65_152, 65_536], 'pc.rom': [128, 128], 'vga.rom': [0, 64], 'vga.vram': [0, 16_384],
+  });
+  assert.equal(e.estimateBytes, 82_752 * KiB + PINNED_MARGIN_BYTES, 'the 16 MiB VRAM SeaBIOS maps later is in the estimate');
+});
+
+test('QEMU 10.0 running SeaBIOS: mapped now = the 82,048 kB VmPin measured on QEMU 10, the estimate as on 7.2', () => {
+  const e = estimatePinned(fixture('q35-running.mtree', '10.0'), fixture('q35-running.ramblock', '10.0'), summary(64 * MiB));
+  assert.equal(e.mappedBytes, 82_048 * KiB);
+  assert.equal(e.regions.find((r) => r.name === 'vga.vram')?.blockBytes, 16 * MiB);
+  assert.equal(e.estimateBytes, 82_624 * KiB + PINNED_MARGIN_BYTES);
+});
+
+test('QEMU 10.0 with the edu device by vfio-pci (host lab, under -S): its BAR mmap is an unnamed RAM block, never pinned, not counted', () => {
+  const without = estimatePinned(fixture('q35-S.mtree', '10.0'), fixture('q35-S.ramblock', '10.0'), summary(64 * MiB));
+  const blocks = parseRamBlocks(fixture('q35-S-vfio.ramblock', '10.0'));
+  assert.deepEqual([...blocks.keys()].sort(), ['e1000e.rom', 'pc.bios', 'pc.ram', 'pc.rom', 'vga.rom', 'vga.vram'],
+    'the 1 MiB rw block without a name (edu\'s BAR 0 mmap, a ram_device QEMU never registers for migration) is left out');
+  const e = estimatePinned(fixture('q35-S-vfio.mtree', '10.0'), fixture('q35-S-vfio.ramblock', '10.0'), summary(64 * MiB));
+  assert.equal(e.estimateBytes, without.estimateBytes, 'the VFIO device adds nothing VFIO pins: sizing before device_add is right');
+});
+
 const BLOCKS_HEADER = '              Block Name    PSize              Offset               Used              Total\r\n';
 
 test('format variants: no "prio", nv- types, " KVM", offsets; only ram/rom pinned; partial pages dropped', () => {
@@ -68,6 +97,10 @@ test('format variants: no "prio", nv- types, " KVM", offsets; only ram/rom pinne
 test('output that is not understood is refused, never guessed', () => {
   assert.throws(() => parseFlatView('FlatView #0\n AS "I/O", root: io\n'), SizingError);
   assert.throws(() => parseRamBlocks('unknown command: info ramblock'), SizingError);
+  // A block row in a layout not understood is refused: skipping it would leave that block out
+  // of the estimate (QEMU 10's extra columns once made every row vanish, VRAM and ROMs with them).
+  assert.throws(() => parseRamBlocks(`${BLOCKS_HEADER}  pc.ram    4 KiB  0x0 0x0000000001000000 0x0000000001000000 0x7f00 rw extra\n`),
+    /info ramblock.*not understood.*pc\.ram/);
   const flat = 'FlatView #0\n AS "memory", root: system\n  0000000000000000-0000000000ffffff (prio 0, ram): pc.ram\n';
   const blocks = `${BLOCKS_HEADER}  pc.ram    4 KiB  0x0 0x0000000001000000 0x0000000001000000\n`;
   assert.equal(estimatePinned(flat, blocks, summary(16 * MiB)).estimateBytes, 16 * MiB + PINNED_MARGIN_BYTES);
