@@ -27,6 +27,9 @@
 //   migration, which every pinned kind (guest RAM, DIMMs in use, ROMs, VRAM) is; a VFIO BAR mmap
 //   (ram_device, never pinned) is not, and QEMU 10 prints it unnamed. An unnamed block that is
 //   mapped now still counts through the flat view.
+// - QEMU's text is untrusted (a guest may own QEMU): a row longer than MAX_ROW_CHARS is refused
+//   before any pattern runs on it, so no reply can make the parse take more than linear time
+//   in the rows' number.
 // - Every count is a whole number of 4 KiB pages of a range (VFIO maps page-aligned parts only).
 import { formatSize } from '../shared/sizes.ts';
 
@@ -64,6 +67,14 @@ export interface PinnedEstimate {
   guestRamBytes: number;
 }
 
+/**
+ * The longest `info mtree -f` / `info ramblock` row parsed. Real rows are under 200 characters;
+ * the row patterns backtrack quadratically on long runs of spaces (16,000 took 182 ms), and a
+ * QMP line may be 1 MiB, so a longer row is refused before any pattern sees it (1,024: a
+ * 1 MiB reply of such rows parses in well under a second).
+ */
+export const MAX_ROW_CHARS = 1024;
+
 const FLAT_RANGE = /^\s+([0-9a-f]+)-([0-9a-f]+) \((?:prio -?\d+, )?(nv-)?([a-z/]+)\): (.+)$/;
 const PINNED_TYPES = new Set(['ram', 'rom']);
 
@@ -74,13 +85,21 @@ function pageAlignedBytes(start: bigint, lastByte: bigint): number {
   return end > first ? Number(end - first) : 0;
 }
 
+/** The rows of a table QEMU printed, each checked against MAX_ROW_CHARS first. */
+function rowsOf(text: string, what: string): string[] {
+  const rows = text.split(/\r?\n/);
+  const long = rows.find((r) => r.length > MAX_ROW_CHARS);
+  if (long !== undefined) throw new SizingError(`${what} printed a row of ${long.length} characters (at most ${MAX_ROW_CHARS} are parsed), so no size is guessed`);
+  return rows;
+}
+
 /** Bytes VFIO maps now, per region name, from `info mtree -f` (the flat view of AS "memory"). */
 export function parseFlatView(text: string): Map<string, number> {
   const views = text.split(/^(?=FlatView #)/m);
   const view = views.find((v) => /^ AS "memory", root: /m.test(v));
   if (view === undefined) throw new SizingError('`info mtree -f` shows no flat view for AS "memory"');
   const mapped = new Map<string, number>();
-  for (const line of view.split(/\r?\n/)) {
+  for (const line of rowsOf(view, '`info mtree -f`')) {
     const m = FLAT_RANGE.exec(line);
     if (m === null) continue;
     const [, start = '', end = '', , type = '', rest = ''] = m;
@@ -104,7 +123,7 @@ const RAM_BLOCK_ROW = /^(.*?)\s+\d+ [KMGT]?i?B\s+0x[0-9a-f]+\s+0x([0-9a-f]+)\s+0
 /** RAM block bytes per region name, from `info ramblock` (device path prefixes dropped). */
 export function parseRamBlocks(text: string): Map<string, number> {
   const blocks = new Map<string, number>();
-  const lines = text.split(/\r?\n/);
+  const lines = rowsOf(text, '`info ramblock`');
   const header = lines.findIndex((l) => /Block Name\s+PSize\s+Offset\s+Used\s+Total/.test(l));
   if (header === -1) throw new SizingError('`info ramblock` printed no block table');
   for (const line of lines.slice(header + 1)) {

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { estimatePinned, measurePinned, parseFlatView, parseRamBlocks, PINNED_MARGIN_BYTES, SizingError } from '../../client/qmp-sizing.ts';
+import { estimatePinned, measurePinned, parseFlatView, parseRamBlocks, MAX_ROW_CHARS, PINNED_MARGIN_BYTES, SizingError } from '../../client/qmp-sizing.ts';
 import { QmpClient } from '../../client/qmp.ts';
 import { startQemu, stopQemu } from './qemu.ts';
 
@@ -124,4 +124,14 @@ test('the host\'s real QEMU: -M pc -m 64M with default devices, paused under -S'
   } finally {
     await stopQemu(qemu);
   }
+});
+
+test('a hostile QEMU\'s overlong rows are refused before any pattern runs on them (the patterns backtrack quadratically)', () => {
+  // Seen: one 16,000-space row took 182 ms in parseRamBlocks, so a 1 MiB QMP line (what the
+  // QMP client accepts) would hold iommufdctl for minutes. Real rows are under 200 characters.
+  const spaces = ' '.repeat(MAX_ROW_CHARS + 1);
+  assert.throws(() => parseRamBlocks(`${BLOCKS_HEADER}a${spaces}x\n`), /row of \d+ characters/);
+  assert.throws(() => parseFlatView(`FlatView #0\n AS "memory", root: system\n  0000000000000000-${spaces}\n`), /row of \d+ characters/);
+  const longest = `${BLOCKS_HEADER}  ${'r'.repeat(MAX_ROW_CHARS - 80)}    4 KiB  0x0 0x0000000001000000 0x0000000001000000\n`;
+  assert.equal(parseRamBlocks(longest).size, 1, 'a long but bounded name still parses');
 });
