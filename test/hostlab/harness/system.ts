@@ -101,6 +101,13 @@ async function applyOverhead(policy: string, what: string, bytes: number): Promi
   await waitFor(`the broker to report overhead ${what} after systemctl reload`, 120, async () => (await overheadBytes()) === bytes);
 }
 
+/** Which lab kernel this boot runs (test/hostlab/run's iommufd_hostlab.kernel=): the patched one has the per-fd option. */
+export function labKernel(): 'unpatched' | 'patched' {
+  const k = /(?:^|\s)iommufd_hostlab\.kernel=(\S+)/.exec(readFileSync('/proc/cmdline', 'utf8'))?.[1];
+  if (k !== 'unpatched' && k !== 'patched') throw new Error(`iommufd_hostlab.kernel=${k ?? '(none)'} on the kernel command line`);
+  return k;
+}
+
 /** The broker's journal since the unit's first start, as its JSON lines (pino). */
 export function journal(): Array<Record<string, unknown>> {
   const out = execFileSync('journalctl', ['-u', SERVICE, '-o', 'cat', '--no-pager'], { encoding: 'utf8', maxBuffer: 64 * MiB });

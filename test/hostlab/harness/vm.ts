@@ -1,5 +1,6 @@
 // The inner QEMU 10 of the host lab: started as the unprivileged user `labvm` (group iommufd,
-// no capabilities: setpriv drops them all), either through the packaged `iommufdctl exec`
+// no capabilities: setpriv drops them all; or, for the per-fd checks, CAP_IPC_LOCK alone,
+// ambient, so QEMU maps with it), either through the packaged `iommufdctl exec`
 // (the broker's FD substituted for {iommufd}) or bare (for `iommufdctl pass`), with a QMP
 // socket, and optionally one of QEMU's `edu` PCI devices through vfio-pci + iommufd, its cdev
 // fd handed out by the broker (`exec --device ADDR`, `{vfio:ADDR}`): labvm cannot open it.
@@ -46,6 +47,8 @@ export interface VmOptions {
   /** -nodefaults, running DIMM_GUEST as its firmware instead of being paused (for unplug). */
   dimmGuest?: boolean;
   extra?: string[];
+  /** QEMU (and iommufdctl before it) holds CAP_IPC_LOCK, ambient: the memlock rlimit never charges its pins. */
+  ipcLock?: boolean;
 }
 
 export interface Vm {
@@ -102,8 +105,11 @@ export async function startVm(o: VmOptions): Promise<Vm> {
   const argv = o.leaseMemory === undefined ? qemu
     : ['/usr/bin/iommufdctl', '--timeout', '300', 'exec', '--name', o.name, '--memory', o.leaseMemory,
         ...(device === undefined ? [] : ['--device', device]), '--', ...qemu];
-  const child = spawn('setpriv', [`--reuid=${LAB_USER}`, `--regid=${LAB_USER}`, '--init-groups', '--inh-caps=-all',
-    '--bounding-set=-all', '--', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
+  const caps = o.ipcLock === true
+    ? ['--inh-caps=-all,+ipc_lock', '--ambient-caps=+ipc_lock', '--bounding-set=-all,+ipc_lock']
+    : ['--inh-caps=-all', '--bounding-set=-all'];
+  const child = spawn('setpriv', [`--reuid=${LAB_USER}`, `--regid=${LAB_USER}`, '--init-groups', ...caps,
+    '--', ...argv], { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir });
   let out = '';
   child.stdout?.setEncoding('utf8').on('data', (s: string) => { out += s; });
   child.stderr?.setEncoding('utf8').on('data', (s: string) => { out += s; });

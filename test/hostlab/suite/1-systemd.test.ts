@@ -2,11 +2,12 @@
 // activation, its own user with exactly CAP_SYS_RESOURCE and NoNewPrivs, DeviceAllow letting
 // /dev/iommu and the VFIO device cdevs (char-vfio-dev: the broker hands them out) through and
 // refusing every other device (char or block) with EPERM, READY=1 and its status line seen by
-// systemd.
+// systemd; the backend the probe chose is the booted kernel's (memlock, or per-fd on the
+// patched kernel).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, rmSync, statSync } from 'node:fs';
-import { SERVICE, broker, mainPid, procStatus, sh, unitProps } from '../harness/system.ts';
+import { SERVICE, broker, labKernel, mainPid, procStatus, sh, unitProps } from '../harness/system.ts';
 
 const CAP_SYS_RESOURCE = 1n << 24n;
 const T = { timeout: 600_000 };
@@ -27,6 +28,8 @@ test('the first connection starts the service; systemd saw READY=1 and the statu
   assert.equal(status.device.path, '/dev/iommu');
   assert.equal(status.device.rlimitModeSupported, true);
   assert.equal(status.capabilities.sysResource, true);
+  // The backend the broker's own probe chose, by the kernel this boot runs (test/hostlab/run).
+  assert.equal(status.backend?.kind, labKernel() === 'patched' ? 'per-fd' : 'memlock', `on the ${labKernel()} kernel: ${JSON.stringify(status.backend)}`);
   const p = unitProps(SERVICE, 'ActiveState', 'SubState', 'StatusText', 'TriggeredBy', 'Type', 'NRestarts');
   assert.equal(p.ActiveState, 'active');
   assert.equal(p.SubState, 'running', 'Type=notify: running only after READY=1');
