@@ -139,8 +139,11 @@ class World {
       await this.run(plan, this.effects(plan.id, pid, fault));
     } catch (err) {
       if (err instanceof Broken) throw err;
-      if (err instanceof Crash) await this.restart();
     }
+    // A crash ends the process wherever it hit, whatever error the runner let out afterwards: a
+    // crash inside an undo comes out as the error that started the undo (the runner rethrows
+    // that one), so the error's class cannot say whether the broker crashed.
+    if (this.crashed) await this.restart();
     this.check(`after ${plan.id}`);
   }
 
