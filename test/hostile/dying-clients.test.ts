@@ -77,7 +77,10 @@ test('a manager that dies after asking leaves a lease for the live target, which
   const target = await spawnTarget();
   const client = await BrokerClient.connect(broker.socket);
   try {
-    const end = await runPeer(['open-target-and-die', broker.socket, 'vm-orphaned', String(2 * MiB), String(target.pid), 'retry-me', '0']);
+    // It dies once the reply waits in its socket: the broker decided while the manager lived.
+    // (Dying at once raced the decision: under load the broker sometimes saw the manager gone
+    // first and refused it as caller-exited, so no lease was left and the retry got a new one.)
+    const end = await runPeer(['open-target-and-die', broker.socket, 'vm-orphaned', String(2 * MiB), String(target.pid), 'retry-me', 'replied']);
     assert.equal(end.signal, 'SIGKILL', end.stdout);
     // The retry (same target, same requestId) is refused naming the lease the dead manager's
     // call made (the one-lease-per-pid rule answers before the requestId rule does).
