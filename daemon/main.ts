@@ -29,6 +29,7 @@ import { HOST_VFIO_ROOTS, vfioRootsUnder } from './shell/vfio/resolve.ts';
 import { loadPolicy } from './shell/config.ts';
 import { LeaseJournal } from './shell/journal/journal.ts';
 import { Notifier } from './shell/systemd/notify.ts';
+import { fdStoreWarning } from './shell/systemd/fd-store-check.ts';
 import { memTotalBytes, ownCapabilities } from './shell/target/procfs.ts';
 import { BrokerService } from './shell/service.ts';
 import { VarlinkServer } from './shell/varlink/server.ts';
@@ -108,6 +109,8 @@ export async function main(argv: string[]): Promise<void> {
 
   const device = createDevice(flags.device);
   announceDevice(log, device);
+  const fdStoreProblem = fdStoreWarning({ keepsFds: device.fdLimits !== undefined, supervised: notifier.enabled, fdStoreMax: notifier.fdStoreMax });
+  if (fdStoreProblem !== undefined) log.warn(`fd store: ${fdStoreProblem}`);
   const vfio = flags.vfioRoot === undefined ? HOST_VFIO_ROOTS : vfioRootsUnder(flags.vfioRoot);
   if (flags.vfioRoot !== undefined) {
     log.warn({ vfio }, 'SIMULATED VFIO DEVICES: devices are looked up in a fake tree, not the host\'s sysfs and /dev. Tests only.');

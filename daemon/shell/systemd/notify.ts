@@ -5,7 +5,7 @@
 // - Built from NOTIFY_SOCKET once; without it (run by hand) every method does nothing, and
 //   the first call says so once through the log. NOTIFY_SOCKET, WATCHDOG_USEC and
 //   WATCHDOG_PID are removed from the environment object we were given, so no child we spawn
-//   can report for us.
+//   can report for us; so is FDSTORE (systemd >= 254: the fd store's size), kept as fdStoreMax.
 // - A notification that cannot be sent is logged, never thrown: the supervisor notices a
 //   missing READY=1 or WATCHDOG=1 itself (start timeout, watchdog kill).
 // - Each message is one datagram of "KEY=value" lines; STATUS= text is made one line.
@@ -58,9 +58,11 @@ export class Notifier {
     const socketText = env['NOTIFY_SOCKET'];
     const usecText = env['WATCHDOG_USEC'];
     const pidText = env['WATCHDOG_PID'];
+    const fdStoreText = env['FDSTORE'];
     delete env['NOTIFY_SOCKET'];
     delete env['WATCHDOG_USEC'];
     delete env['WATCHDOG_PID'];
+    delete env['FDSTORE'];
 
     let address: NotifyAddress | undefined;
     if (socketText !== undefined && socketText !== '') {
@@ -75,7 +77,16 @@ export class Notifier {
       else if (!forUs) log.info(`WATCHDOG_PID=${pidText} is not this process (${ownPid}): no watchdog pings`);
       else watchdogUsec = usec;
     }
-    return new Notifier(address, watchdogUsec, log, send);
+    const notifier = new Notifier(address, watchdogUsec, log, send);
+    if (fdStoreText !== undefined && /^[0-9]{1,9}$/.test(fdStoreText) && Number(fdStoreText) > 0) notifier.#fdStoreMax = Number(fdStoreText);
+    return notifier;
+  }
+
+  #fdStoreMax: number | undefined;
+
+  /** FDSTORE= as systemd set it (the store's size; systemd >= 254), or undefined: no store said. */
+  get fdStoreMax(): number | undefined {
+    return this.#fdStoreMax;
   }
 
   /** Whether a supervisor listens (NOTIFY_SOCKET was usable). */

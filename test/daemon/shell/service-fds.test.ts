@@ -184,6 +184,9 @@ test('the daemon (simulated-per-fd): one kept FD per lease; after SIGKILL and a 
     await until('the daemon holds exactly one duplicate of the lease\'s FD', () => daemonDeviceFds(pid) === 1);
     const started = await broker.waitForLog((l) => l.msg.startsWith('backend simulated:'));
     assert.match(started.msg, /keeps a duplicate of each lease's FD/);
+    // Run by hand, no fd store: the start says the kept FDs will not survive a restart.
+    const warned = await broker.waitForLog((l) => l.msg.startsWith('fd store: '));
+    assert.match(warned.msg, /not run by systemd.*LeaseNotResizable/);
     await broker.stop('SIGKILL');
 
     again = await BrokerProcess.start({ dir: broker.dir, extraArgs });

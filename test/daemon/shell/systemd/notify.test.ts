@@ -175,3 +175,13 @@ test('a notification that cannot be delivered is logged with its reason, never t
   assert.match(relative.lines[0]?.message ?? '', /neither an absolute path nor an abstract @name/);
   assert.deepEqual(leakedSince(fdsBefore), []);
 });
+
+test('FDSTORE= (systemd >= 254: the fd store\'s size) is read once and removed from the environment; junk reads as absent', () => {
+  const env: NodeJS.ProcessEnv = { NOTIFY_SOCKET: '/run/systemd/notify', FDSTORE: '4096' };
+  assert.equal(Notifier.fromEnv(env, process.pid, new RecordingLog()).fdStoreMax, 4096);
+  assert.equal(env['FDSTORE'], undefined, 'no child inherits it');
+  for (const junk of ['0', '-1', '12x', '', '99999999999']) {
+    assert.equal(Notifier.fromEnv({ NOTIFY_SOCKET: '/run/systemd/notify', FDSTORE: junk }, process.pid, new RecordingLog()).fdStoreMax, undefined, `FDSTORE=${junk}`);
+  }
+  assert.equal(Notifier.fromEnv({}, process.pid, new RecordingLog()).fdStoreMax, undefined);
+});
