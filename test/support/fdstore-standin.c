@@ -134,6 +134,10 @@ static void start(const char *sockpath, char **argv) {
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null < 0 || dup2(null, 0) < 0 || dup2(2, 1) < 0) _exit(127);
     setenv("NOTIFY_SOCKET", sockpath, 1);
+    /* As systemd >= 254 with the store on: its size (the daemon warns when it is missing). */
+    char store_max[16];
+    snprintf(store_max, sizeof store_max, "%d", MAX_STORED);
+    setenv("FDSTORE", store_max, 1);
     if (nstored > 0) {
       setenv("LISTEN_FDS", count, 1);
       setenv("LISTEN_FDNAMES", names, 1);
