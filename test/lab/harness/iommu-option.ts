@@ -9,8 +9,10 @@ import { SysError } from '../../../native/sys.ts';
 import * as iommufd from '../../../native/iommufd.ts';
 
 export const OPTION_RLIMIT_MODE = iommufd.IOMMU_OPTION_RLIMIT_MODE;
-/** No kernel defines option 2: the probe for a per-FD limit option. */
-export const OPTION_UNKNOWN_PROBE = 2;
+/** No kernel defines option 2 (6.12 knows 0 and 1; the lab's series adds 4 and 5). */
+export const OPTION_UNDEFINED = 2;
+export const OPTION_PINNED_LIMIT = iommufd.IOMMU_OPTION_PINNED_LIMIT;
+export const PINNED_UNLIMITED = iommufd.PINNED_UNLIMITED;
 
 export type Outcome<T> = { ok: true; value: T } | { ok: false; errno: string };
 

@@ -13,9 +13,11 @@ import { constants } from 'node:fs';
 import { closeFd, fstatFd, openFile, prlimitMemlock } from '../../../native/sys.ts';
 import { openFds, leakedSince } from '../../support/fds.ts';
 import { LabClient, NOBODY } from '../harness/lab-client.ts';
-import { errnoOf, ioasAlloc, optionGet, optionSet, OPTION_RLIMIT_MODE, OPTION_UNKNOWN_PROBE } from '../harness/iommu-option.ts';
+import { errnoOf, ioasAlloc, optionGet, optionSet, OPTION_PINNED_LIMIT, OPTION_RLIMIT_MODE, OPTION_UNDEFINED, PINNED_UNLIMITED } from '../harness/iommu-option.ts';
 
 const DEVICE = '/dev/iommu';
+/** Which lab kernel booted (test/lab/guest-suite passes it): the per-FD option exists only on 'patched'. */
+const KERNEL = process.env['LAB_KERNEL'] ?? '(LAB_KERNEL unset)';
 const PAGE = 4096;
 const LIMIT = 256 * 1024;
 
@@ -55,10 +57,23 @@ describe('kernel facts: iommufd on the lab kernel, without the broker', () => {
     }
   });
 
-  test('an unknown option id (the per-FD limit probe) is EOPNOTSUPP', () => {
+  test('an option id no kernel defines (2) is EOPNOTSUPP', () => {
     const fd = openFile(DEVICE, constants.O_RDWR);
     try {
-      assert.equal(errnoOf(optionGet(fd, OPTION_UNKNOWN_PROBE)), 'EOPNOTSUPP');
+      assert.equal(errnoOf(optionGet(fd, OPTION_UNDEFINED)), 'EOPNOTSUPP');
+    } finally {
+      closeFd(fd);
+    }
+  });
+
+  // The broker's backend probe (daemon/shell/device.ts) is this one GET: EOPNOTSUPP means memlock.
+  test(`GET of the per-FD limit option (${OPTION_PINNED_LIMIT}) on a fresh FD: ${KERNEL === 'patched' ? 'no limit' : 'EOPNOTSUPP'} on the ${KERNEL} kernel`, () => {
+    const fd = openFile(DEVICE, constants.O_RDWR);
+    try {
+      assert.match(KERNEL, /^(un)?patched$/, 'test/lab/guest-suite must say which kernel booted');
+      const got = optionGet(fd, OPTION_PINNED_LIMIT);
+      if (KERNEL === 'patched') assert.deepEqual(got, { ok: true, value: PINNED_UNLIMITED });
+      else assert.equal(errnoOf(got), 'EOPNOTSUPP');
     } finally {
       closeFd(fd);
     }
