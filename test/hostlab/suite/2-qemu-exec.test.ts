@@ -42,11 +42,16 @@ test('the default overhead carries QEMU\'s default devices (VGA VRAM, NIC ROM) t
   assert.equal(await qmpReady(vm), true, `QEMU did not come up:\n${vm.output()}`);
   // SeaBIOS copies option ROMs (the transient peak) and the guest re-lays memory; wait until
   // the pinned amount has held still for a while, then QEMU must still be running.
+  // A QEMU killed in firmware (the failure this check exists for) must fail it with its own
+  // words, not with a read of a vanished /proc entry.
+  let died: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+  void vm.exited.then((how) => { died = how; });
   let last = -1;
   let still = 0;
   const deadline = Date.now() + 240_000;
   while (still < 20 && Date.now() < deadline) {
     await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(died, undefined, `QEMU died during firmware (${JSON.stringify(died)}):\n${vm.output()}`);
     const now = kB(vm.pid, 'VmPin');
     still = now === last ? still + 1 : 0;
     last = now;
