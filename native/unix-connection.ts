@@ -6,7 +6,8 @@
 //   poll watcher before closing the fd, so a reused fd number is never watched by mistake.
 // - fds passed to send() belong to the connection from that call on: closed right after the
 //   sendmsg that carried them succeeded, or when the connection closes with them unsent
-//   (also when send() refuses them). They ride on the first sendmsg of their data.
+//   (also when send() refuses them). They ride on the first sendmsg of their data (the send
+//   queue, send-queue.ts).
 // - fds received are owned by the 'data' listener; with no listener they are closed. Every
 //   recvmsg has room for the kernel's SCM_MAX_FD (253) fds, so the kernel never drops fds in
 //   our thread (it would close them there); a message with more than maxFdsPerMessage fds, or
@@ -33,6 +34,7 @@
 import { EventEmitter } from 'node:events';
 import { constants } from 'node:os';
 import { native, POLL_READABLE, POLL_WRITABLE, type PeerCred, type PollHandle } from './binding.ts';
+import { SendQueue } from './send-queue.ts';
 import { errnoNumber, peerCred, peerPidfd, SysError, sys } from './sys.ts';
 
 const { EAGAIN, EBUSY, EINTR, ENOTSOCK, EBADF } = constants.errno;
@@ -53,13 +55,6 @@ export interface ConnectionOptions {
    * UnixServer turns it on for the connections it accepts; default false.
    */
   closeOffLoop?: boolean;
-}
-
-interface Outgoing {
-  data: Buffer;
-  offset: number;
-  /** Still ours to close; emptied once sent. */
-  fds: number[];
 }
 
 /** Closes fds this module owns; a failure here (EBADF) would mean a double close elsewhere. */
@@ -96,8 +91,8 @@ export class UnixConnection extends EventEmitter {
   #poll: PollHandle | null = null;
   /** The events the watcher is armed for right now (0 = stopped). */
   #armed = 0;
-  readonly #queue: Outgoing[] = [];
-  #queuedBytes = 0;
+  /** Owner of the fds queued for sending. */
+  readonly #queue = new SendQueue({ sendmsg: (chunk, fds) => native.sendmsg(this.fd, chunk, fds), close: (fd) => native.close(fd) });
   #paused = false;
   #eof = false;
   #ending = false;
@@ -142,7 +137,7 @@ export class UnixConnection extends EventEmitter {
 
   /** Bytes queued but not yet accepted by the kernel. */
   get sendQueueBytes(): number {
-    return this.#queuedBytes;
+    return this.#queue.bytes;
   }
 
   /** Charges the closes of the peer's fds and of this socket to uid (see the invariants). */
@@ -179,8 +174,7 @@ export class UnixConnection extends EventEmitter {
       closeAll(fds);
       return false;
     }
-    this.#queue.push({ data, offset: 0, fds: [...fds] });
-    this.#queuedBytes += data.length;
+    this.#queue.push(data, fds);
     if (this.#queue.length === 1) this.#flush();
     this.#rearm();
     return true;
@@ -265,29 +259,15 @@ export class UnixConnection extends EventEmitter {
   }
 
   #flush(): void {
-    while (!this.#closed) {
-      const head = this.#queue[0];
-      if (head === undefined) break;
-      const chunk = head.offset === 0 ? head.data : head.data.subarray(head.offset);
-      const sent = native.sendmsg(this.fd, chunk, head.fds);
-      if (sent < 0) {
-        if (sent === -EAGAIN) return; // #rearm waits for writable
-        if (sent === -EINTR) continue;
-        this.#teardown(new SysError('sendmsg', sent, `socket fd ${this.fd}`));
-        return;
-      }
-      if (head.fds.length > 0) {
-        closeAll(head.fds); // the kernel holds its own references now
-        head.fds = [];
-      }
-      head.offset += sent;
-      this.#queuedBytes -= sent;
-      if (head.offset >= head.data.length) this.#queue.shift();
+    if (this.#closed) return;
+    const sent = this.#queue.send();
+    if (sent === 'again') return; // #rearm waits for writable
+    if (sent !== 'empty') {
+      this.#teardown(new SysError('sendmsg', sent, `socket fd ${this.fd}`));
+      return;
     }
-    if (this.#queue.length === 0 && !this.#closed) {
-      if (this.#ending) this.close();
-      else if (this.listenerCount('drain') > 0) process.nextTick(() => this.emit('drain'));
-    }
+    if (this.#ending) this.close();
+    else if (this.listenerCount('drain') > 0) process.nextTick(() => this.emit('drain'));
   }
 
   /** Arms the watcher for what we wait for now: reading unless paused/EOF, writing while queued. */
@@ -308,8 +288,7 @@ export class UnixConnection extends EventEmitter {
     this.#closed = true;
     if (this.#poll !== null) native.stopPoll(this.#poll);
     this.#poll = null;
-    for (const item of this.#queue.splice(0)) closeAll(item.fds);
-    this.#queuedBytes = 0;
+    this.#queue.discard();
     // An untrusted peer's socket may hold its fds in the receive queue: the kernel drops them in
     // the closing thread, so that close happens off the loop.
     const closed = this.#offLoop ? closeSocketLater(this.fd, this.#owner) : native.close(this.fd);

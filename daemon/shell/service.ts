@@ -22,7 +22,8 @@
 //   less than the kernel enforces: a failing disk is no reason to exit. The daemon gives up
 //   (deps.fatal: exit 1, systemd restarts it and replays) only if ending an exited target's
 //   lease throws, a bug after which only a replay can settle what the broker holds.
-// - restore() validates the leases it will re-adopt (journal/guard.ts) before touching any limit.
+// - restore() is lease-restore.ts: it validates the leases it will re-adopt before touching any
+//   limit, and each stored fd is adopted by its live lease or closed.
 // - VFIO devices (Open's `devices`): the core decides who may have them and that no other lease
 //   holds them; only then are they resolved and opened (vfio/resolve.ts), before the plan runs,
 //   in the same synchronous step as the decision, and recorded in the lease (ledger, journal).
@@ -33,29 +34,29 @@
 //   per-fd backend (device.fdLimits) Open also makes a duplicate of the iommufd, owned by the
 //   call until the plan's 'keep' step hands it to LeaseFds (lease-fds.ts), which owns it until
 //   the lease ends; its limit is set before the reply hands the FD out.
-// - restore() takes the fds systemd's fd store gave back (by name, lease-<id>): each is adopted
-//   by its live journaled lease or closed (and removed from the store); a per-fd lease whose fd
-//   did not come back is kept but cannot be resized (Status.backend.notResizable).
+// - Every change of a lease and every refusal is audited (lease-audit.ts).
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { BrokerError, VarlinkServiceError } from '../../protocol/errors.ts';
+import { VarlinkServiceError } from '../../protocol/errors.ts';
 import { DEFAULT_LIST_LIMIT, type BrokerParameters, type BrokerReply, type Lease, type Status } from '../../protocol/methods.ts';
 import { closeFd, dupCloexec } from '../../native/sys.ts';
 import { decideRelease, decideResize, mayView, visibleLeases } from '../core/lease-decisions.ts';
 import { Ledger, type LeaseRecord } from '../core/ledger.ts';
 import { callerExited, decideOpen } from '../core/open-decision.ts';
-import { planGrant, planRestore, planTargetExit, type PlanBackend } from '../core/lease-plan.ts';
+import { planGrant, planTargetExit, type PlanBackend } from '../core/lease-plan.ts';
 import { formatCursor, leasePage, parseCursor } from '../core/lease-pages.ts';
 import type { Policy } from '../core/policy.ts';
 import type { Device } from './device.ts';
 import { HOST_VFIO_ROOTS, openDevices, type OpenedDevice, type VfioRoots } from './vfio/resolve.ts';
-import { fdStoreName, leaseIdOfStoreName, LeaseFds, type FdStore } from './lease-fds.ts';
+import { LeaseFds, type FdStore } from './lease-fds.ts';
 import type { LeaseJournal } from './journal/journal.ts';
-import { checkRestorable, journalReady } from './journal/guard.ts';
+import { journalReady } from './journal/guard.ts';
 import { isPeerProcess, peerIsAlive, type ConnectionPeer as Peer } from './peer.ts';
 import { pageSize } from './target/procfs.ts';
-import { describeTarget, reacquireTarget, readLimit, type Target, type TargetUsage } from './target/target.ts';
+import { describeTarget, readLimit, type Target, type TargetUsage } from './target/target.ts';
+import { auditDenial, auditLease } from './lease-audit.ts';
 import { LeaseLanes } from './lease-lanes.ts';
+import { restoreLeases, type RestoreCounts } from './lease-restore.ts';
 import { leaseEffects } from './lease-effects.ts';
 import { runPlan, type PlanEffects } from './lease-transaction.ts';
 import { brokerStatus, wireLease, type ServiceView } from './lease-views.ts';
@@ -118,52 +119,12 @@ export class BrokerService {
     this.#policy = policy;
   }
 
-  /**
-   * Re-adopts journaled leases whose targets still live; drops (and journals) the rest and
-   * those granted in another boot. Throws RestoreRefused, touching nothing, if the ledger
-   * refuses the leases it would re-adopt.
-   */
+  /** At start: re-adopts the journaled leases whose targets still live, drops the rest (lease-restore.ts). */
   restore(
     journaled: readonly LeaseRecord[], earlierBoot: ReadonlySet<string> = new Set(), stored: ReadonlyMap<string, number> = new Map(),
-  ): { adopted: number; dropped: number; fdsTakenBack: number; fdsClosed: number } {
-    // Caps are not checked: replay must accept leases over caps tightened since.
-    const unclaimed = new Map(stored); // owner of these fds: restore(), until adopted or closed below
-    try {
-      checkRestorable(this.deps.journal.file, journaled.filter((r) => !earlierBoot.has(r.id)));
-    } catch (err) {
-      for (const fd of unclaimed.values()) closeFd(fd);
-      throw err;
-    }
-    let adopted = 0;
-    let dropped = 0;
-    let fdsTakenBack = 0;
-    for (const record of journaled) {
-      const target = earlierBoot.has(record.id) ? undefined : reacquireTarget(record.targetPid, record.targetStartTime);
-      const name = fdStoreName(record.id);
-      const fd = this.#backend === 'per-fd' ? unclaimed.get(name) : undefined;
-      if (fd !== undefined) {
-        unclaimed.delete(name);
-        this.#fds.adopt(record.id, fd); // a gone target's plan drops (closes) it at once
-        if (target !== undefined) fdsTakenBack++;
-      }
-      // No flush is awaited in a restore plan: runPlan runs it synchronously.
-      void runPlan(planRestore(record, target !== undefined, this.#backend, fd !== undefined), this.#effects(record.id, target));
-      if (target === undefined) {
-        this.#audit('release', undefined, record, {
-          reason: earlierBoot.has(record.id) ? 'granted in an earlier boot' : 'target exited while the broker was down',
-        });
-        dropped++;
-      } else {
-        adopted++;
-      }
-    }
-    // Stored fds no live lease claims (a lease that ended while the broker was down, or a
-    // backend without kept fds): closed, and the store forgets them.
-    for (const [name, fd] of unclaimed) {
-      closeFd(fd);
-      if (leaseIdOfStoreName(name) !== undefined) this.deps.fdStore?.remove(name);
-    }
-    return { adopted, dropped, fdsTakenBack, fdsClosed: unclaimed.size };
+  ): RestoreCounts {
+    const effects = (id: string, target: Target | undefined): PlanEffects => this.#effects(id, target);
+    return restoreLeases({ deps: this.deps, fds: this.#fds, backend: this.#backend, effects }, journaled, earlierBoot, stored);
   }
 
   async open(peer: Peer, p: BrokerParameters<'Open'>, targetPidFd: number | undefined): Promise<OpenResult> {
@@ -203,7 +164,7 @@ export class BrokerService {
       await this.#lanes.run(id, async () => runPlan(planGrant(record, this.#backend), this.#effects(id, target, pending)));
       watched = true; // granted: from here on the lease is the lane's and the watch's (and the kept fd #fds')
       keptFd = undefined;
-      this.#audit('grant', peer, record);
+      auditLease(this.deps.log, 'grant', peer, record);
       this.deps.onLeasesChanged?.();
       return { lease: this.#toWire(record, usage), fd: deviceFd, devices: vfio.map((d) => ({ address: d.address, fd: d.fd })) };
     } catch (err) {
@@ -212,7 +173,7 @@ export class BrokerService {
       for (const d of vfio) closeFd(d.fd);
       if (keptFd !== undefined) closeFd(keptFd);
       if (!watched) closeFd(target.pidfd);
-      this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid, devices: p.devices });
+      auditDenial(this.deps.log, 'open', peer, err, { name: p.name, memoryBytes: p.memoryBytes, targetPid: target.pid, devices: p.devices });
       throw err;
     }
   }
@@ -222,7 +183,7 @@ export class BrokerService {
       try {
         return await this.#resizeNow(peer, p);
       } catch (err) {
-        this.#deny('resize', peer, err, { lease: p.lease, memoryBytes: p.memoryBytes });
+        auditDenial(this.deps.log, 'resize', peer, err, { lease: p.lease, memoryBytes: p.memoryBytes });
         throw err;
       }
     });
@@ -237,7 +198,7 @@ export class BrokerService {
     // A lowering whose flush fails stays applied (JournalUnavailable); the journal records it on recovery.
     await runPlan(plan, this.#effects(plan.id, this.#targets.get(plan.id)));
     const previousLimitBytes = plan.before.limitBytes;
-    this.#audit('resize', peer, plan.after, { previousLimitBytes });
+    auditLease(this.deps.log, 'resize', peer, plan.after, { previousLimitBytes });
     this.deps.onLeasesChanged?.();
     return { lease: this.#toWire(plan.after), previousLimitBytes };
   }
@@ -246,7 +207,7 @@ export class BrokerService {
     return this.#lanes.run(p.lease, async () => {
       const decision = decideRelease(this.#policy, this.#ledger, peer, p.lease, this.#now().toISOString());
       if (!decision.ok) {
-        this.#deny('release', peer, decision.error, { lease: p.lease });
+        auditDenial(this.deps.log, 'release', peer, decision.error, { lease: p.lease });
         throw decision.error;
       }
       // A degraded journal refuses every change before it changes anything (docs/PROTOCOL.md).
@@ -259,7 +220,7 @@ export class BrokerService {
       const { plan } = decision;
       if (plan.ledger !== undefined) { // undefined: released before, a retried Release changes nothing
         await runPlan(plan, this.#effects(plan.id, undefined));
-        this.#audit('release', peer, plan.after, { reason: 'released; charged until the target exits', limitRestored: false });
+        auditLease(this.deps.log, 'release', peer, plan.after, { reason: 'released; charged until the target exits', limitRestored: false });
         this.deps.onLeasesChanged?.();
       }
       return { limitRestored: false };
@@ -328,7 +289,7 @@ export class BrokerService {
     const record = this.#ledger.get(id);
     if (record === undefined) return;
     void runPlan(planTargetExit(record, this.#backend), this.#effects(id, undefined)); // synchronous: no flush awaited
-    this.#audit('release', undefined, record, { reason: 'target exited', limitRestored: false });
+    auditLease(this.deps.log, 'release', undefined, record, { reason: 'target exited', limitRestored: false });
     this.deps.onLeasesChanged?.();
   }
 
@@ -336,25 +297,9 @@ export class BrokerService {
   #selfPidfd(peer: Peer, p: BrokerParameters<'Open'>): number {
     if (peer.pidfd === undefined || !peerIsAlive(peer)) {
       const err = callerExited(peer); // no process left to limit, and its pid may be someone else's
-      this.#deny('open', peer, err, { name: p.name, memoryBytes: p.memoryBytes });
+      auditDenial(this.deps.log, 'open', peer, err, { name: p.name, memoryBytes: p.memoryBytes });
       throw err;
     }
     return dupCloexec(peer.pidfd);
   }
-
-  #audit(action: string, peer: Peer | undefined, r: LeaseRecord, extra: Record<string, unknown> = {}): void {
-    this.deps.log.info({
-      audit: action, peer: peer === undefined ? undefined : { uid: peer.uid, pid: peer.pid },
-      lease: r.id, name: r.name, targetPid: r.targetPid, memoryBytes: r.memoryBytes, limitBytes: r.limitBytes,
-      ...(r.devices === undefined ? {} : { devices: r.devices.map((d) => `${d.address}=${d.cdev}`) }), ...extra,
-    }, `${action} ${r.id}`);
-  }
-
-  #deny(action: string, peer: Peer, err: unknown, request: Record<string, unknown>): void {
-    if (!(err instanceof BrokerError)) return;
-    this.deps.log.warn({
-      audit: 'deny', action, peer: { uid: peer.uid, pid: peer.pid }, request, error: err.errorName, ...err.parameters,
-    }, `deny ${action}: ${err.message}`);
-  }
 }
-

@@ -9,6 +9,8 @@
 //   turn shares it, and records written while it runs share the next one. Measured: one
 //   synchronous fdatasync per record held durable Opens to ~155/s on this disk, whatever the
 //   number of clients (docs/PERFORMANCE.md).
+// - record*() refuses a record that does not fit (checked-records.ts), a closed journal, or one
+//   the live leases cannot follow with JournalMisuse, before anything is applied or written.
 // - Records are appended to one file, in order: a durable record implies that every record
 //   written before it is durable too (fdatasync covers all earlier writes to the file).
 // - The journal keeps the live leases in memory (`#live`: every record applied, written or
@@ -23,42 +25,28 @@
 //   change once, then retries on a backoff timer (doubling, capped) by compaction, which makes
 //   the unknown tail irrelevant; once one succeeds every record so far is durable, it logs the
 //   recovery once, and works as before. No retry ever runs in a loop without a timer.
-// - Replay (format.ts) streams the file; a torn last line is ignored and reported
-//   (TornTail, and `log.warn`); any other bad line is JournalCorrupt naming file and line. A
-//   journal that fails replay is left untouched on disk.
-// - One daemon per state dir: open() takes the state dir's lock (state-lock.ts) before it
-//   reads anything, and close() releases it.
-// - The state dir and file are checked as files.ts says (0700 dir, 0600 file, ours).
+// - open() reads the journal back as replay-on-open.ts says (the state dir's lock first, a
+//   torn last line ignored and reported, a journal that fails replay untouched on disk);
+//   close() releases that lock.
 // - Fds: the append fd and the lock belong to the LeaseJournal instance and are closed by
 //   close(): at once, after a last synchronous fdatasync, or — if a pool fdatasync is still
 //   using the fd — when that returns (never under it: its number could be reused). A
 //   compaction swaps in the new append fd before closing the old one. Every other fd lives
 //   inside one function of files.ts or state-lock.ts.
 import { closeSync, fdatasync, fdatasyncSync } from 'node:fs';
-import { join } from 'node:path';
-import { currentBoot, type Boot } from './boot.ts';
-import {
-  JOURNAL_FILE, JOURNAL_FORMAT_VERSION, JournalRecord, JournaledLease, RELEASED_RECORD_VERSION, ReleasedRecord, Replayer, applyRecord, encode,
-  grantedInAnotherBoot, type TornTail,
-} from './format.ts';
-import {
-  JournalWriteFailed, compact, ensureStateDir, errnoCode, openAppend, streamJournal, writeAll,
-} from './files.ts';
+import type { Boot } from './boot.ts';
+import { JOURNAL_FORMAT_VERSION, type JournalRecord, type JournaledLease, applyRecord, encode, type TornTail } from './format.ts';
+import { JournalMisuse, grantRecord, releasedRecord, resizeRecord } from './checked-records.ts';
+import { JournalWriteFailed, compact, errnoCode, openAppend, writeAll } from './files.ts';
 import { JournalHealth, type JournalDegraded, type JournalLog, type RetryOptions } from './health.ts';
-import { StateDirLock } from './state-lock.ts';
+import { replayOnOpen } from './replay-on-open.ts';
+import type { StateDirLock } from './state-lock.ts';
 
 export { JOURNAL_FILE, JOURNAL_FORMAT_VERSION, JournalCorrupt, JournaledLease, type TornTail } from './format.ts';
 export { JournalUnusable, JournalWriteFailed } from './files.ts';
 export { StateDirLocked } from './state-lock.ts';
 export type { JournalDegraded, JournalLog } from './health.ts';
-
-/** The caller asked for something the journal's state forbids (a bug in the caller). */
-export class JournalMisuse extends Error {
-  constructor(reason: string) {
-    super(reason);
-    this.name = 'JournalMisuse';
-  }
-}
+export { JournalMisuse } from './checked-records.ts';
 
 export interface JournalOptions {
   log?: JournalLog;
@@ -128,54 +116,24 @@ export class LeaseJournal {
    * (reported in `tornTail` and to `log`).
    */
   static open(stateDir: string, options: JournalOptions = {}): OpenedJournal {
-    ensureStateDir(stateDir);
-    const lock = StateDirLock.take(stateDir);
-    try {
-      const boot = options.boot ?? currentBoot();
-      const file = join(stateDir, JOURNAL_FILE);
-      const replayer = new Replayer(file);
-      const stat = streamJournal(file, (chunk) => replayer.push(chunk), options.readChunkBytes);
-      const { leases, tornTail } = replayer.finish();
-      if (tornTail !== null) {
-        options.log?.warn({ file, line: tornTail.line, bytes: tornTail.bytes },
-          'journal: ignored a torn last line (a crash interrupted its write; it was never acknowledged)');
-      }
-      const writtenThisBoot = stat !== null && stat.modifiedMs >= boot.startedAtMs;
-      const earlierBoot = new Set([...leases.values()].filter((l) => grantedInAnotherBoot(l, boot.id, writtenThisBoot)).map((l) => l.id));
-      compact(stateDir, file, leases.values());
-      const fd = openAppend(file);
-      const journal = new LeaseJournal(stateDir, file, fd, lock, leases, boot.id, options);
-      return { journal, leases: [...leases.values()], earlierBoot, tornTail };
-    } catch (e) {
-      lock.release();
-      throw e;
-    }
+    const { file, fd, lock, leases, bootId, earlierBoot, tornTail } = replayOnOpen(stateDir, options);
+    const journal = new LeaseJournal(stateDir, file, fd, lock, leases, bootId, options);
+    return { journal, leases: [...leases.values()], earlierBoot, tornTail };
   }
 
   /** Writes a new lease's record, stamped with the running boot; durable once a later flush() resolves. */
   recordGrant(lease: JournaledLease): void {
-    if (lease.bootId !== undefined && lease.bootId !== this.bootId) {
-      throw new JournalMisuse(`lease ${lease.id} names boot ${lease.bootId}, not the running one`);
-    }
-    const parsed = JournaledLease.safeParse({ ...lease, bootId: this.bootId });
-    if (!parsed.success) {
-      throw new JournalMisuse(`not a valid lease record: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-    }
-    this.#record({ v: JOURNAL_FORMAT_VERSION, type: 'grant', lease: { ...parsed.data, bootId: this.bootId } });
+    this.#record(grantRecord(lease, this.bootId));
   }
 
   /** Writes a lease's new size and limit; durable once a later flush() resolves. */
   recordResize(id: string, memoryBytes: number, limitBytes: number): void {
-    const record = JournalRecord.safeParse({ v: JOURNAL_FORMAT_VERSION, type: 'resize', id, memoryBytes, limitBytes });
-    if (!record.success) throw new JournalMisuse(`not a valid resize of ${id}: ${record.error.issues.map((i) => i.message).join('; ')}`);
-    this.#record(record.data);
+    this.#record(resizeRecord(id, memoryBytes, limitBytes));
   }
 
   /** Writes a lease's Release (it stays live and charged); durable once a later flush() resolves. */
   recordReleased(id: string, at: string): void {
-    const record = ReleasedRecord.safeParse({ v: RELEASED_RECORD_VERSION, type: 'released', id, at });
-    if (!record.success) throw new JournalMisuse(`not a valid release of ${id}: ${record.error.issues.map((i) => i.message).join('; ')}`);
-    this.#record(record.data);
+    this.#record(releasedRecord(id, at));
   }
 
   /** Writes the end of a lease; durable once a later flush() resolves. */

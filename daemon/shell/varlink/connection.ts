@@ -17,18 +17,17 @@
 //   (close-quota.ts) that carries fds is answered ClosesPending and its connection closed.
 // - What a never-reading client costs is bounded: MAX_QUEUED_CALLS decoded calls and
 //   SEND_HIGH_WATER_BYTES of replies, past which this socket is not read.
-// - No reply can take the daemon down: a reply that cannot be encoded is answered with
-//   InternalError instead; any other failure closes this connection only (#pump never rejects).
+// - No reply can take the daemon down: replies are encoded by reply-encoding.ts (InternalError
+//   if one cannot be); any other failure closes this connection only (#pump never rejects).
 import type { Logger } from 'pino';
-import { FrameDecoder, FramingError, MAX_REPLY_FRAME_BYTES, type Frame } from '../../../protocol/framing.ts';
+import { FrameDecoder, FramingError, type Frame } from '../../../protocol/framing.ts';
 import { decodeCall, framingRejection, type DecodedCall, type Rejection } from '../../../protocol/decode.ts';
-import { encodeBrokerError, encodeError, encodeRejection, encodeReply } from '../../../protocol/encode.ts';
-import type { ErrorParametersOf, QualifiedErrorName } from '../../../protocol/method-table.ts';
-import { BrokerError, VarlinkServiceError } from '../../../protocol/errors.ts';
-import { closeFd, closeOffLoop, SysError } from '../../../native/sys.ts';
+import { encodeBrokerError, encodeRejection, encodeReply } from '../../../protocol/encode.ts';
+import { closeFd, closeOffLoop } from '../../../native/sys.ts';
 import type { UnixConnection } from '../../../native/socket.ts';
 import type { ConnectionPeer } from '../peer.ts';
 import { closesPending } from './close-quota.ts';
+import { encodeOrInternalError, errorReply } from './reply-encoding.ts';
 
 /** What a handler answers: reply parameters, and fds to attach (ownership passes to the server). */
 export interface HandlerReply {
@@ -257,22 +256,10 @@ export class Connection {
     if (rejection.fatal) this.#stopReading();
   }
 
-  /**
-   * Encodes and sends one reply; never throws. A reply that cannot be encoded (larger than the
-   * reply cap, or not matching the registry: a daemon bug either way) is answered with
-   * InternalError instead, its fds closed, so the peer still gets one reply per call.
-   */
+  /** Encodes (reply-encoding.ts: InternalError if it cannot be) and sends one reply; never throws. */
   #reply(encode: () => Buffer, fds: number[]): void {
-    let frame: Buffer;
-    try {
-      frame = encode();
-    } catch (err) {
-      fds.forEach(closeFd);
-      this.log.error({ err, peer: this.#who() }, 'a reply could not be encoded; answering InternalError instead');
-      this.#send(encodeBrokerError(new BrokerError('InternalError', { reason: unsendableReason(err) })), []);
-      return;
-    }
-    this.#send(frame, fds);
+    const reply = encodeOrInternalError(encode, fds, this.log, this.#who());
+    this.#send(reply.frame, reply.fds);
   }
 
   /** Nothing more is read or run on this connection; queued replies still go out, then close. */
@@ -313,23 +300,4 @@ export class Connection {
     closeSocket();
     this.onClose();
   }
-}
-
-/** Why a reply could not be sent, for the InternalError that replaces it (no internals). */
-function unsendableReason(err: unknown): string {
-  if (err instanceof FramingError && err.problem === 'frame-too-large') {
-    return `the reply would be larger than the ${MAX_REPLY_FRAME_BYTES}-byte reply limit; the broker log has the details`;
-  }
-  return 'the reply could not be encoded; the broker log has the details';
-}
-
-/** Turns what a handler threw into a Varlink error reply; unexpected errors are logged in full. */
-function errorReply(err: unknown, log: Logger): Buffer {
-  if (err instanceof BrokerError) return encodeBrokerError(err);
-  if (err instanceof VarlinkServiceError) {
-    return encodeError(err.qualifiedName as QualifiedErrorName, err.parameters as ErrorParametersOf<QualifiedErrorName>);
-  }
-  log.error({ err }, 'internal error while handling a call');
-  const reason = err instanceof SysError ? `${err.syscall} failed: ${err.code}` : 'unexpected failure; the broker log has the details';
-  return encodeBrokerError(new BrokerError('InternalError', { reason }));
 }
