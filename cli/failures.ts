@@ -9,6 +9,9 @@
 // - Pure: an error in, text and a number out; no I/O.
 // - Sizes are printed in one style, formatSize's exact binary units ("4 GiB", "82048 KiB"):
 //   a refusal's *Bytes parameters too (the --json form keeps the broker's byte counts).
+// - Messages are printed with control characters escaped (output.ts printable): they carry
+//   QEMU's words (QMP error descs, rows it printed), and a guest may own QEMU; no failure text
+//   can move the cursor or forge a line (such as the one saying where the limit was left).
 // - A HotplugError exits as its cause would (a QEMU or broker refusal 1, silence 3); without a
 //   cause (nothing to plug into, no such lease or DIMM) it is a refusal, 1. Its text always
 //   says where the lease's limit was left.
@@ -18,6 +21,7 @@ import { UsageError } from './args.ts';
 import { BrokerClientError, VarlinkServiceError } from '../client/errors.ts';
 import { ProgramNotFound } from './exec-program.ts';
 import { HotplugError } from '../client/memory-hotplug-error.ts';
+import { printable } from './output.ts';
 import { QmpError } from '../client/qmp.ts';
 import { SizingError } from '../client/qmp-sizing.ts';
 import { describeBrokerError } from '../protocol/errors.ts';
@@ -122,20 +126,20 @@ export function failureText(error: unknown): string {
     return `iommufdctl: the broker refused: ${refusal(error)}\n  ${BROKER_ERROR_EXPLANATIONS[name]}\n${refusalHint(error)}`;
   }
   if (error instanceof HotplugError) return hotplugText(error);
-  if (error instanceof SizingError) return `iommufdctl: cannot size the lease from QMP: ${error.message}\n`;
+  if (error instanceof SizingError) return `iommufdctl: cannot size the lease from QMP: ${printable(error.message)}\n`;
   if (error instanceof VarlinkServiceError) {
-    return `iommufdctl: the broker refused the call: ${error.message}\n` +
+    return `iommufdctl: the broker refused the call: ${printable(error.message)}\n` +
       (error.errorName === 'MethodNotFound' || error.errorName === 'InterfaceNotFound'
         ? '  the broker does not know this call: is it an older version than iommufdctl?\n' : '');
   }
   if (error instanceof BrokerClientError) {
     const hint = error.errorName === 'ProtocolViolation' ? '\n  iommufdctl and the broker disagree on the protocol (different versions?)' : '';
-    return `iommufdctl: ${error.message}${hint}\n`;
+    return `iommufdctl: ${printable(error.message)}${hint}\n`;
   }
   if (error instanceof QmpError || error instanceof ProgramNotFound || error instanceof UsageError) {
-    return `iommufdctl: ${error.message}\n`;
+    return `iommufdctl: ${printable(error.message)}\n`;
   }
-  return `iommufdctl: internal error: ${error instanceof Error ? error.message : String(error)}\n`;
+  return `iommufdctl: internal error: ${printable(error instanceof Error ? error.message : String(error))}\n`;
 }
 
 /** The refusal's name and parameters, byte counts in formatSize's units. */
@@ -163,9 +167,9 @@ const LIMIT_STATE = {
 } as const;
 
 function hotplugText(error: HotplugError): string {
-  const lines = [`iommufdctl: ${error.message}`];
-  for (const step of error.undone) lines.push(`  undone: ${step}`);
-  for (const step of error.undoFailures) lines.push(`  NOT undone (finish by hand): ${step}`);
+  const lines = [`iommufdctl: ${printable(error.message)}`];
+  for (const step of error.undone) lines.push(`  undone: ${printable(step)}`);
+  for (const step of error.undoFailures) lines.push(`  NOT undone (finish by hand): ${printable(step)}`);
   lines.push(`  ${LIMIT_STATE[error.limit]}`);
   return `${lines.join('\n')}\n`;
 }

@@ -5,8 +5,9 @@
 // - Pure: values in, text out (every line ends with '\n'); no I/O.
 // - Byte counts are shown with formatSize (exact binary units); a value the broker did not send
 //   (pinned bytes of an unreadable /proc entry) is shown as '-', never as 0.
-// - Text the broker sent (names, notes) is printed with control characters escaped, so a
-//   hostile name cannot move the cursor or forge table rows.
+// - Text the broker sent (names, notes) and QEMU's (region names, a DIMM's backend id) is
+//   printed with control characters escaped, so a hostile name cannot move the cursor or forge
+//   table rows.
 import type { Lease, Status } from '../protocol/methods.ts';
 import { formatSize, formatSizeApprox } from '../shared/sizes.ts';
 import { budgetBar, leaseBarRows } from './status-bars.ts';
@@ -119,7 +120,7 @@ function keyValues(lines: readonly (readonly [string, string])[]): string {
 
 /** What hotplug added or unplug removed, and the limit change that came with it. */
 export function formatMemoryChange(change: MemoryChange, what: 'added' | 'removed'): string {
-  return `${what} ${formatSize(change.sizeBytes)} DIMM ${change.dimmId} (backend ${change.backendId})\n` +
+  return `${what} ${formatSize(change.sizeBytes)} DIMM ${printable(change.dimmId)} (backend ${printable(change.backendId)})\n` +
     formatResize(change.lease, change.previousLimitBytes);
 }
 

@@ -9,6 +9,8 @@
 //   unknown (no answer, connection lost): the DIMM may be mapped, so the backend is kept and
 //   the limit stays raised (limit 'raised'), and the error says so.
 // - unplug: lookup, device_del, DEVICE_DELETED for that DIMM, object-del, lower, in that order.
+//   The DIMM's size is QEMU's word (a guest may own QEMU): unless it is a positive whole number
+//   of bytes the unplug stops at lookup, so an unplug never asks for more memory than before.
 //   The limit is lowered only after QEMU reported the DIMM deleted and the backend deleted: no
 //   path here lowers a limit while the DIMM can still be mapped. Any failure before `lower`
 //   leaves the limit where it was (a too-high limit costs budget; a too-low one kills the VM).
@@ -178,6 +180,13 @@ export async function unplugMemory(broker: HotplugBroker, qmp: HotplugQmp, reque
   const dimm = devices.find((d) => d.id === dimmId);
   if (dimm === undefined) {
     throw new HotplugError('UnplugFailed', 'lookup', leaseId, `QEMU has no memory device with id ${dimmId} (query-memory-devices)`, { limit: 'unchanged' });
+  }
+  // QEMU's word (a guest may own QEMU): a size that is not a positive whole number of bytes
+  // would make the lowering a raise (negative) or a size the broker refuses after the DIMM is gone.
+  if (!Number.isSafeInteger(dimm.sizeBytes) || dimm.sizeBytes < 1) {
+    throw new HotplugError('UnplugFailed', 'lookup', leaseId,
+      `QEMU reports a size of ${dimm.sizeBytes} for ${dimmId}, not a positive whole number of bytes: nothing was done`,
+      { limit: 'unchanged' });
   }
   const backendId = dimm.memdev.slice(dimm.memdev.lastIndexOf('/') + 1);
   const lowered = before.memoryBytes - dimm.sizeBytes;

@@ -31,6 +31,9 @@
 //   before any pattern runs on it, so no reply can make the parse take more than linear time
 //   in the rows' number.
 // - Every count is a whole number of 4 KiB pages of a range (VFIO maps page-aligned parts only).
+// - Numbers are QEMU's word too: a range, block or total past 2^53, or a base-memory or
+//   plugged-memory that is not a whole non-negative number, is refused (SizingFailed), so an
+//   estimate is always a safe integer a lease can ask for.
 import { formatSize } from '../shared/sizes.ts';
 
 export const PAGE_BYTES = 4096;
@@ -82,7 +85,13 @@ function pageAlignedBytes(start: bigint, lastByte: bigint): number {
   const page = BigInt(PAGE_BYTES);
   const first = (start + page - 1n) / page * page;
   const end = (lastByte + 1n) / page * page;
-  return end > first ? Number(end - first) : 0;
+  return end > first ? safeBytes(end - first, 'a range') : 0;
+}
+
+/** A byte count QEMU printed, as a number; past 2^53 it is no size a lease can have: refused. */
+function safeBytes(bytes: bigint, what: string): number {
+  if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) throw new SizingError(`QEMU printed ${what} of ${bytes} bytes, past 2^53: no size is guessed`);
+  return Number(bytes);
 }
 
 /** The rows of a table QEMU printed, each checked against MAX_ROW_CHARS first. */
@@ -155,15 +164,23 @@ export function estimatePinned(flatView: string, ramBlocks: string, summary: { '
   const base = summary['base-memory'];
   const plugged = summary['plugged-memory'] ?? 0;
   if (typeof base !== 'number' || typeof plugged !== 'number') throw new SizingError('query-memory-size-summary has no base-memory');
-  const counted = regions.reduce((sum, r) => sum + r.countedBytes, 0);
   const guestRamBytes = base + plugged;
+  if (![base, plugged, guestRamBytes].every((n) => Number.isSafeInteger(n) && n >= 0)) {
+    throw new SizingError(`query-memory-size-summary says base-memory ${base} and plugged-memory ${plugged}, not byte counts: no size is guessed`);
+  }
+  const counted = regions.reduce((sum, r) => sum + r.countedBytes, 0);
+  const mappedBytes = regions.reduce((sum, r) => sum + r.mappedBytes, 0);
+  // Each part is below 2^53 (safeBytes); their sum may not be (past 2^53 it is neither exact nor a size).
+  if (!Number.isSafeInteger(counted + PINNED_MARGIN_BYTES)) {
+    throw new SizingError(`the memory layout QEMU printed adds up to about ${counted} bytes, past 2^53: no size is guessed`);
+  }
   if (counted < guestRamBytes) {
     throw new SizingError(`the memory layout QEMU printed accounts for ${formatSize(counted)}, less than the guest's ` +
       `${formatSize(guestRamBytes)} of RAM: this QEMU's output is not understood, so no size is guessed`);
   }
   return {
     regions,
-    mappedBytes: regions.reduce((sum, r) => sum + r.mappedBytes, 0),
+    mappedBytes,
     marginBytes: PINNED_MARGIN_BYTES,
     estimateBytes: Math.ceil((counted + PINNED_MARGIN_BYTES) / PAGE_BYTES) * PAGE_BYTES,
     guestRamBytes,

@@ -6,8 +6,10 @@
 //   fd attached to a command goes out with exactly that command's bytes.
 // - fd ownership: an fd given to execute()/getfd() belongs to the QmpClient from the call on;
 //   UnixConnection.send closes it once sent, and it is closed by us if it is never sent. fds that
-//   arrive on the QMP socket (QEMU sends none) are closed on arrival. The socket is owned by the
-//   QmpClient and closed by close() or on any failure.
+//   arrive on the QMP socket (QEMU sends none) are closed on arrival, off the event loop
+//   (closeOffLoop; the connection is closeOffLoop too): QEMU is untrusted (a guest may own it),
+//   and a file whose last close blocks would otherwise hold every timeout below. The socket is
+//   owned by the QmpClient and closed by close() or on any failure.
 // - QEMU answers commands in order; every command carries a numeric id and the reply must echo
 //   it, else the connection is a ProtocolViolation and is closed. Asynchronous events
 //   ({"event": ...}) never count as replies: each goes to the expectEvent() waiters registered
@@ -18,7 +20,7 @@
 //   does not, since a late event cannot be mistaken for anything.
 // - Incoming lines are bounded (MAX_LINE_BYTES); a longer one is a ProtocolViolation.
 import { StringDecoder } from 'node:string_decoder';
-import { closeFd, SysError } from '../native/sys.ts';
+import { closeFd, closeOffLoop, SysError } from '../native/sys.ts';
 import { UnixConnection } from '../native/socket.ts';
 import { QmpError } from './qmp-error.ts';
 
@@ -91,7 +93,8 @@ export class QmpClient {
   static async connect(socketPath: string, options: { timeoutMs?: number } = {}): Promise<QmpClient> {
     let conn: UnixConnection;
     try {
-      conn = UnixConnection.connect(socketPath);
+      // closeOffLoop: QEMU's fds (and the socket, whose queue may hold them) close on the closer threads.
+      conn = UnixConnection.connect(socketPath, { closeOffLoop: true });
     } catch (err) {
       const code = err instanceof SysError ? err.code : String(err);
       throw new QmpError('QmpUnreachable', socketPath,
@@ -209,7 +212,7 @@ export class QmpClient {
   }
 
   #onData(chunk: Buffer, fds: number[]): void {
-    fds.forEach(closeFd);
+    for (const fd of fds) closeOffLoop(fd);
     if (this.#failure !== undefined) return;
     this.#buffer += this.#utf8.write(chunk);
     for (let nl = this.#buffer.indexOf('\n'); nl !== -1 && this.#failure === undefined; nl = this.#buffer.indexOf('\n')) {

@@ -97,3 +97,18 @@ test('a hotplug failure exits as its cause, names the step, what was undone and 
   assert.equal(exitCodeFor(new SizingError('not understood')), EXIT_INTERNAL);
   assert.deepEqual(failureJson(new SizingError('not understood')), { error: 'SizingFailed', parameters: {}, message: 'not understood' });
 });
+
+test('QEMU\'s words in a failure are printed with control characters escaped: a guest that owns QEMU cannot forge lines', () => {
+  // A QEMU error desc that would clear the line and print a false "where the limit is" line.
+  const forged = '\u001b[2K\r  the lease\'s limit was lowered\nsecond line\u009b1A';
+  const qemuRefused = new QmpError('QmpCommandFailed', '/q', `QEMU refused device_add: ${forged}`, 'GenericError');
+  const e = new HotplugError('HotplugFailed', 'device-add', 'l-0123456789abcdef', qemuRefused.message,
+    { limit: 'raised', undone: [], undoFailures: [`object-del dimm-0-mem: ${forged}`], cause: qemuRefused });
+  for (const error of [qemuRefused, e, new SizingError(forged), new Error(forged)]) {
+    const text = failureText(error);
+    // eslint-disable-next-line no-control-regex
+    assert.doesNotMatch(text.replace(/\n(?= |$)/g, ''), /[\u0000-\u001f\u007f-\u009f]/, `${error.name}: ${JSON.stringify(text)}`);
+    assert.match(text, /\\x1b\[2K\\x0d {2}the lease's limit was lowered\\x0asecond line\\x9b1A/);
+  }
+  assert.match(failureText(e), /LEFT RAISED/);
+});

@@ -2,7 +2,7 @@
 // and nothing the broker sends can inject control characters.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { formatLease, formatLeaseTable, formatRelease, formatResize, formatStatus, formatTable, printable } from '../../cli/output.ts';
+import { formatLease, formatLeaseTable, formatMemoryChange, formatRelease, formatResize, formatStatus, formatTable, printable } from '../../cli/output.ts';
 import type { Lease, Status } from '../../protocol/methods.ts';
 
 const GiB = 1024 ** 3;
@@ -86,4 +86,11 @@ test('control characters from the broker are escaped, not printed', () => {
   const text = formatLease(lease({ createdAt: '\u001b[31mred\r' }));
   assert.ok(!/[\u0000-\u0009\u000b-\u001f]/.test(text), 'no control characters other than newlines');
   assert.match(text, /\\x1b\[31mred\\x0d/);
+});
+
+test('what unplug removed names QEMU\'s backend id (from its memdev path) with control characters escaped', () => {
+  const text = formatMemoryChange({
+    lease: lease(), previousLimitBytes: 2 * GiB, dimmId: 'dimm-0', backendId: '\u001b[2Kforged\nline', sizeBytes: 64 * 1024 ** 2,
+  }, 'removed');
+  assert.match(text, /^removed 64 MiB DIMM dimm-0 \(backend \\x1b\[2Kforged\\x0aline\)\n/);
 });

@@ -135,3 +135,23 @@ test('a hostile QEMU\'s overlong rows are refused before any pattern runs on the
   const longest = `${BLOCKS_HEADER}  ${'r'.repeat(MAX_ROW_CHARS - 80)}    4 KiB  0x0 0x0000000001000000 0x0000000001000000\n`;
   assert.equal(parseRamBlocks(longest).size, 1, 'a long but bounded name still parses');
 });
+
+test('a hostile QEMU\'s numbers: sizes past 2^53 and a base-memory that is no byte count are refused, never an estimate', () => {
+  // QEMU's hex is unbounded: a range of 300 hex digits came out as an estimate of Infinity, and
+  // iommufdctl then failed in formatSize (an internal error) instead of refusing with SizingFailed.
+  const flat = (ranges: string): string => `FlatView #0\n AS "memory", root: system\n${ranges}`;
+  const blocks = `${BLOCKS_HEADER}  pc.ram    4 KiB  0x0 0x0000000001000000 0x0000000001000000\n`;
+  const pcRam = '  0000000000000000-0000000000ffffff (prio 0, ram): pc.ram\n';
+  const huge = `  0000000000000000-${'f'.repeat(300)} (prio 0, ram): pc.ram\n`;
+  assert.throws(() => estimatePinned(flat(huge), blocks, summary(16 * MiB)), SizingError);
+  // Each range a safe size, their sum not.
+  const half = '  0000000000000000-000fffffffffffff (prio 0, ram): ';
+  assert.throws(() => estimatePinned(flat(`${half}a\n${half}b\n${half}c\n`), blocks, summary(16 * MiB)), SizingError);
+  const hugeBlock = `${BLOCKS_HEADER}  pc.ram    4 KiB  0x0 0x${'f'.repeat(40)} 0x${'f'.repeat(40)}\n`;
+  assert.throws(() => estimatePinned(flat(pcRam), hugeBlock, summary(16 * MiB)), SizingError);
+  // A negative or fractional guest RAM would make the "less than the guest's RAM" check vacuous.
+  for (const bad of [summary(-1), summary(16 * MiB, -16 * MiB), summary(0.5), summary(2 ** 60)]) {
+    assert.throws(() => estimatePinned(flat(pcRam), blocks, bad), SizingError, JSON.stringify(bad));
+  }
+  assert.equal(estimatePinned(flat(pcRam), blocks, summary(16 * MiB)).estimateBytes, 16 * MiB + PINNED_MARGIN_BYTES, 'the honest control');
+});

@@ -18,6 +18,8 @@
 //   unread, off the loop, if fds already wait in it. Kernels before 6.16 lack the option: there
 //   the API still serves, with a warning, and only the peers the socket's mode admits
 //   (root:iommufd-admin 0660) can reach it.
+// - No connection holds one of the MAX_ADMIN_CONNECTIONS slots while silent: ADMIN_IDLE_TIMEOUT_MS
+//   without a byte either way closes it, and a request must be complete within requestTimeout.
 // - A path is only unlinked on close if it still names the socket this API created (dev/ino),
 //   and a path that exists is only replaced if it is a stale socket nobody listens on.
 // - fd ownership: a listening fd belongs to the caller until listen() checked it is an AF_UNIX
@@ -42,6 +44,8 @@ export interface AdminApiOptions extends Omit<AdminRouteDeps, 'callerOf'> {
    * connection was accepted. Tests of routes through fastify's inject() pass their own.
    */
   identify?: (socket: Socket) => ConnectionPeer | undefined;
+  /** A connection with no byte in either direction for this long is closed (default ADMIN_IDLE_TIMEOUT_MS). */
+  idleTimeoutMs?: number;
 }
 
 /** Where to serve: a path the API binds itself, or a listening fd (socket activation). */
@@ -49,7 +53,14 @@ export type AdminListen = { path: string; mode: number; backlog?: number } | { f
 
 /** Requests are tiny (a PATCH carries one number). */
 const BODY_LIMIT = 16 * 1024;
-const MAX_CONNECTIONS = 64;
+/** Connections served at once; one more is closed at accept. */
+export const MAX_ADMIN_CONNECTIONS = 64;
+/**
+ * Silence on a connection (no byte either way) after which it is closed. Node's requestTimeout
+ * and headersTimeout only start with a request's first byte, so without this a connection that
+ * never sends one holds its slot forever, and MAX_ADMIN_CONNECTIONS of them shut everyone out.
+ */
+export const ADMIN_IDLE_TIMEOUT_MS = 10_000;
 
 export class AdminApi {
   readonly app: AdminApp;
@@ -69,10 +80,11 @@ export class AdminApi {
     const { log, metrics } = options;
     const app: AdminApp = Fastify({
       logger: false, bodyLimit: BODY_LIMIT, requestTimeout: 10_000, keepAliveTimeout: 5_000, return503OnClosing: true,
+      connectionTimeout: options.idleTimeoutMs ?? ADMIN_IDLE_TIMEOUT_MS,
     }).withTypeProvider<ZodTypeProvider>();
     app.setValidatorCompiler(validatorCompiler);
     app.setSerializerCompiler(serializerCompiler);
-    app.server.maxConnections = MAX_CONNECTIONS;
+    app.server.maxConnections = MAX_ADMIN_CONNECTIONS;
 
     const peers = new ConnectionPeers(log);
     app.server.on('connection', (socket: Socket) => {

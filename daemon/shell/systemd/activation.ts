@@ -14,8 +14,8 @@
 //   passed, and the fd may then be one of Node's own (epoll, eventfd). It is reported instead.
 // - The fd store: fds systemd kept for us (FDSTORE=1, FDNAME=lease-<id>, see lease-fds.ts) come
 //   back in the same range under those names, of any file type (iommufds). Each is returned in
-//   `stored` (CLOEXEC set), or closed here: a second fd under the same name, or every stored
-//   fd when ActivationError is thrown.
+//   `stored` (CLOEXEC set), or closed here, exactly once (even one that is a socket): a second
+//   fd under the same name, or every stored fd when ActivationError is thrown.
 // - fd ownership: until this function returns, the passed fds are owned by it; afterwards each
 //   returned fd is owned by the caller (who hands a socket to the server that listens on it,
 //   and the stored fds to BrokerService.restore).
@@ -136,8 +136,10 @@ export function listenFdsFromEnv(env: NodeJS.ProcessEnv, ownPid: number, knownNa
 
   const first = problems[0];
   if (first !== undefined) {
-    closeSockets(passed);
-    for (const fd of stored.values()) closeFdQuietly(fd);
+    // A stored fd may be a socket too: closed once, as a stored fd, never again as a passed socket.
+    const storedFds = new Set(stored.values());
+    closeSockets(passed.filter((fd) => !storedFds.has(fd)));
+    for (const fd of storedFds) closeFdQuietly(fd);
     throw new ActivationError(first.problem, `${problems.map((p) => p.text).join('; ')}; all passed sockets were closed`);
   }
   closeSockets(unknown);

@@ -39,6 +39,7 @@ try {
   adopted = result.fds;
   report['ok'] = true;
   report['sockets'] = Object.fromEntries([...result.fds].map(([name, fd]) => [name, { fd, ...describeFd(fd) }]));
+  report['stored'] = Object.fromEntries([...result.stored].map(([name, fd]) => [name, { fd, ...describeFd(fd) }]));
   report['warnings'] = result.warnings;
 } catch (error) {
   report['ok'] = false;
