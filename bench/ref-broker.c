@@ -14,10 +14,11 @@
  *
  * Per connection (accept4): SO_PEERCRED and SO_PEERPIDFD once. Per Open: dup the peer pidfd
  * (or take the one sent with the call), read its pid from /proc/self/fdinfo, read
- * /proc/PID/status (uid, CapEff: refuse CAP_IPC_LOCK) and /proc/PID/stat (start time),
- * prlimit get + set RLIMIT_MEMLOCK soft = hard = memory + 1 MiB (page-rounded), check the
- * pidfd is alive, memfd_create (the device stand-in), append a journal line and fdatasync,
- * watch the pidfd in epoll, reply with the fd. Resize: prlimit + journal. Release: prlimit
+ * /proc/PID/status (CapEff: refuse CAP_IPC_LOCK) and /proc/PID/stat (start time), check the
+ * pidfd is alive, memfd_create (the device stand-in), append a journal line and fdatasync
+ * (before the limit, as the daemon journals a grant first), prlimit get + set RLIMIT_MEMLOCK
+ * soft = hard = memory + 1 MiB (page-rounded), check the pidfd is alive again, watch the
+ * pidfd in epoll, reply with the fd. Resize: prlimit + journal. Release: prlimit
  * back + journal + stop watching. A target's exit ends its lease (journaled).
  *
  * Invariants: single-threaded epoll loop, like the daemon; every fd CLOEXEC; a lease's pidfd

@@ -1,6 +1,6 @@
 // The pure half of `iommufdctl exec`: finding the program on PATH and building the argv and
-// environment it is exec'd with. The impure half (open, clear CLOEXEC, execve) is in
-// client/cli-exec.ts.
+// environment it is exec'd with. The impure half (Open, clear CLOEXEC, execve) is in
+// cli/handoff.ts, with what the program inherits from Node in cli/exec-inheritance.ts.
 //
 // Invariants:
 // - The program is resolved before the broker is contacted, so a typo never costs a lease.

@@ -1,9 +1,11 @@
 // How iommufdctl reports a failure: the exit code, and the words (or JSON) on stderr.
 //
 // Invariants:
-// - Exit codes are a contract: 0 ok, 1 refused (by the broker; for `pass`, also by QEMU),
-//   2 usage error, 3 cannot reach the broker (or QEMU's QMP socket), 4 internal error.
-//   Anything not recognised below is 4.
+// - Exit codes are a contract: 0 ok, 1 refused (by the broker, or by QEMU: a QMP command it
+//   answered with an error, in any command that talks QMP), 2 usage error, 3 the broker or
+//   QEMU's QMP socket cannot be reached, the connection was lost or did not answer in time,
+//   4 internal error (also: QMP sizing that could not understand QEMU's answer). Anything not
+//   recognised below is 4.
 // - Every broker error name has an explanation here (the Record type makes a new name in
 //   protocol/errors.ts fail to compile until it is explained).
 // - Pure: an error in, text and a number out; no I/O.

@@ -2,7 +2,7 @@
 //
 // Invariants:
 // - runCli never throws and never calls process.exit: every outcome is an exit code
-//   (cli-failures.ts) plus text on io.stdout / io.stderr, so tests can drive it in-process.
+//   (failures.ts) plus text on io.stdout / io.stderr, so tests can drive it in-process.
 // - Results go to stdout (a table or key/value block, or the reply as one JSON line with
 //   --json); notes and failures go to stderr.
 // - fd ownership: a received iommufd FD belongs to the command that asked for it and is closed

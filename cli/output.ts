@@ -74,7 +74,7 @@ function journalState(journal: Status['journal']): string {
 
 /**
  * The status block, with the budget drawn as a bar; given the leases the caller may see, also
- * one bar per lease of its target's pinned memory against its limit (cli-status-bars.ts).
+ * one bar per lease of its target's pinned memory against its limit (status-bars.ts).
  */
 export function formatStatus(status: Status, leases?: readonly Lease[]): string {
   const { device, capabilities, budget } = status;

@@ -3,7 +3,7 @@
 //
 // Invariants:
 // - errorName is stable (HotplugFailed, UnplugFailed); `step` names the step that failed, in the
-//   words of the step machine (STEP names below), never a QMP internals guess.
+//   words of the step machine (the HotplugStep names below), never a QMP internals guess.
 // - `limit` says what the caller must know for the VM's safety: 'unchanged' (never raised, or
 //   lowered back), 'raised' (left raised on purpose, because lowering could kill the VM or the
 //   lowering failed), or 'lowered' (unplug: the DIMM was released and the limit was lowered).

@@ -1,5 +1,7 @@
 // A minimal QMP (QEMU Machine Protocol) client: enough to hand a running QEMU an fd with
-// `getfd` (fd attached with SCM_RIGHTS to the command's bytes) and to manage it (`closefd`).
+// `getfd` (fd attached with SCM_RIGHTS to the command's bytes) and to manage it (`closefd`),
+// and to run the commands and await the events that memory hotplug (memory-hotplug.ts) and
+// sizing (qmp-sizing.ts) need (`execute`, `expectEvent`).
 //
 // Invariants:
 // - The QMP socket is read only through UnixConnection (recvmsg), never by net.Socket, so an

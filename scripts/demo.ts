@@ -2,6 +2,13 @@
 // Starts the daemon on a temp socket (the real /dev/iommu if this machine has one, else the
 // SIMULATED device, said loudly), lets a capability-less stand-in QEMU get its FD and limit,
 // resizes it as a manager would around hotplug, and shows the lease end when the VM exits.
+//
+// Invariants:
+// - The simulated device is used only when /dev/iommu does not exist, and then the first line
+//   says so; the daemon gets it through its explicit --device flag, as anywhere else.
+// - Without CAP_SYS_RESOURCE the VM is sized below this process's memlock hard limit, so every
+//   limit the demo sets is a lowering the kernel allows; a raise it cannot do is shown refused.
+// - The daemon it starts is stopped (SIGTERM) and its temp dir removed on every path (finally).
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { BrokerClient, BrokerError, formatSize, type Lease } from '../client/index.ts';
 import { formatSizeApprox } from '../shared/sizes.ts';

@@ -4,6 +4,10 @@
 // stdin lines: "limits" -> prints {soft, hard} of RLIMIT_MEMLOCK as JSON; "release" -> releases
 // its own lease and prints the reply (or error) as JSON; "exit" -> exits 0.
 // Run it through setpriv with every capability dropped so it is a target without CAP_IPC_LOCK.
+//
+// Invariants: it holds its lease's FD until it exits (the lease's target is this process); each
+// broker connection is closed once its call answered; a refusal is printed as its stable error
+// name, never thrown.
 import { readFileSync, readlinkSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { BrokerClient } from '../client/index.ts';

@@ -20,7 +20,8 @@
  *   entry could run and no thread is waiting for work. Detached, they live as long as the
  *   process. Once every thread is stuck (MAX_THREADS / PER_OWNER_THREADS owners with stuck
  *   closes), later fds wait in the queue, still open; the JS side refuses an owner's new fds and
- *   connections long before that (a bound on pendingClosesOf(owner), varlink/server.ts).
+ *   connections long before that (a bound on pendingClosesOf(owner): daemon/shell/varlink/
+ *   close-quota.ts, which varlink/server.ts and connection.ts ask).
  * - Each fd is closed exactly once, never retried (Linux frees the fd even when close reports
  *   EINTR). Until then the fd number stays allocated, so it cannot be reused under anyone.
  * - pendingCloses() counts fds handed over and not yet closed (those being closed included);

@@ -1,6 +1,9 @@
 // Test support: one broker call from a separate process (run as another uid for permission tests).
 // argv: SOCKET METHOD JSON_PARAMS. Prints {ok: reply} or {error, parameters} as one JSON line.
 // METHOD "open-target" opens a pidfd for params.targetPid and passes it as the target.
+//
+// Invariants: one connection, one call, closed before the process ends; a refusal is printed
+// as its stable error name, never as a thrown stack.
 import { BrokerClient } from '../../client/index.ts';
 import { pidfdOpen } from '../../native/sys.ts';
 

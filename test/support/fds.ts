@@ -1,4 +1,12 @@
 // Test support: the fds a process holds, to prove nothing leaks.
+//
+// Invariants:
+// - An fd is named by its number and what /proc/PID/fd/N points at: a number reused for
+//   another file counts as a leak, not as the old fd.
+// - Reads /proc only and holds no fd (readdir's own directory fd is listed, gone by the
+//   readlink, and skipped).
+// - settledLeaks waits by polling, bounded by its timeout: it never asserts on time, only on
+//   what is still open when the wait ends.
 import { readdirSync, readlinkSync } from 'node:fs';
 
 /** fd number -> what it points at, for the given pid (default: this process). */

@@ -3,6 +3,10 @@
 // name (listenFdsFromEnv), reports them on stdout as one JSON line, then stores a fresh memfd
 // under each name given as an argument (Notifier.store) and removes each name given as -NAME
 // (Notifier.remove), and waits to be killed.
+//
+// Invariants: it reports each stored fd with what it points at and whether it is close-on-exec
+// (as the broker's code left it); the memfds it stores stay open in this process until it is
+// killed, so the stand-in's copies are not the only ones.
 import { readFileSync, readlinkSync } from 'node:fs';
 import { memfd } from '../../native/sys.ts';
 import { listenFdsFromEnv, SOCKET_NAMES } from '../../daemon/shell/systemd/activation.ts';

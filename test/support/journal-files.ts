@@ -1,4 +1,12 @@
 // Test support: journals written by hand for a daemon to start on, naming real live processes.
+//
+// Invariants:
+// - A journaled target is a real capability-less process of our uid (sleeper), so a daemon
+//   re-adopting it may lower its limit; its start time is read as the daemon reads it
+//   (procfs.ts startTimeFromStat). The caller kills it.
+// - Lines are written in the on-disk format (daemon/shell/journal/format.ts) by hand, not by
+//   the journal's code, so a test can also write what that code never would; the state dir
+//   and file get the modes the daemon demands (0700, 0600).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';

@@ -1,4 +1,9 @@
 // Test support: a daemon's /metrics over its admin socket, and one sample's value from it.
+//
+// Invariants:
+// - One request per scrape on its own connection (no agent keeps a socket open afterwards).
+// - A series is matched exactly (name plus labels as printed); printed twice fails the test,
+//   absent reads as 0.
 import assert from 'node:assert/strict';
 import { request } from 'node:http';
 

@@ -1,5 +1,11 @@
 // Test support: raw bytes (and fds) to a daemon's Varlink socket, and what comes back, below
 // the client library, for malformed and unexpected input.
+//
+// Invariants:
+// - The bytes go out exactly as given, the fds attached to their first byte
+//   (UnixConnection.send), which takes the fds: they are closed once sent or with the connection.
+// - A reply carrying fds fails the test (no reply the daemon sends to such input carries one).
+// - The connection is closed on every outcome; the wait is bounded (10 s, then it rejects).
 import assert from 'node:assert/strict';
 import { UnixConnection } from '../../native/socket.ts';
 

@@ -2,6 +2,14 @@
 // ROOT/dev/vfio/devices), for the broker's --vfio-root (simulated only). The cdev nodes are real
 // character devices made with mknod (root may, here): by default the null device, 1:3, so an
 // open gives a real fd. Each device entry is a symlink into ROOT/sys/devices, as on the host.
+//
+// Invariants:
+// - Everything lives under one fresh temp dir (`root`), removed by remove(); nothing outside it
+//   is touched (the host's /sys and /dev never are).
+// - A device is laid out as the host lays out a vfio-pci device unless its FakeDevice spec says
+//   otherwise (no driver, another driver, no or several cdevs, a node that is not a char device),
+//   so each refusal of daemon/shell/vfio/resolve.ts can be produced on purpose.
+// - mknod needs root with CAP_MKNOD: canMknod() says whether a test can run here.
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';

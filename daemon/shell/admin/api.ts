@@ -1,9 +1,11 @@
-// The admin HTTP API: fastify on the admin Unix socket, for the policy's managers only.
+// The admin HTTP API: fastify on the admin Unix socket, for the policy's managers (and, to
+// read, its observers).
 //
 // Invariants:
-// - Every request passes the admin check (auth.ts) in the first hook, before routing,
-//   body parsing or validation: a non-manager gets 403 PermissionDenied for every path, so the
-//   API tells them nothing (not even which paths exist).
+// - Every request passes the admin check (auth.ts adminRefusal) in the first hook, before
+//   routing, body parsing or validation: an observer gets 403 PermissionDenied for anything but
+//   GET/HEAD, and a peer that is neither manager nor observer for every path, so the API tells
+//   them nothing (not even which paths exist).
 // - Every answer is counted in Metrics (api "admin", method = route pattern, outcome = ok or
 //   the error name) and every failure has the `{ error, parameters }` body of errors.ts.
 // - The socket is never reachable with looser permissions than asked: a path is bound by the

@@ -8,7 +8,8 @@
 // - Schemas come from protocol/methods.ts (the Varlink contract): a lease, a status or a resize
 //   reply has one shape on both faces. Request schemas are strict; replies are checked against
 //   their schema before they are sent.
-// - Every route runs after the admin check (api.ts): `callerOf` always finds a manager.
+// - Every route runs after the admin check (api.ts, auth.ts): `callerOf` always finds a manager,
+//   or an observer on a read (GET/HEAD); a route that changes anything is reached by managers only.
 import { z } from 'zod';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { FastifyBaseLogger, FastifyInstance, FastifyRequest, RawServerDefault } from 'fastify';

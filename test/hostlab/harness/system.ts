@@ -1,6 +1,6 @@
 // What the host lab's checks read from the system they run in (the lab VM: systemd 257 as
 // PID 1, the broker installed from its .deb): commands, systemd unit properties, /proc, the
-// broker over raw Varlink (the client library) as root, who is a manager in the packaged policy.
+// broker over Varlink (the client library) as root, who is a manager in the packaged policy.
 //
 // Invariants:
 // - Nothing here decides a verdict: it returns what it read; the suite asserts.

@@ -9,6 +9,7 @@ import type { DecodedCall } from '../../../../protocol/decode.ts';
 import type { Lease, Status } from '../../../../protocol/methods.ts';
 import { DURATION_BUCKETS, Metrics, outcomeOf, withMetrics, type BrokerSnapshot } from '../../../../daemon/shell/admin/metrics.ts';
 import type { ConnectionPeer } from '../../../../daemon/shell/peer.ts';
+import { sourceFiles } from '../../../support/sources.ts';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -219,4 +220,13 @@ test('docs/ADMIN-API.md lists every metric family render() prints', () => {
   const families = [...m.render(SNAPSHOT).matchAll(/^# TYPE (\S+) /gm)].map((f) => f[1] ?? '');
   assert.ok(families.length >= 10);
   for (const f of families) assert.ok(doc.includes(`\`${f}\``), `${f} is documented`);
+});
+
+test('docs/ADMIN-API.md names every reason the Varlink server counts a refused connection under', () => {
+  const doc = readFileSync(new URL('../../../../docs/ADMIN-API.md', import.meta.url), 'utf8');
+  const row = doc.split('\n').find((l) => l.startsWith('| `iommufd_broker_refused_total`')) ?? '';
+  const reasons = new Set(sourceFiles(['daemon/shell/varlink'])
+    .flatMap((f) => [...f.text.matchAll(/reason: '([a-z]+(?:-[a-z]+)+)'/g)].map((m) => m[1] ?? '')));
+  assert.ok(reasons.size >= 4, `found the reasons in the sources: ${[...reasons].join(', ')}`);
+  for (const r of reasons) assert.ok(row.includes(`\`${r}\``), `refused_total's reason ${r} is documented`);
 });
