@@ -4,7 +4,8 @@
 // Who may import it (test/native/binding.test.ts checks the list): only native/ itself —
 // sys.ts (the face everyone else uses: -errno becomes SysError there) and the socket layer
 // unix-server.ts / unix-connection.ts, which run the hot non-blocking accept/recvmsg/sendmsg
-// loops and branch on EAGAIN without an exception per call; every error they surface is a
+// loops (the sendmsg loop is send-queue.ts, given its syscalls bound by unix-connection.ts) and
+// branch on EAGAIN without an exception per call; every error they surface is a
 // SysError too. daemon/, client/, protocol/, bench/ and scripts/ import native/sys.ts (or the
 // socket layer), never this file. Tests may call it directly to pin the raw contract.
 //

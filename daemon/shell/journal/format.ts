@@ -32,7 +32,7 @@
 // - Replay streams: bytes arrive in chunks of any size (a journal of any length replays in
 //   memory bounded by its live leases and one line); a line longer than MAX_LINE_BYTES is
 //   corrupt (the broker's longest record is far shorter).
-// - Pure: bytes in, leases out; the file I/O lives in files.ts and journal.ts.
+// - Pure: bytes in, leases out; the file I/O lives in files.ts, replay-on-open.ts and journal.ts.
 import { z } from 'zod';
 import {
   LEASE_ID_PATTERN, MAX_BYTES, MAX_DEVICES_PER_LEASE, NAME_PATTERN, PCI_ADDRESS_PATTERN, VFIO_CDEV_PATTERN,
