@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { buildC } from '../../bench/c-build.ts';
 import { QmpClient, QmpError } from '../../client/qmp.ts';
+import { pendingCloses } from '../../native/sys.ts';
 import { openFds, settledLeaks } from '../support/fds.ts';
 import { REPO } from '../support/daemon.ts';
 
@@ -38,6 +39,9 @@ test('a lingering socket sent with the QMP greeting stalls nothing: the reply ti
     assert.deepEqual(await lines.next(), { value: 'sent', done: false });
     assert.ok(outcome instanceof QmpError && outcome.errorName === 'QmpTimeout', `expected QmpTimeout, got ${String(outcome)}`);
     assert.ok(elapsed < PROMPT_MS, `iommufdctl's loop stalled for ${elapsed} ms: QEMU's lingering fd was closed on it`);
+    // Causal, not timed: the linger ends only when this test ends the peer's stdin (below), so a
+    // close that already returned can only have run on the loop, stalling it for the whole linger.
+    assert.ok(pendingCloses() >= 1, 'the lingering fd is still closing, on a closer thread');
   } finally {
     child.stdin?.end();
     await exited;
